@@ -1,0 +1,60 @@
+# lightfit: `make train` and `make test` work as the first command on a fresh clone.
+# They create .venv, install PyTorch and lightfit once (stamp files), then run.
+#
+#   make train ARGS="loop=manual trainer.max_epochs=3"    Hydra overrides go in ARGS
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu   pick a PyTorch build
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+ARGS ?=
+
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP_RUN := $(VENV)/.installed-run
+STAMP_DEV := $(VENV)/.installed-dev
+
+.DEFAULT_GOAL := help
+.PHONY: help install install-dev train test lint format clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# PyTorch first, so that pip does not pick a build for us when lightning asks for torch.
+$(VENV)/.installed-torch: | $(PY)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
+	@touch $@
+
+$(STAMP_RUN): pyproject.toml $(VENV)/.installed-torch
+	$(PIP) install -e .
+	@touch $@
+
+$(STAMP_DEV): pyproject.toml $(VENV)/.installed-torch
+	$(PIP) install -e ".[dev]"
+	@touch $(STAMP_RUN) $@
+
+install: $(STAMP_RUN) ## install PyTorch and lightfit into .venv (once)
+
+install-dev: $(STAMP_DEV) ## install lightfit with the test and lint tools
+
+train: $(STAMP_RUN) ## train with Hydra overrides: make train ARGS="loop=manual"
+	$(PY) -m lightfit.train $(ARGS)
+
+test: $(STAMP_DEV) ## run the test suite
+	$(PY) -m pytest $(ARGS)
+
+lint: $(STAMP_DEV) ## ruff lint and format check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP_DEV) ## fix what ruff can fix, format the code
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+clean: ## remove caches and run outputs (keeps .venv)
+	rm -rf outputs multirun .pytest_cache .ruff_cache build dist src/*.egg-info
+	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +

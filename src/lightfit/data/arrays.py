@@ -1,0 +1,136 @@
+"""Read NumPy files safely and check arrays before training sees them.
+
+Everything here works on NumPy arrays; tensors appear only in the data module. Files
+are opened with `allow_pickle=False`: a `.npy`/`.npz` from elsewhere can carry a pickle
+that runs code when loaded, so object arrays are refused, never unpickled.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from lightfit.errors import LightfitError
+
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"
+KERAS_KEYS = ("x_train", "y_train", "x_test", "y_test")
+CHUNK_ROWS = 65536  # rows per pass when scanning arrays too large to hold twice
+
+
+def _read_npy(path: Path, mmap: bool) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "object" in str(exc).lower():
+            raise LightfitError(f"{path} holds Python objects; refusing to unpickle it") from None
+        raise LightfitError(f"{path} is not a readable .npy file ({exc})") from None
+    except (EOFError, OSError) as exc:
+        raise LightfitError(f"{path} is truncated or corrupt ({exc})") from None
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            keys = list(archive.files)
+            arrays = {}
+            for key in keys:
+                try:
+                    arrays[key] = archive[key]
+                except ValueError:
+                    raise LightfitError(
+                        f"{path}: key '{key}' holds Python objects; refusing to unpickle it"
+                    ) from None
+            return arrays
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise LightfitError(f"{path} is truncated or corrupt ({exc})") from None
+
+
+def read_arrays(path: str | Path, labels: str | Path | None = None) -> dict[str, np.ndarray]:
+    """Arrays from a `.npz` (keys x/y or x_train/y_train/x_test/y_test) or a `.npy` pair.
+
+    `.npy` files are memory-mapped: rows are read when a batch needs them.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise LightfitError(f"data file not found: {path}")
+    with path.open("rb") as f:
+        magic = f.read(6)
+    if magic.startswith(ZIP_MAGIC):
+        arrays = _read_npz(path)
+    elif magic == NPY_MAGIC:
+        if labels is None:
+            raise LightfitError(f"{path} is a .npy of features; also set the labels file (data.labels=...)")
+        labels = Path(labels).expanduser()
+        if not labels.is_file():
+            raise LightfitError(f"labels file not found: {labels}")
+        arrays = {"x": _read_npy(path, mmap=True), "y": _read_npy(labels, mmap=False)}
+    else:
+        raise LightfitError(f"{path} is not a NumPy .npy or .npz file")
+    _check_keys(path, arrays)
+    return arrays
+
+
+def _check_keys(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    keys = set(arrays)
+    if {"x", "y"} <= keys or set(KERAS_KEYS) <= keys:
+        return
+    found = ", ".join(sorted(keys)) or "none"
+    raise LightfitError(
+        f"{path} has keys [{found}]; expected 'x' and 'y', or 'x_train', 'y_train', 'x_test', 'y_test'"
+    )
+
+
+def check_features(name: str, x: np.ndarray) -> None:
+    """Numbers, at least one sample, nothing NaN or infinite (scanned in chunks for memmaps)."""
+    if x.dtype.kind not in "biuf":
+        raise LightfitError(f"{name} has dtype {x.dtype}; expected numbers (float or int)")
+    if x.ndim < 2:
+        raise LightfitError(f"{name} has shape {x.shape}; expected (samples, features...)")
+    if len(x) == 0:
+        raise LightfitError(f"{name} is empty (shape {x.shape})")
+    if x.dtype.kind != "f":
+        return
+    bad, first = 0, None
+    for start in range(0, len(x), CHUNK_ROWS):
+        chunk = np.asarray(x[start : start + CHUNK_ROWS])
+        rows = ~np.isfinite(chunk).reshape(len(chunk), -1).all(axis=1)
+        if rows.any():
+            bad += int(rows.sum())
+            first = start + int(np.argmax(rows)) if first is None else first
+    if bad:
+        raise LightfitError(f"{name} has {bad} samples with NaN or infinite values (first at row {first})")
+
+
+def check_labels(name: str, y: np.ndarray, n: int, num_classes: int | None) -> np.ndarray:
+    """Integer class ids in [0, num_classes), one per sample; returns them as int64."""
+    if y.dtype.kind not in "biuf":
+        raise LightfitError(f"{name} has dtype {y.dtype}; expected integer class labels")
+    if y.ndim != 1:
+        raise LightfitError(f"{name} has shape {y.shape}; expected one class label per sample (N,)")
+    if len(y) != n:
+        raise LightfitError(f"x has {n} samples but {name} has {len(y)} labels; they must match")
+    if y.dtype.kind == "f":
+        whole = np.isfinite(y) & (y == np.round(y))
+        if not whole.all():
+            raise LightfitError(f"{name} has {int((~whole).sum())} labels that are not integers (e.g. {y[~whole][0]!r})")
+    negative = int((y < 0).sum())
+    if negative:
+        raise LightfitError(f"{name} has {negative} negative labels (min {y.min()}); labels must be 0..num_classes-1")
+    if num_classes is not None:
+        over = int((y >= num_classes).sum())
+        if over:
+            raise LightfitError(
+                f"{name} has {over} labels >= num_classes={num_classes} (max {int(y.max())})"
+            )
+    # int64 is what cross_entropy wants; for int64 input this is the same array, no copy.
+    return y.astype(np.int64, copy=False)
+
+
+def features_as_float32(x: np.ndarray) -> np.ndarray:
+    """float32 features: the same array when it already is (memmaps stay lazy), else one copy."""
+    if x.dtype == np.float32 or isinstance(x, np.memmap):
+        return x
+    return x.astype(np.float32)

@@ -1,0 +1,87 @@
+"""Errors a person can fix, and how every lightfit entry point reports them: one line, exit 2.
+
+A traceback is for bugs. Bad input (a wrong path, NaN features, a mistyped override) is
+the user's to fix, so it gets one line that names the file, key or value and what was
+expected. Set LIGHTFIT_TRACEBACK=1 (or Hydra's HYDRA_FULL_ERROR=1) to see the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+EXIT_USAGE = 2
+
+
+class LightfitError(Exception):
+    """Bad input or configuration; the message is shown to the user as it is."""
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def _hydra_message(exc: BaseException) -> str:
+    """Fold Hydra's and OmegaConf's multi-line messages into one line."""
+    text = str(exc)
+    head = _first_line(text)
+    options = re.search(r"Available options in '([^']+)':\s*(.*?)(?:\n\s*\n|Config search path|$)", text, re.S)
+    if options:
+        names = ", ".join(options.group(2).split())
+        return f"{head} (available in '{options.group(1)}': {names})"
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and _first_line(str(cause)) and _first_line(str(cause)) != head:
+        return f"{head} {_first_line(str(cause))}"
+    hint = re.search(r"^(To append to your config use .*)$", text, re.M)
+    return f"{head} ({hint.group(1)})" if hint else head
+
+
+def one_line(exc: BaseException) -> str | None:
+    """The one-line message for an error the user can fix, or None for a bug."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:  # a LightfitError wrapped by Hydra
+        seen.add(id(current))
+        if isinstance(current, LightfitError):
+            return str(current)
+        current = current.__cause__ or current.__context__
+    module = type(exc).__module__
+    if module.startswith(("hydra", "omegaconf")):
+        return _hydra_message(exc)
+    return None
+
+
+def traceback_wanted() -> bool:
+    if "LIGHTFIT_TRACEBACK" in os.environ:  # decided once, inherited by child processes
+        return os.environ["LIGHTFIT_TRACEBACK"] not in ("", "0")
+    return os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0")
+
+
+@contextmanager
+def reported(prog: str, show_traceback: bool | None = None) -> Iterator[None]:
+    """Run an entry point; turn user errors into `prog: error: ...` and exit code 2."""
+    if show_traceback is None:
+        show_traceback = traceback_wanted()
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - sorted into user errors and bugs below
+        message = one_line(exc)
+        if message is None or show_traceback:
+            raise
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+def run_hydra_entry(prog: str, hydra_entry: Callable[[], object]) -> None:
+    """Call a @hydra.main function so that its errors reach `reported` instead of Hydra's printer."""
+    show_traceback = traceback_wanted()
+    # Hydra re-raises instead of printing a stripped traceback when this is set;
+    # `reported` then prints one line, or the traceback if the user asked for it.
+    os.environ["LIGHTFIT_TRACEBACK"] = "1" if show_traceback else "0"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    with reported(prog, show_traceback):
+        hydra_entry()

@@ -1,0 +1,42 @@
+"""Manual optimization: the same training as `automatic.py`, every step written out.
+
+Each line marked `# auto:` is one that Lightning's automatic loop does for you. The
+result is the same weights, bit for bit, on CPU with the same seed (tests check it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from lightfit.loops.classifier import Classifier
+
+
+class ManualLoop(Classifier):
+    def __init__(self, *args: Any, accumulate_grad_batches: int = 1, gradient_clip_val: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.automatic_optimization = False  # we call zero_grad, backward and step ourselves
+        self.accumulate_grad_batches = accumulate_grad_batches
+        self.gradient_clip_val = gradient_clip_val
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        optimizer = self.optimizers()  # the LightningOptimizer around configure_optimizers' optimizer
+        last = self.is_last_batch(batch_idx)
+        # auto: step every k batches, and at the end of the epoch whatever is accumulated.
+        step_now = (batch_idx + 1) % self.accumulate_grad_batches == 0 or last
+        # auto: under DDP, skip the gradient all-reduce on accumulating steps. The forward
+        # pass must be inside the context too, or DDP syncs anyway.
+        with optimizer.toggle_model(sync_grad=step_now):
+            loss = self._common_step(batch, "train")
+            # auto: backward through Lightning (precision scaling, DDP hooks), loss / k.
+            self.manual_backward(loss / self.accumulate_grad_batches)
+        if step_now:
+            if self.gradient_clip_val:  # auto: Trainer(gradient_clip_val=...)
+                self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
+            optimizer.step()  # auto: also counts trainer.global_step (optimizer steps, not batches)
+            optimizer.zero_grad()  # auto: Lightning zeroes before the first backward of a window
+        scheduler = self.lr_schedulers()
+        if last and scheduler is not None:
+            scheduler.step()  # auto: interval="epoch" schedulers step once per epoch
+        return loss
