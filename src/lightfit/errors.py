@@ -29,13 +29,17 @@ def _hydra_message(exc: BaseException) -> str:
     """Fold Hydra's and OmegaConf's multi-line messages into one line."""
     text = str(exc)
     head = _first_line(text)
+    override = getattr(exc, "override", None)
+    if override is not None:  # OverrideParseException
+        return f"cannot parse override '{override}': {head}"
     options = re.search(r"Available options in '([^']+)':\s*(.*?)(?:\n\s*\n|Config search path|$)", text, re.S)
     if options:
         names = ", ".join(options.group(2).split())
         return f"{head} (available in '{options.group(1)}': {names})"
     cause = exc.__cause__ or exc.__context__
-    if cause is not None and _first_line(str(cause)) and _first_line(str(cause)) != head:
-        return f"{head} {_first_line(str(cause))}"
+    detail = _first_line(str(cause)) if cause is not None else ""
+    if detail and "$" not in detail and detail.split(":")[0] not in head:
+        return f"{head} {detail}"
     hint = re.search(r"^(To append to your config use .*)$", text, re.M)
     return f"{head} ({hint.group(1)})" if hint else head
 
@@ -74,6 +78,24 @@ def reported(prog: str, show_traceback: bool | None = None) -> Iterator[None]:
             raise
         print(f"{prog}: error: {message}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
+
+
+@contextmanager
+def reported_in_job(prog: str) -> Iterator[None]:
+    """`reported` inside a Hydra task function, for single runs.
+
+    Hydra announces a failed job on stderr ("Error executing job with overrides") before
+    re-raising; in a single run that line says nothing new, so the error is reported here.
+    In a sweep the line names the failing job, so the error is left to Hydra and `reported`.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        yield
+    else:
+        with reported(prog):
+            yield
 
 
 def run_hydra_entry(prog: str, hydra_entry: Callable[[], object]) -> None:

@@ -19,10 +19,11 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lightfit.errors import LightfitError, run_hydra_entry
+from lightfit.errors import LightfitError, reported_in_job, run_hydra_entry
 
 log = logging.getLogger("lightfit")
 RESULTS = "results.json"
+PROG = "lightfit-train"
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -125,11 +126,12 @@ def train(cfg: DictConfig) -> float | None:
 
 @hydra.main(config_path="pkg://lightfit.conf", config_name="train", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    return train(cfg)
+    with reported_in_job(PROG):
+        return train(cfg)
 
 
 def main() -> None:
-    run_hydra_entry("lightfit-train", _hydra_main)
+    run_hydra_entry(PROG, _hydra_main)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,67 @@
+"""Shared helpers: real Hydra composition, real training runs (in-process or as a CLI)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+FAST = ["trainer.max_epochs=2", "logger=none"]
+
+
+def compose_config(*overrides: str, run_dir: Path | None = None) -> DictConfig:
+    """Compose conf/train.yaml as `python -m lightfit.train` would, with the run dir set."""
+    GlobalHydra.instance().clear()
+    with initialize_config_module("lightfit.conf", version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    if run_dir is not None:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(run_dir)
+        HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def run_train(run_dir: Path, *overrides: str) -> dict:
+    """A real training run in this process; returns results.json."""
+    from lightfit.train import train
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train(compose_config(*overrides, run_dir=run_dir))
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    sa, sb = state_dict(a), state_dict(b)
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        torch.testing.assert_close(sa[key], sb[key], rtol=0, atol=0, msg=lambda m, k=key: f"{k}: {m}")
+
+
+def cli(*args: str, cwd: Path | None = None, module: str = "lightfit.train", timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run an entry point as a user would, in a fresh process."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("LIGHTFIT_TRACEBACK", None)
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    return tmp_path / "run"

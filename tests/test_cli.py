@@ -1,0 +1,68 @@
+"""The command line as a user meets it: outputs of a run, and one clear line for each mistake."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from conftest import cli
+
+
+def test_fast_dev_run_from_the_command_line(tmp_path):
+    run = tmp_path / "run"
+    proc = cli("trainer.fast_dev_run=true", f"hydra.run.dir={run}")
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch 1/" in proc.stdout and "test/acc" in proc.stdout
+    results = json.loads((run / "results.json").read_text())
+    assert 0 <= results["test/acc"] <= 1
+    assert (run / ".hydra" / "config.yaml").is_file()
+
+
+def test_console_script_runs_the_same_entry_point(tmp_path):
+    exe = Path(sys.executable).parent / "lightfit-train"  # installed beside this Python
+    assert exe.is_file(), "lightfit-train is not installed"
+    proc = subprocess.run([exe, "--cfg", "job"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0 and "loop:" in proc.stdout
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("lightfit-train: error: ")
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_unknown_option_in_a_group(tmp_path):
+    proc = cli("model=transformer", cwd=tmp_path)
+    assert_one_line_error(proc, "model/transformer", "cnn, mlp")
+
+
+def test_unknown_key(tmp_path):
+    assert_one_line_error(cli("trainer.max_epoch=3", cwd=tmp_path), "max_epoch")
+
+
+def test_wrong_override_syntax(tmp_path):
+    assert_one_line_error(cli("trainer.max_epochs=[1", cwd=tmp_path), "cannot parse override", "trainer.max_epochs=[1")
+
+
+def test_missing_data_file(tmp_path):
+    proc = cli("data=npz", f"data.path={tmp_path / 'missing.npz'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert_one_line_error(proc, "data file not found", "missing.npz")
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_npz_without_expected_keys(tmp_path):
+    np.savez(tmp_path / "bad.npz", a=np.zeros((4, 2)), b=np.zeros(4))
+    proc = cli("data=npz", f"data.path={tmp_path / 'bad.npz'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert_one_line_error(proc, "bad.npz has keys [a, b]", "expected 'x' and 'y'")
+
+
+def test_required_value_missing(tmp_path):
+    assert_one_line_error(cli("data=npz", cwd=tmp_path), "Missing mandatory value: data.path")
