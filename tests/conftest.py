@@ -52,13 +52,20 @@ def assert_same_weights(a: Path, b: Path) -> None:
         torch.testing.assert_close(sa[key], sb[key], rtol=0, atol=0, msg=lambda m, k=key: f"{k}: {m}")
 
 
-def cli(*args: str, cwd: Path | None = None, module: str = "lightfit.train", timeout: float = 240) -> subprocess.CompletedProcess:
+def cli(
+    *args: str, cwd: Path | None = None, module: str = "lightfit.train", timeout: float = 240
+) -> subprocess.CompletedProcess:
     """Run an entry point as a user would, in a fresh process."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("LIGHTFIT_TRACEBACK", None)
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from conftest import cli
 
 
@@ -49,18 +48,24 @@ def test_unknown_key(tmp_path):
 
 
 def test_wrong_override_syntax(tmp_path):
-    assert_one_line_error(cli("trainer.max_epochs=[1", cwd=tmp_path), "cannot parse override", "trainer.max_epochs=[1")
+    assert_one_line_error(
+        cli("trainer.max_epochs=[1", cwd=tmp_path), "cannot parse override", "trainer.max_epochs=[1"
+    )
 
 
 def test_missing_data_file(tmp_path):
-    proc = cli("data=npz", f"data.path={tmp_path / 'missing.npz'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    proc = cli(
+        "data=npz", f"data.path={tmp_path / 'missing.npz'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path
+    )
     assert_one_line_error(proc, "data file not found", "missing.npz")
     assert not (tmp_path / "run" / "results.json").exists()
 
 
 def test_npz_without_expected_keys(tmp_path):
     np.savez(tmp_path / "bad.npz", a=np.zeros((4, 2)), b=np.zeros(4))
-    proc = cli("data=npz", f"data.path={tmp_path / 'bad.npz'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    proc = cli(
+        "data=npz", f"data.path={tmp_path / 'bad.npz'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path
+    )
     assert_one_line_error(proc, "bad.npz has keys [a, b]", "expected 'x' and 'y'")
 
 

@@ -6,13 +6,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import compose_config
 from hydra.utils import instantiate
 
-from conftest import compose_config
 from lightfit.data import ArrayDataModule
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in ("data", "model", "loop", "optimizer", "scheduler", "trainer", "logger")}
+GROUPS = {
+    g: sorted(p.stem for p in (CONF / g).glob("*.yaml"))
+    for g in ("data", "model", "loop", "optimizer", "scheduler", "trainer", "logger")
+}
 
 
 def test_defaults():
@@ -41,7 +44,9 @@ def test_model_options_build_networks():
 
 def test_layer_widths_override_as_list():
     make = instantiate(compose_config("model.hidden=[256,128]").model)
-    widths = [m.out_features for m in make(input_shape=(64,), num_classes=10) if isinstance(m, torch.nn.Linear)]
+    widths = [
+        m.out_features for m in make(input_shape=(64,), num_classes=10) if isinstance(m, torch.nn.Linear)
+    ]
     assert widths == [256, 128, 10]
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 
 import pytest
-
 from conftest import FAST, assert_same_weights, run_train
 
 
@@ -26,7 +25,13 @@ def test_automatic_run_writes_results_checkpoints_and_metrics(run_dir):
     "extra",
     [
         [],
-        ["optimizer=sgd", "scheduler=step", "scheduler.step_size=1", "loop.accumulate_grad_batches=3", "loop.gradient_clip_val=0.5"],
+        [
+            "optimizer=sgd",
+            "scheduler=step",
+            "scheduler.step_size=1",
+            "loop.accumulate_grad_batches=3",
+            "loop.gradient_clip_val=0.5",
+        ],
     ],
     ids=["default", "sgd-steplr-accumulate-clip"],
 )
@@ -34,7 +39,9 @@ def test_automatic_and_manual_give_the_same_weights(tmp_path, extra):
     runs = {}
     for loop in ("automatic", "manual"):
         runs[loop] = run_train(tmp_path / loop, f"loop={loop}", *FAST, *extra)
-    assert_same_weights(tmp_path / "automatic/checkpoints/last.ckpt", tmp_path / "manual/checkpoints/last.ckpt")
+    assert_same_weights(
+        tmp_path / "automatic/checkpoints/last.ckpt", tmp_path / "manual/checkpoints/last.ckpt"
+    )
     assert runs["automatic"]["test/acc"] == runs["manual"]["test/acc"]
 
 

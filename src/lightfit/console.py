@@ -40,4 +40,6 @@ class EpochLine(Callback):
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.is_global_zero and not trainer.sanity_checking:
             seconds = time.perf_counter() - self.start
-            log.info(epoch_line(trainer.current_epoch + 1, trainer.max_epochs, trainer.callback_metrics, seconds))
+            log.info(
+                epoch_line(trainer.current_epoch + 1, trainer.max_epochs, trainer.callback_metrics, seconds)
+            )

@@ -32,7 +32,9 @@ def _hydra_message(exc: BaseException) -> str:
     override = getattr(exc, "override", None)
     if override is not None:  # OverrideParseException
         return f"cannot parse override '{override}': {head}"
-    options = re.search(r"Available options in '([^']+)':\s*(.*?)(?:\n\s*\n|Config search path|$)", text, re.S)
+    options = re.search(
+        r"Available options in '([^']+)':\s*(.*?)(?:\n\s*\n|Config search path|$)", text, re.S
+    )
     if options:
         names = ", ".join(options.group(2).split())
         return f"{head} (available in '{options.group(1)}': {names})"

@@ -72,7 +72,11 @@ class CNN(nn.Module):
         blocks: list[nn.Module] = []
         in_channels = 1 if self.add_channel else input_shape[0]
         for out_channels in channels:
-            blocks += [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True)]
+            blocks += [
+                nn.Conv2d(in_channels, out_channels, 3, padding=1),
+                nn.ReLU(),
+                nn.MaxPool2d(2, ceil_mode=True),
+            ]
             in_channels = out_channels
         self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = MLP((in_channels,), num_classes, hidden, dropout)

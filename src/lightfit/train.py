@@ -65,7 +65,10 @@ def train_lightning(cfg: DictConfig, datamodule: Any, net: Any, run_dir: Path) -
     loop = cfg.loop
     if loop.name not in LIGHTNING_LOOPS:
         raise LightfitError(f"loop={loop.name} is not a Lightning loop")
-    knobs = {"accumulate_grad_batches": loop.accumulate_grad_batches, "gradient_clip_val": loop.gradient_clip_val}
+    knobs = {
+        "accumulate_grad_batches": loop.accumulate_grad_batches,
+        "gradient_clip_val": loop.gradient_clip_val,
+    }
     module = LIGHTNING_LOOPS[loop.name](
         net,
         optimizer=instantiate(cfg.optimizer),
@@ -79,12 +82,19 @@ def train_lightning(cfg: DictConfig, datamodule: Any, net: Any, run_dir: Path) -
         dirpath=run_dir / "checkpoints", filename="best", monitor=cfg.monitor, mode="max", save_last=True
     )
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer = _trainer(cfg, run_dir, [checkpoints, EpochLine()], logger, **(knobs if loop.name == "automatic" else {}))
+    trainer = _trainer(
+        cfg, run_dir, [checkpoints, EpochLine()], logger, **(knobs if loop.name == "automatic" else {})
+    )
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     best = checkpoints.best_model_path or None  # None after fast_dev_run: test the current weights
     results = {}
     for evaluate in (trainer.validate, trainer.test):
-        results.update({k: float(v) for k, v in evaluate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0].items()})
+        results.update(
+            {
+                k: float(v)
+                for k, v in evaluate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0].items()
+            }
+        )
     results["best_checkpoint"] = best
     results["epochs"] = trainer.current_epoch
     return results
@@ -113,7 +123,13 @@ def train(cfg: DictConfig) -> float | None:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
-    net = build_network(instantiate(cfg.model), datamodule.input_shape, datamodule.num_classes, datamodule.mean, datamodule.std)
+    net = build_network(
+        instantiate(cfg.model),
+        datamodule.input_shape,
+        datamodule.num_classes,
+        datamodule.mean,
+        datamodule.std,
+    )
     results = train_lightning(cfg, datamodule, net, run_dir)
     results["loop"] = cfg.loop.name
     if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:

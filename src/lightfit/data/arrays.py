@@ -115,16 +115,18 @@ def check_labels(name: str, y: np.ndarray, n: int, num_classes: int | None) -> n
     if y.dtype.kind == "f":
         whole = np.isfinite(y) & (y == np.round(y))
         if not whole.all():
-            raise LightfitError(f"{name} has {int((~whole).sum())} labels that are not integers (e.g. {y[~whole][0]!r})")
+            raise LightfitError(
+                f"{name} has {int((~whole).sum())} labels that are not integers (e.g. {y[~whole][0]!r})"
+            )
     negative = int((y < 0).sum())
     if negative:
-        raise LightfitError(f"{name} has {negative} negative labels (min {y.min()}); labels must be 0..num_classes-1")
+        raise LightfitError(
+            f"{name} has {negative} negative labels (min {y.min()}); labels must be 0..num_classes-1"
+        )
     if num_classes is not None:
         over = int((y >= num_classes).sum())
         if over:
-            raise LightfitError(
-                f"{name} has {over} labels >= num_classes={num_classes} (max {int(y.max())})"
-            )
+            raise LightfitError(f"{name} has {over} labels >= num_classes={num_classes} (max {int(y.max())})")
     # int64 is what cross_entropy wants; for int64 input this is the same array, no copy.
     return y.astype(np.int64, copy=False)
 

@@ -108,7 +108,12 @@ class ArrayDataModule(L.LightningDataModule):
             return {k: v for k, v in self.arrays.items() if v is not None}
         arrays = read_arrays(self.path, self.labels)
         if "x_train" in arrays:  # the Keras layout
-            return {"x": arrays["x_train"], "y": arrays["y_train"], "x_test": arrays["x_test"], "y_test": arrays["y_test"]}
+            return {
+                "x": arrays["x_train"],
+                "y": arrays["y_train"],
+                "x_test": arrays["x_test"],
+                "y_test": arrays["y_test"],
+            }
         return arrays
 
     def setup(self, stage: str | None = None) -> None:
@@ -140,7 +145,10 @@ class ArrayDataModule(L.LightningDataModule):
         self.splits["val"] = Split(x, y, val)
         for name in ("train", "val", "test"):
             if len(self.splits[name].rows) == 0:
-                raise LightfitError(f"{source}: the {name} split is empty ({len(y)} samples); use more data or other fractions")
+                raise LightfitError(
+                    f"{source}: the {name} split is empty ({len(y)} samples); "
+                    "use more data or other fractions"
+                )
         if self.batch_size > len(train):
             raise LightfitError(
                 f"data.batch_size={self.batch_size} is larger than the training split ({len(train)} samples)"

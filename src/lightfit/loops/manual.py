@@ -14,7 +14,13 @@ from lightfit.loops.classifier import Classifier
 
 
 class ManualLoop(Classifier):
-    def __init__(self, *args: Any, accumulate_grad_batches: int = 1, gradient_clip_val: float | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: float | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.automatic_optimization = False  # we call zero_grad, backward and step ourselves
         self.accumulate_grad_batches = accumulate_grad_batches
@@ -33,7 +39,9 @@ class ManualLoop(Classifier):
             self.manual_backward(loss / self.accumulate_grad_batches)
         if step_now:
             if self.gradient_clip_val:  # auto: Trainer(gradient_clip_val=...)
-                self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
+                self.clip_gradients(
+                    optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm"
+                )
             optimizer.step()  # auto: also counts trainer.global_step (optimizer steps, not batches)
             optimizer.zero_grad()  # auto: Lightning zeroes before the first backward of a window
         scheduler = self.lr_schedulers()
