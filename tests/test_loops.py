@@ -8,8 +8,13 @@ import pytest
 from conftest import FAST, assert_same_weights, run_train
 
 
-def test_automatic_run_writes_results_checkpoints_and_metrics(run_dir):
-    results = run_train(run_dir, "trainer.max_epochs=3", "logger=csv")
+LOOPS = ("automatic", "manual", "explicit")
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_each_loop_writes_results_checkpoints_and_metrics(run_dir, loop):
+    results = run_train(run_dir, f"loop={loop}", "trainer.max_epochs=3", "logger=csv")
+    assert results["loop"] == loop
     assert set(results) >= {"test/acc", "test/loss", "val/acc", "val/loss"}
     assert all(isinstance(results[k], float) for k in ("test/acc", "test/loss", "val/acc", "val/loss"))
     assert results["test/acc"] > 0.8  # 3 epochs on digits
@@ -18,7 +23,8 @@ def test_automatic_run_writes_results_checkpoints_and_metrics(run_dir):
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     train_rows = [r for r in rows if r.get("train/loss")]
     val_rows = [r for r in rows if r.get("val/acc")]
-    assert len(train_rows) == 3 and len(val_rows) >= 3
+    assert len(train_rows) == 3 and len(val_rows) == 3
+    assert [int(r["epoch"]) for r in train_rows] == [0, 1, 2]
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ answer at once.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -37,6 +38,10 @@ def _quiet_lightning() -> None:
     # We log metrics once per epoch, so Lightning's hint about log_every_n_steps does not apply.
     warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # The CSV logger writes into the run directory, which Hydra has already created.
+    warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
+    # Lightning 2.6 on torch >= 2.10 (upstream deprecation, harmless).
+    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
 
 
 def _trainer(cfg: DictConfig, run_dir: Path, callbacks: list, logger: Any, **loop_kwargs: Any):
@@ -87,17 +92,100 @@ def train_lightning(cfg: DictConfig, datamodule: Any, net: Any, run_dir: Path) -
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     best = checkpoints.best_model_path or None  # None after fast_dev_run: test the current weights
+    # A second Trainer without logger for the final evaluation: metrics.csv keeps one row
+    # per epoch and stage, and results.json gets the numbers.
+    evaluator = _trainer(cfg, run_dir, [], False, enable_checkpointing=False)
+    if best:
+        load_net_weights(net, best)
     results = {}
-    for evaluate in (trainer.validate, trainer.test):
+    for evaluate in (evaluator.validate, evaluator.test):
         results.update(
-            {
-                k: float(v)
-                for k, v in evaluate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0].items()
-            }
+            {k: float(v) for k, v in evaluate(module, datamodule=datamodule, verbose=False)[0].items()}
         )
     results["best_checkpoint"] = best
     results["epochs"] = trainer.current_epoch
     return results
+
+
+def train_explicit(cfg: DictConfig, datamodule: Any, net: Any, run_dir: Path) -> dict[str, Any]:
+    """loop=explicit: the plain PyTorch loop of loops/explicit.py, with Fabric for devices."""
+    import math
+
+    from hydra.utils import instantiate
+    from lightning.fabric import Fabric
+
+    from lightfit.console import epoch_line
+    from lightfit.loops.classifier import CHECKPOINT_KEY
+    from lightfit.loops.explicit import checkpoint_state, evaluate_epoch, fit, num_batches
+    from lightfit.metrics import StageMetrics
+
+    t, loop = cfg.trainer, cfg.loop
+    fabric = Fabric(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        num_nodes=t.num_nodes,
+        precision=t.precision,
+    )
+    fabric.launch()
+    optimizer = instantiate(cfg.optimizer)(net.parameters())
+    model, optimizer = fabric.setup(net, optimizer)  # moves the model to the device, wraps it for DDP
+    scheduler = instantiate(cfg.scheduler)(optimizer) if cfg.get("scheduler") else None
+    loaders = fabric.setup_dataloaders(
+        datamodule.train_dataloader(), datamodule.val_dataloader(), datamodule.test_dataloader()
+    )  # batches arrive on the device; under DDP each rank gets its own shard
+    train_loader, val_loader, test_loader = loaders
+    fast = int(t.fast_dev_run)  # like Lightning: that many batches, one epoch, no checkpoints
+    limits = {s: fast or t.get(f"limit_{s}_batches") for s in ("train", "val", "test")}
+    epochs = 1 if fast else t.max_epochs
+    steps_per_epoch = math.ceil(num_batches(train_loader, limits["train"]) / loop.accumulate_grad_batches)
+    logger = instantiate(cfg.logger) if cfg.get("logger") else None
+    extra = {CHECKPOINT_KEY: checkpoint_config(cfg, datamodule)}
+    best_path, last_path = run_dir / "checkpoints" / "best.ckpt", run_dir / "checkpoints" / "last.ckpt"
+    best = {"score": -math.inf}
+
+    def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
+        step = (epoch + 1) * steps_per_epoch
+        if fabric.is_global_zero:
+            log.info(epoch_line(epoch + 1, epochs, metrics, metrics["time"]))
+            if logger:
+                logger.log_metrics(
+                    {k: v for k, v in metrics.items() if "/" in k} | {"epoch": epoch}, step - 1
+                )
+        if fast:
+            return
+        state = checkpoint_state(model, optimizer, scheduler, epoch, step, extra)
+        if metrics[cfg.monitor] > best["score"]:  # strictly better, as ModelCheckpoint(mode="max")
+            best["score"] = metrics[cfg.monitor]
+            fabric.save(best_path, state)  # rank 0 writes; every rank waits for it
+        fabric.save(last_path, state)
+
+    fit(
+        fabric, model, optimizer, train_loader, val_loader,
+        epochs=epochs, num_classes=datamodule.num_classes, scheduler=scheduler,
+        accumulate_grad_batches=loop.accumulate_grad_batches, gradient_clip_val=loop.gradient_clip_val,
+        limit_train_batches=limits["train"], limit_val_batches=limits["val"], on_epoch_end=on_epoch_end,
+    )  # fmt: skip
+    if logger:
+        logger.finalize("success")
+    if best_path.is_file():  # test the best weights, as the Lightning loops do
+        load_net_weights(net, best_path)
+    results: dict[str, Any] = {}
+    for stage, loader in (("val", val_loader), ("test", test_loader)):
+        batches = itertools.islice(loader, num_batches(loader, limits[stage]))
+        metrics = StageMetrics(stage, datamodule.num_classes).to(fabric.device)
+        results.update({k: v.item() for k, v in evaluate_epoch(model, batches, metrics).items()})
+    results["best_checkpoint"] = str(best_path) if best_path.is_file() else None
+    results["epochs"] = epochs
+    return results
+
+
+def load_net_weights(net: Any, path: str | Path) -> None:
+    """Load a checkpoint's network weights (any loop's) into `net`; never unpickles code."""
+    import torch
+
+    weights = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    net.load_state_dict({k.removeprefix("net."): v for k, v in weights.items()})
 
 
 def checkpoint_config(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
@@ -130,7 +218,8 @@ def train(cfg: DictConfig) -> float | None:
         datamodule.mean,
         datamodule.std,
     )
-    results = train_lightning(cfg, datamodule, net, run_dir)
+    run = train_explicit if cfg.loop.name == "explicit" else train_lightning
+    results = run(cfg, datamodule, net, run_dir)
     results["loop"] = cfg.loop.name
     if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
         write_json_atomic(run_dir / RESULTS, results)

@@ -99,6 +99,9 @@ def batch_loader(
         dataset,
         batch_sampler=IndexBatchSampler(sampler, batch_size, drop_last),
         collate_fn=_as_is,
+        # Its own generator: creating an iterator draws a worker seed from it, not from the
+        # global RNG, so the number of loaders iterated never changes dropout or init.
+        generator=torch.Generator().manual_seed(seed),
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,

@@ -1,0 +1,166 @@
+"""The explicit loop: a plain PyTorch `fit()` you can keep across projects.
+
+Forward, loss, backward, step, in the order you would write them by hand. Lightning
+Fabric handles only devices and processes, so the same function runs on CPU, one GPU
+and DDP; each line where Fabric replaces plain PyTorch says so in a comment. Compare with
+`automatic.py` (Lightning writes all of this) and `manual.py` (you write it inside
+Lightning): with the same seed all three end with the same weights.
+
+    fabric = Fabric(accelerator="cpu")
+    model, optimizer = fabric.setup(net, optimizer)       # instead of net.to(device)
+    train_loader, val_loader = fabric.setup_dataloaders(train_loader, val_loader)
+    history = fit(fabric, model, optimizer, train_loader, val_loader, epochs=5, num_classes=10)
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.fabric import Fabric
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+from torch.utils.data import DataLoader
+
+from lightfit.metrics import StageMetrics
+
+EpochHook = Callable[[int, dict[str, float]], None]  # (epoch, metrics of that epoch)
+
+
+def num_batches(loader: DataLoader, limit: int | float | None) -> int:
+    """How many batches an epoch takes: all, a count, or a fraction (Lightning's limit_*_batches)."""
+    total = len(loader)
+    if limit is None:
+        return total
+    if isinstance(limit, float) and limit <= 1.0:
+        return max(1, int(total * limit))
+    return min(total, int(limit))
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Tell the sampler which epoch it is, so that it shuffles differently each epoch.
+
+    Lightning's loops do this for you; a plain loop must, or every epoch (and, under DDP,
+    every rank's shard) comes in the same order.
+    """
+    for obj in (loader.sampler, getattr(loader.batch_sampler, "sampler", None)):
+        if hasattr(obj, "set_epoch"):
+            obj.set_epoch(epoch)
+
+
+def train_epoch(
+    fabric: Fabric,
+    model: nn.Module,
+    optimizer: Optimizer,
+    loader: DataLoader,
+    metrics: StageMetrics,
+    accumulate_grad_batches: int = 1,
+    gradient_clip_val: float | None = None,
+    limit_batches: int | float | None = None,
+) -> None:
+    model.train()
+    n = num_batches(loader, limit_batches)
+    for batch_idx, (x, y) in enumerate(itertools.islice(loader, n)):  # Fabric moved x, y to the device
+        step_now = (batch_idx + 1) % accumulate_grad_batches == 0 or batch_idx + 1 == n
+        # Fabric: skip the DDP gradient all-reduce while accumulating (plain PyTorch: model.no_sync()).
+        with fabric.no_backward_sync(model, enabled=not step_now):
+            logits = model(x)  # (B, num_classes)
+            loss = F.cross_entropy(logits, y)
+            fabric.backward(loss / accumulate_grad_batches)  # Fabric: instead of loss.backward()
+        metrics.update(logits, y, loss)  # on the device; no .item() here, it would sync each step
+        if step_now:
+            if gradient_clip_val:
+                # Fabric: instead of nn.utils.clip_grad_norm_(); unscales mixed-precision grads first.
+                fabric.clip_gradients(model, optimizer, max_norm=gradient_clip_val)
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+@torch.no_grad()  # evaluation builds no graph: less memory, faster
+def evaluate_epoch(
+    model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], metrics: StageMetrics
+) -> dict[str, Tensor]:
+    was_training = model.training
+    model.eval()  # dropout off, batch norm uses its running statistics
+    for x, y in loader:
+        logits = model(x)
+        metrics.update(logits, y, F.cross_entropy(logits, y))
+    results = metrics.compute()  # under DDP: states synced across ranks, then reduced
+    metrics.reset()
+    model.train(was_training)
+    return results
+
+
+def fit(
+    fabric: Fabric,
+    model: nn.Module,
+    optimizer: Optimizer,
+    train_loader: DataLoader,
+    val_loader: DataLoader | None = None,
+    *,
+    epochs: int,
+    num_classes: int,
+    scheduler: LRScheduler | None = None,
+    accumulate_grad_batches: int = 1,
+    gradient_clip_val: float | None = None,
+    start_epoch: int = 0,
+    limit_train_batches: int | float | None = None,
+    limit_val_batches: int | float | None = None,
+    on_epoch_end: EpochHook | None = None,
+) -> dict[str, list[float]]:
+    """Train `model` (set up with `fabric.setup`) for `epochs`; return per-epoch metrics.
+
+    The history maps `train/loss`, `train/acc`, `val/loss`, `val/acc` and `time` to one
+    value per epoch. `on_epoch_end(epoch, metrics)` runs after each epoch (print, log,
+    checkpoint there). `start_epoch` continues a run restored from a checkpoint.
+    """
+    train_metrics = StageMetrics("train", num_classes).to(fabric.device)
+    val_metrics = StageMetrics("val", num_classes).to(fabric.device)
+    history: dict[str, list[float]] = {}
+    for epoch in range(start_epoch, epochs):
+        start = time.perf_counter()
+        set_epoch(train_loader, epoch)
+        train_epoch(
+            fabric, model, optimizer, train_loader, train_metrics,
+            accumulate_grad_batches, gradient_clip_val, limit_train_batches,
+        )  # fmt: skip
+        epoch_metrics = train_metrics.compute()
+        train_metrics.reset()
+        if val_loader is not None:
+            val_batches = itertools.islice(val_loader, num_batches(val_loader, limit_val_batches))
+            epoch_metrics |= evaluate_epoch(model, val_batches, val_metrics)
+        if scheduler is not None:
+            scheduler.step()  # once per epoch, like Lightning's interval="epoch"
+        # .item(): one device-to-host copy per metric per epoch, for printing and logging.
+        values = {k: v.item() for k, v in epoch_metrics.items()}
+        values["time"] = time.perf_counter() - start
+        for key, value in values.items():
+            history.setdefault(key, []).append(value)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, values)
+    return history
+
+
+def checkpoint_state(
+    model: nn.Module,
+    optimizer: Optimizer,
+    scheduler: LRScheduler | None,
+    epoch: int,
+    global_step: int,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """A checkpoint in Lightning's layout, so evaluate/predict read all loops' checkpoints alike."""
+    return {
+        "epoch": epoch,
+        "global_step": global_step,
+        # "net." as in the LightningModule, where the network is the attribute `net`.
+        "state_dict": {f"net.{k}": v for k, v in model.state_dict().items()},
+        "optimizer_states": [optimizer.state_dict()],
+        "lr_schedulers": [scheduler.state_dict()] if scheduler is not None else [],
+        **extra,
+    }
