@@ -7,7 +7,6 @@ import csv
 import pytest
 from conftest import FAST, assert_same_weights, run_train
 
-
 LOOPS = ("automatic", "manual", "explicit")
 
 
