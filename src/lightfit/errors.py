@@ -16,7 +16,7 @@ from contextlib import contextmanager
 EXIT_USAGE = 2
 
 
-class LightfitError(Exception):
+class LightfitError(ValueError):
     """Bad input or configuration; the message is shown to the user as it is."""
 
 

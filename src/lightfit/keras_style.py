@@ -1,0 +1,167 @@
+"""Keras-style `fit`, `evaluate`, `predict` for any `nn.Module` and NumPy arrays.
+
+    from lightfit import fit, evaluate, predict
+    history = fit(model, x_train, y_train, validation_split=0.1, epochs=5, batch_size=64)
+    history.history["val_acc"]            # one float per epoch
+    evaluate(model, x_test, y_test)        # {"loss": 0.21, "acc": 0.95}
+    probs = predict(model, x_test)         # np.ndarray of the model's outputs
+
+Keras takes NumPy arrays and hides the conversions; PyTorch makes you write them. They
+are all here, each with the reason it is there: `torch.from_numpy` in, `.detach()`,
+`.cpu()`, `.numpy()` out, `.item()` for scalars, `no_grad` for evaluation. Training runs
+the same explicit loop as `loop=explicit` (loops/explicit.py), not a copy of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from lightning.fabric import Fabric
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from lightfit.console import epoch_line
+from lightfit.data.arrays import check_features, check_labels
+from lightfit.data.batches import ArrayDataset, batch_loader
+from lightfit.errors import LightfitError
+from lightfit.loops.explicit import evaluate_epoch
+from lightfit.loops.explicit import fit as fit_loop
+from lightfit.metrics import StageMetrics
+
+KERAS_NAMES = {"train/loss": "loss", "train/acc": "acc", "val/loss": "val_loss", "val/acc": "val_acc"}
+OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
+
+
+@dataclass
+class History:
+    """What Keras' `fit` returns: `history` maps metric names to one value per epoch."""
+
+    history: dict[str, list[float]] = field(default_factory=dict)
+    epoch: list[int] = field(default_factory=list)
+
+
+def as_tensor(array: np.ndarray, dtype: torch.dtype) -> Tensor:
+    """NumPy -> tensor. `torch.from_numpy` shares the array's memory: no copy.
+
+    Only a different dtype costs a copy (float64 features become float32, the dtype of
+    the weights); the tensor then no longer shares memory with the array.
+    """
+    if not array.flags.writeable or any(s < 0 for s in array.strides):
+        array = np.ascontiguousarray(array).copy()  # from_numpy needs writable, positive strides
+    return torch.from_numpy(array).to(dtype)  # .to() returns the same tensor if dtype matches
+
+
+def _features(x: np.ndarray, name: str = "x") -> Tensor:
+    x = np.asarray(x)
+    check_features(name, x)  # one clear error for NaN, strings, empty arrays
+    return as_tensor(x, torch.float32)
+
+
+def _labels(y: np.ndarray, n: int, num_classes: int, name: str = "y") -> Tensor:
+    return as_tensor(check_labels(name, np.asarray(y), n, num_classes), torch.int64)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _batches(x: Tensor, batch_size: int, device: torch.device) -> Iterator[Tensor]:
+    for start in range(0, len(x), batch_size):
+        yield x[start : start + batch_size].to(device)  # slicing is a view; .to() copies to the GPU only
+
+
+@torch.no_grad()  # no graph: predictions never need gradients
+def predict(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The model's outputs for `x`, as a new NumPy array (apply softmax/argmax as you need)."""
+    inputs = _features(x)
+    model.eval()  # dropout off, batch norm uses running statistics
+    outputs = [model(xb).detach().cpu() for xb in _batches(inputs, batch_size, _device(model))]
+    # detach: cut the output from autograd (a no-op under no_grad, kept for readers who copy
+    # this line elsewhere); cpu: bring it to host memory. torch.cat allocates a new tensor,
+    # so the array below owns fresh memory and never aliases the model's weights or the
+    # input, even for a model that returns its input; .numpy() then shares that memory.
+    return torch.cat(outputs).numpy()
+
+
+def _loader(x: Tensor, y: Tensor, batch_size: int, shuffle: bool, seed: int):
+    return batch_loader(ArrayDataset(x, y, torch.arange(len(y))), batch_size, shuffle=shuffle, seed=seed)
+
+
+def _num_classes(model: nn.Module, x: Tensor) -> int:
+    """The width of the model's output, from one sample (in eval mode, no graph)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        width = model(x[:1].to(_device(model))).shape[-1]
+    model.train(was_training)
+    return int(width)
+
+
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> dict[str, float]:
+    """Mean cross-entropy and accuracy over `x`, `y`, as plain Python floats."""
+    inputs = _features(x)
+    num_classes = _num_classes(model, inputs)
+    labels = _labels(y, len(inputs), num_classes)
+    device = _device(model)
+    metrics = StageMetrics("test", num_classes).to(device)
+    batches = ((xb.to(device), yb.to(device)) for xb, yb in _loader(inputs, labels, batch_size, False, 0))
+    results = evaluate_epoch(model, batches, metrics)
+    return {key.split("/")[1]: value.item() for key, value in results.items()}  # .item(): tensor -> float
+
+
+def fit(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    validation_data: tuple[np.ndarray, np.ndarray] | None = None,
+    validation_split: float = 0.0,
+    epochs: int = 1,
+    batch_size: int = 32,
+    optimizer: str | Callable[..., Optimizer] = "adam",
+    lr: float = 1e-3,
+    shuffle: bool = True,
+    seed: int = 0,
+    accelerator: str = "auto",
+    precision: str = "32-true",
+    verbose: bool = True,
+) -> History:
+    """Train `model` (any nn.Module returning class scores) with cross-entropy, like Keras `fit`.
+
+    `validation_split` holds out the last fraction of `x`, `y` (before shuffling), as
+    Keras does. `optimizer` is a name (adam, sgd, adamw) or a factory `params -> Optimizer`.
+    """
+    inputs = _features(x)
+    num_classes = _num_classes(model, inputs)
+    labels = _labels(y, len(inputs), num_classes)
+    if validation_data is not None:
+        val_inputs = _features(validation_data[0], "validation x")
+        val_labels = _labels(validation_data[1], len(val_inputs), num_classes, "validation y")
+    elif validation_split:
+        if not 0 < validation_split < 1:
+            raise LightfitError(f"validation_split={validation_split} must be between 0 and 1")
+        cut = len(inputs) - int(len(inputs) * validation_split)
+        # Slices of a tensor are views: the split costs no copy.
+        inputs, val_inputs, labels, val_labels = inputs[:cut], inputs[cut:], labels[:cut], labels[cut:]
+    else:
+        val_inputs = val_labels = None
+    fabric = Fabric(accelerator=accelerator, devices=1, precision=precision)
+    make_optimizer = OPTIMIZERS[optimizer] if isinstance(optimizer, str) else optimizer
+    model, opt = fabric.setup(model, make_optimizer(model.parameters(), lr=lr))  # model moves to the device
+    train_loader = fabric.setup_dataloaders(_loader(inputs, labels, batch_size, shuffle, seed))
+    val_loader = None
+    if val_inputs is not None:
+        val_loader = fabric.setup_dataloaders(_loader(val_inputs, val_labels, batch_size, False, seed))
+
+    def report(epoch: int, metrics: dict[str, float]) -> None:
+        if verbose:
+            print(epoch_line(epoch + 1, epochs, metrics, metrics["time"]))
+
+    steps = fit_loop(
+        fabric, model, opt, train_loader, val_loader,
+        epochs=epochs, num_classes=num_classes, on_epoch_end=report,
+    )  # fmt: skip
+    return History({KERAS_NAMES[k]: v for k, v in steps.items() if k in KERAS_NAMES}, list(range(epochs)))
