@@ -38,13 +38,19 @@ class ManualLoop(Classifier):
             # auto: backward through Lightning (precision scaling, DDP hooks), loss / k.
             self.manual_backward(loss / self.accumulate_grad_batches)
         if step_now:
-            if self.gradient_clip_val:  # auto: Trainer(gradient_clip_val=...)
-                self.clip_gradients(
-                    optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm"
-                )
+            # Clipping happens in on_before_optimizer_step below, inside this call.
             optimizer.step()  # auto: also counts trainer.global_step (optimizer steps, not batches)
             optimizer.zero_grad()  # auto: Lightning zeroes before the first backward of a window
         scheduler = self.lr_schedulers()
         if last and scheduler is not None:
             scheduler.step()  # auto: interval="epoch" schedulers step once per epoch
         return loss
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        # auto: Trainer(gradient_clip_val=...). Lightning calls this hook inside
+        # optimizer.step(), after 16-bit AMP has unscaled the gradients; clipping before
+        # optimizer.step() would clip the scaled gradients instead.
+        if self.gradient_clip_val:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm"
+            )
