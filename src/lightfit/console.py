@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Mapping
 from typing import Any
-
-from lightning.pytorch.callbacks import Callback
-
-log = logging.getLogger("lightfit")
 
 COLUMNS = ("train/loss", "train/acc", "val/loss", "val/acc")
 
@@ -29,17 +23,3 @@ def epoch_line(epoch: int, max_epochs: int, metrics: Mapping[str, Any], seconds:
 
 def metrics_line(prefix: str, metrics: Mapping[str, Any]) -> str:
     return prefix + "  ".join(f"{k} {float(v):.4f}" for k, v in sorted(metrics.items()))
-
-
-class EpochLine(Callback):
-    """Prints `epoch_line` at the end of each training epoch (rank 0 only)."""
-
-    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        self.start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        if trainer.is_global_zero and not trainer.sanity_checking:
-            seconds = time.perf_counter() - self.start
-            log.info(
-                epoch_line(trainer.current_epoch + 1, trainer.max_epochs, trainer.callback_metrics, seconds)
-            )

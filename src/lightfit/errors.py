@@ -19,6 +19,8 @@ EXIT_USAGE = 2
 class LightfitError(ValueError):
     """Bad input or configuration; the message is shown to the user as it is."""
 
+    exit_code = EXIT_USAGE
+
 
 def _first_line(text: str) -> str:
     lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
@@ -61,6 +63,12 @@ def one_line(exc: BaseException) -> str | None:
     return None
 
 
+def _exit_code(exc: BaseException) -> int:
+    while exc is not None and not isinstance(exc, LightfitError):
+        exc = exc.__cause__ or exc.__context__
+    return exc.exit_code if exc is not None else EXIT_USAGE
+
+
 def traceback_wanted() -> bool:
     if "LIGHTFIT_TRACEBACK" in os.environ:  # decided once, inherited by child processes
         return os.environ["LIGHTFIT_TRACEBACK"] not in ("", "0")
@@ -79,7 +87,7 @@ def reported(prog: str, show_traceback: bool | None = None) -> Iterator[None]:
         if message is None or show_traceback:
             raise
         print(f"{prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
+        raise SystemExit(_exit_code(exc)) from None
 
 
 @contextmanager

@@ -15,12 +15,15 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from lightfit.errors import LightfitError, reported_in_job, run_hydra_entry
+
+if TYPE_CHECKING:
+    from lightfit.resume import StopRequest
 
 log = logging.getLogger("lightfit")
 RESULTS = "results.json"
@@ -47,25 +50,31 @@ def _quiet_lightning() -> None:
 def _trainer(cfg: DictConfig, run_dir: Path, callbacks: list, logger: Any, **loop_kwargs: Any):
     import lightning as L
 
+    from lightfit.resume import AtomicCheckpointIO
+
     interactive = sys.stdout.isatty()
     return L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         **loop_kwargs,
         callbacks=callbacks,
         logger=logger,
+        plugins=[AtomicCheckpointIO()],
         default_root_dir=run_dir,
         enable_progress_bar=interactive,  # CI logs get one line per epoch instead
         enable_model_summary=interactive,
     )
 
 
-def train_lightning(cfg: DictConfig, datamodule: Any, net: Any, run_dir: Path) -> dict[str, float]:
+def train_lightning(
+    cfg: DictConfig, datamodule: Any, net: Any, run_dir: Path, resume: Path | None, stop: StopRequest
+) -> dict[str, Any]:
     """loop=automatic or loop=manual: a LightningModule and a Trainer."""
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from lightfit.console import EpochLine
+    from lightfit.callbacks import EpochLine, StopOnSignal
     from lightfit.loops import LIGHTNING_LOOPS
+    from lightfit.resume import INTERRUPTED, TrainingInterrupted
 
     loop = cfg.loop
     if loop.name not in LIGHTNING_LOOPS:
@@ -87,10 +96,20 @@ def train_lightning(cfg: DictConfig, datamodule: Any, net: Any, run_dir: Path) -
         dirpath=run_dir / "checkpoints", filename="best", monitor=cfg.monitor, mode="max", save_last=True
     )
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    stopper = StopOnSignal(stop, run_dir / "checkpoints" / INTERRUPTED)
     trainer = _trainer(
-        cfg, run_dir, [checkpoints, EpochLine()], logger, **(knobs if loop.name == "automatic" else {})
+        cfg,
+        run_dir,
+        [checkpoints, EpochLine(), stopper],
+        logger,
+        **(knobs if loop.name == "automatic" else {}),
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    except BaseException:  # SIGTERMException and SystemExit included: Lightning raises those on a stop
+        if stop.signum is None:
+            raise
+        raise TrainingInterrupted(stop.signum, stopper.where, stopper.saved) from None
     best = checkpoints.best_model_path or None  # None after fast_dev_run: test the current weights
     # A second Trainer without logger for the final evaluation: metrics.csv keeps one row
     # per epoch and stage, and results.json gets the numbers.
@@ -107,17 +126,28 @@ def train_lightning(cfg: DictConfig, datamodule: Any, net: Any, run_dir: Path) -
     return results
 
 
-def train_explicit(cfg: DictConfig, datamodule: Any, net: Any, run_dir: Path) -> dict[str, Any]:
+def train_explicit(
+    cfg: DictConfig, datamodule: Any, net: Any, run_dir: Path, resume: Path | None, stop: StopRequest
+) -> dict[str, Any]:
     """loop=explicit: the plain PyTorch loop of loops/explicit.py, with Fabric for devices."""
     import math
 
+    import torch
     from hydra.utils import instantiate
     from lightning.fabric import Fabric
 
     from lightfit.console import epoch_line
     from lightfit.loops.classifier import CHECKPOINT_KEY
-    from lightfit.loops.explicit import checkpoint_state, evaluate_epoch, fit, num_batches
+    from lightfit.loops.explicit import (
+        StopTraining,
+        checkpoint_state,
+        evaluate_epoch,
+        fit,
+        num_batches,
+        restore_state,
+    )
     from lightfit.metrics import StageMetrics
+    from lightfit.resume import INTERRUPTED, AtomicCheckpointIO, TrainingInterrupted
 
     t, loop = cfg.trainer, cfg.loop
     fabric = Fabric(
@@ -126,6 +156,7 @@ def train_explicit(cfg: DictConfig, datamodule: Any, net: Any, run_dir: Path) ->
         strategy=t.strategy,
         num_nodes=t.num_nodes,
         precision=t.precision,
+        plugins=[AtomicCheckpointIO()],
     )
     fabric.launch()
     optimizer = instantiate(cfg.optimizer)(net.parameters())
@@ -143,6 +174,11 @@ def train_explicit(cfg: DictConfig, datamodule: Any, net: Any, run_dir: Path) ->
     extra = {CHECKPOINT_KEY: checkpoint_config(cfg, datamodule)}
     best_path, last_path = run_dir / "checkpoints" / "best.ckpt", run_dir / "checkpoints" / "last.ckpt"
     best = {"score": -math.inf}
+    start_epoch = 0
+    if resume is not None:
+        state = torch.load(resume, map_location="cpu", weights_only=True)
+        start_epoch = restore_state(state, net, optimizer, scheduler)
+        best["score"] = state.get("best_score", -math.inf)
 
     def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
         step = (epoch + 1) * steps_per_epoch
@@ -154,18 +190,31 @@ def train_explicit(cfg: DictConfig, datamodule: Any, net: Any, run_dir: Path) ->
                 )
         if fast:
             return
-        state = checkpoint_state(model, optimizer, scheduler, epoch, step, extra)
         if metrics[cfg.monitor] > best["score"]:  # strictly better, as ModelCheckpoint(mode="max")
             best["score"] = metrics[cfg.monitor]
+            state = checkpoint_state(model, optimizer, scheduler, epoch, step, extra | best_state())
             fabric.save(best_path, state)  # rank 0 writes; every rank waits for it
-        fabric.save(last_path, state)
+        fabric.save(
+            last_path, checkpoint_state(model, optimizer, scheduler, epoch, step, extra | best_state())
+        )
 
-    fit(
-        fabric, model, optimizer, train_loader, val_loader,
-        epochs=epochs, num_classes=datamodule.num_classes, scheduler=scheduler,
-        accumulate_grad_batches=loop.accumulate_grad_batches, gradient_clip_val=loop.gradient_clip_val,
-        limit_train_batches=limits["train"], limit_val_batches=limits["val"], on_epoch_end=on_epoch_end,
-    )  # fmt: skip
+    def best_state() -> dict[str, Any]:
+        return {"best_score": best["score"]}
+
+    try:
+        fit(
+            fabric, model, optimizer, train_loader, val_loader,
+            epochs=epochs, num_classes=datamodule.num_classes, scheduler=scheduler,
+            accumulate_grad_batches=loop.accumulate_grad_batches, gradient_clip_val=loop.gradient_clip_val,
+            start_epoch=start_epoch, limit_train_batches=limits["train"], limit_val_batches=limits["val"],
+            on_epoch_end=on_epoch_end, should_stop=lambda: stop.signum is not None,
+        )  # fmt: skip
+    except StopTraining as stopped:
+        saved = None
+        if fabric.world_size == 1:  # under DDP the ranks may stop at different batches: no collective save
+            saved = run_dir / "checkpoints" / INTERRUPTED
+            fabric.save(saved, checkpoint_state(model, optimizer, scheduler, stopped.epoch, 0, extra))
+        raise TrainingInterrupted(stop.signum, str(stopped), saved) from None
     if logger:
         logger.finalize("success")
     if best_path.is_file():  # test the best weights, as the Lightning loops do
@@ -205,6 +254,7 @@ def train(cfg: DictConfig) -> float | None:
 
     from lightfit.console import metrics_line
     from lightfit.nets import build_network
+    from lightfit.resume import StopRequest, resolve_ckpt_path
 
     _quiet_lightning()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -218,8 +268,10 @@ def train(cfg: DictConfig) -> float | None:
         datamodule.mean,
         datamodule.std,
     )
+    resume = resolve_ckpt_path(cfg.ckpt_path, run_dir)
     run = train_explicit if cfg.loop.name == "explicit" else train_lightning
-    results = run(cfg, datamodule, net, run_dir)
+    with StopRequest() as stop:
+        results = run(cfg, datamodule, net, run_dir, resume, stop)
     results["loop"] = cfg.loop.name
     if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
         write_json_atomic(run_dir / RESULTS, results)

@@ -16,6 +16,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from lightfit.metrics import StageMetrics
+from lightfit.resume import RNG_KEY, restore_rng_states, rng_states
 
 OptimizerFactory = Callable[..., Optimizer]  # params -> optimizer (a Hydra `_partial_` target)
 SchedulerFactory = Callable[[Optimizer], LRScheduler]
@@ -69,6 +70,8 @@ class Classifier(L.LightningModule):
     # callbacks see them in their own on_train_epoch_end.
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.is_last_batch(batch_idx):
+            # Before validation and before ModelCheckpoint: diverged weights are never saved.
+            self.train_metrics.check_finite(self.current_epoch)
             self._log_epoch("train")
 
     def on_validation_epoch_end(self) -> None:
@@ -94,3 +97,8 @@ class Classifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = self.run_config
+        checkpoint[RNG_KEY] = rng_states()  # dropout draws from these: needed for an exact resume
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if RNG_KEY in checkpoint:
+            restore_rng_states(checkpoint[RNG_KEY])

@@ -28,8 +28,17 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
 from lightfit.metrics import StageMetrics
+from lightfit.resume import RNG_KEY, restore_rng_states, rng_states
 
 EpochHook = Callable[[int, dict[str, float]], None]  # (epoch, metrics of that epoch)
+
+
+class StopTraining(Exception):
+    """`fit` stopped because `should_stop()` said so (a signal); `epoch`, `batch` say where."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        super().__init__(f"epoch {epoch + 1}, batch {batch}")
+        self.epoch, self.batch = epoch, batch
 
 
 def num_batches(loader: DataLoader, limit: int | float | None) -> int:
@@ -48,6 +57,11 @@ def set_epoch(loader: DataLoader, epoch: int) -> None:
     Lightning's loops do this for you; a plain loop must, or every epoch (and, under DDP,
     every rank's shard) comes in the same order.
     """
+    if hasattr(loader, "_num_iter_calls"):
+        # Fabric's loader sets the sampler's epoch itself, to the number of times it has been
+        # iterated; a run resumed at epoch 5 must not replay the order of epoch 0. (A private
+        # attribute: the resume tests fail loudly if Lightning renames it.)
+        loader._num_iter_calls = epoch
     for obj in (loader.sampler, getattr(loader.batch_sampler, "sampler", None)):
         if hasattr(obj, "set_epoch"):
             obj.set_epoch(epoch)
@@ -62,9 +76,12 @@ def train_epoch(
     accumulate_grad_batches: int = 1,
     gradient_clip_val: float | None = None,
     limit_batches: int | float | None = None,
-) -> None:
+    should_stop: Callable[[], bool] | None = None,
+) -> int:
+    """One pass over `loader`; returns the number of batches trained (fewer if stopped)."""
     model.train()
     n = num_batches(loader, limit_batches)
+    batch_idx = -1
     for batch_idx, (x, y) in enumerate(itertools.islice(loader, n)):  # Fabric moved x, y to the device
         step_now = (batch_idx + 1) % accumulate_grad_batches == 0 or batch_idx + 1 == n
         # Fabric: skip the DDP gradient all-reduce while accumulating (plain PyTorch: model.no_sync()).
@@ -79,6 +96,9 @@ def train_epoch(
                 fabric.clip_gradients(model, optimizer, max_norm=gradient_clip_val)
             optimizer.step()
             optimizer.zero_grad()
+        if should_stop is not None and should_stop():
+            break
+    return batch_idx + 1
 
 
 @torch.no_grad()  # evaluation builds no graph: less memory, faster
@@ -112,12 +132,15 @@ def fit(
     limit_train_batches: int | float | None = None,
     limit_val_batches: int | float | None = None,
     on_epoch_end: EpochHook | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, list[float]]:
     """Train `model` (set up with `fabric.setup`) for `epochs`; return per-epoch metrics.
 
     The history maps `train/loss`, `train/acc`, `val/loss`, `val/acc` and `time` to one
     value per epoch. `on_epoch_end(epoch, metrics)` runs after each epoch (print, log,
-    checkpoint there). `start_epoch` continues a run restored from a checkpoint.
+    checkpoint there). `start_epoch` continues a run restored from a checkpoint. When
+    `should_stop()` turns true, the epoch ends at the next batch and `StopTraining` is
+    raised; a NaN or infinite loss raises `NonFiniteLoss` at the end of the epoch.
     """
     train_metrics = StageMetrics("train", num_classes).to(fabric.device)
     val_metrics = StageMetrics("val", num_classes).to(fabric.device)
@@ -125,10 +148,13 @@ def fit(
     for epoch in range(start_epoch, epochs):
         start = time.perf_counter()
         set_epoch(train_loader, epoch)
-        train_epoch(
+        batches = train_epoch(
             fabric, model, optimizer, train_loader, train_metrics,
-            accumulate_grad_batches, gradient_clip_val, limit_train_batches,
+            accumulate_grad_batches, gradient_clip_val, limit_train_batches, should_stop,
         )  # fmt: skip
+        if should_stop is not None and should_stop():
+            raise StopTraining(epoch, batches)
+        train_metrics.check_finite(epoch)  # before anything is saved
         epoch_metrics = train_metrics.compute()
         train_metrics.reset()
         if val_loader is not None:
@@ -162,5 +188,21 @@ def checkpoint_state(
         "state_dict": {f"net.{k}": v for k, v in model.state_dict().items()},
         "optimizer_states": [optimizer.state_dict()],
         "lr_schedulers": [scheduler.state_dict()] if scheduler is not None else [],
+        RNG_KEY: rng_states(),  # dropout draws from these: needed for an exact resume
         **extra,
     }
+
+
+def restore_state(
+    state: dict[str, Any], net: nn.Module, optimizer: Optimizer, scheduler: LRScheduler | None
+) -> int:
+    """Load a `checkpoint_state` (or a Lightning checkpoint) back; returns the epoch to start at."""
+    net.load_state_dict(
+        {k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")}
+    )
+    optimizer.load_state_dict(state["optimizer_states"][0])
+    if scheduler is not None and state["lr_schedulers"]:
+        scheduler.load_state_dict(state["lr_schedulers"][0])
+    if RNG_KEY in state:
+        restore_rng_states(state[RNG_KEY])
+    return state["epoch"] + 1

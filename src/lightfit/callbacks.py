@@ -1,0 +1,61 @@
+"""Lightning callbacks: the per-epoch console line, and stopping cleanly on a signal."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback
+
+from lightfit.console import epoch_line
+from lightfit.resume import StopRequest
+
+log = logging.getLogger("lightfit")
+
+
+class StopRequested(Exception):
+    """Raised at a batch end after a Ctrl-C, to leave `trainer.fit` through its error path."""
+
+
+class StopOnSignal(Callback):
+    """The Lightning side of `StopRequest`: stop at a batch end and save `path`.
+
+    SIGTERM also reaches Lightning's own handler, which stops every DDP rank at the same
+    batch; a Ctrl-C is seen here. The checkpoint is written on one process, or when
+    Lightning has synchronised the stop across ranks (SIGTERM), never half-way otherwise.
+    """
+
+    def __init__(self, stop: StopRequest, path: Path) -> None:
+        self.stop, self.path = stop, path
+        self.where, self.saved = "", None
+
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.stop.signum is not None and not trainer.received_sigterm:
+            raise StopRequested(self.stop.signum)  # Lightning calls on_exception, then re-raises
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        if self.stop.signum is None:
+            return  # a real error, not a stop: nothing to save
+        batch = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        self.where = f"epoch {trainer.current_epoch + 1}, batch {batch}"
+        if trainer.world_size == 1 or trainer.received_sigterm:
+            trainer.save_checkpoint(self.path)
+            self.saved = self.path
+
+
+class EpochLine(Callback):
+    """Prints `epoch_line` at the end of each training epoch (rank 0 only)."""
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.is_global_zero and not trainer.sanity_checking:
+            seconds = time.perf_counter() - self.start
+            log.info(
+                epoch_line(trainer.current_epoch + 1, trainer.max_epochs, trainer.callback_metrics, seconds)
+            )

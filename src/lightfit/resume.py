@@ -1,0 +1,137 @@
+"""Nothing lost: atomic checkpoint writes, RNG state in checkpoints, graceful stops.
+
+Resuming from `checkpoints/last.ckpt` (written at the end of every epoch) gives the same
+weights as a run that was never interrupted: the model, optimizer, scheduler and counters
+are in the checkpoint, the data order depends only on seed and epoch
+(`EpochShuffleSampler`), and the random number generators (dropout) are saved here.
+
+SIGTERM (what SLURM sends before preemption) and Ctrl-C stop training at the next batch
+boundary and save `checkpoints/interrupted.ckpt`, the state at that moment. `last.ckpt`
+is left alone, so `ckpt_path=last` still resumes exactly from the last complete epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+
+from lightfit.errors import LightfitError
+
+RNG_KEY = "rng_states"
+INTERRUPTED = "interrupted.ckpt"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write to a temporary file beside the target, fsync, then rename over it.
+
+    A crash or a full disk during the write leaves the previous checkpoint in place,
+    never a truncated one: `os.replace` within one directory is atomic. (Lightning's own
+    writer stages the file in the system temp directory, which may be another disk.)
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def rng_states() -> dict[str, Any]:
+    """Every RNG training draws from, as tensors and plain values (loadable with weights_only)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                  "has_gauss": has_gauss, "gauss": gauss},
+    }  # fmt: skip
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = states["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> Path | None:
+    """`ckpt_path=last` means this run directory's last checkpoint; anything else is a path."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        path = run_dir / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            raise LightfitError(
+                f"ckpt_path=last: there is no {path}; point hydra.run.dir=<run dir> at the run to resume"
+            )
+        return path
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise LightfitError(f"checkpoint not found: {path}")
+    return path
+
+
+class TrainingInterrupted(LightfitError):
+    """Training stopped on SIGTERM or Ctrl-C after saving `interrupted.ckpt`."""
+
+    def __init__(self, signum: int, where: str, saved: Path | None) -> None:
+        name = signal.Signals(signum).name
+        kept = f"saved {saved}; " if saved else ""
+        super().__init__(
+            f"stopped by {name} at {where}; {kept}"
+            "resume from the last complete epoch with ckpt_path=last and the same hydra.run.dir"
+        )
+        self.exit_code = 128 + signum
+
+
+class StopRequest:
+    """While active, SIGTERM and a first Ctrl-C only set `signum`; the loop stops at a batch boundary.
+
+    A second Ctrl-C interrupts at once, as usual. Outside the main thread (where signal
+    handlers cannot be set) this does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> StopRequest:
+        try:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        except ValueError:  # not the main thread
+            pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
