@@ -15,6 +15,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from lightfit import config
+
+config.register()  # as lightfit.train.main() does before Hydra composes
 FAST = ["trainer.max_epochs=2", "logger=none"]
 
 

@@ -70,4 +70,4 @@ def test_npz_without_expected_keys(tmp_path):
 
 
 def test_required_value_missing(tmp_path):
-    assert_one_line_error(cli("data=npz", cwd=tmp_path), "Missing mandatory value: data.path")
+    assert_one_line_error(cli("data=npz", cwd=tmp_path), "data.path=")

@@ -43,7 +43,7 @@ def _hydra_message(exc: BaseException) -> str:
     cause = exc.__cause__ or exc.__context__
     detail = _first_line(str(cause)) if cause is not None else ""
     if detail and "$" not in detail and detail.split(":")[0] not in head:
-        return f"{head} {detail}"
+        return f"{head.rstrip('.')}: {detail}"
     hint = re.search(r"^(To append to your config use .*)$", text, re.M)
     return f"{head} ({hint.group(1)})" if hint else head
 

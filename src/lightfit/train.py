@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from lightfit import config
 from lightfit.errors import LightfitError, reported_in_job, run_hydra_entry
 
 if TYPE_CHECKING:
@@ -288,6 +289,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    config.register()  # the typed schemas Hydra checks the composed config against
     run_hydra_entry(PROG, _hydra_main)
 
 

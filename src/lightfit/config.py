@@ -1,0 +1,160 @@
+"""Typed config schemas, checked by Hydra while it composes, before anything is trained.
+
+A typo (`trainer.max_epoch=3`), an unknown key or a wrong type (`seed=abc`,
+`model.hidden=[a]`, `optimizer.lr=fast`) stops the run at composition with one line.
+Defaults live in code: the schema of a network, data module, optimizer or scheduler is
+read from its constructor's signature (names, type hints, defaults), so the YAML files
+in conf/ only hold choices, and a new argument in code is a new key in the config.
+
+Importing this module registers the schemas in Hydra's ConfigStore as `schema/...`; the
+YAML files extend them through their defaults lists.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field, make_dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+PRIMITIVES = (int, float, bool, str, Path)
+
+
+def _omegaconf_type(hint: Any) -> Any:
+    """The closest type OmegaConf can check: primitives, Optional/Union of them, lists; else Any."""
+    if hint in PRIMITIVES:
+        return hint
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        members = [_omegaconf_type(a) for a in args if a is not type(None)]
+        members = [m for m in members if m is not Any]  # e.g. Union[float, Tensor] -> float
+        if not members:
+            return Any
+        checked = members[0] if len(members) == 1 else Union[tuple(members)]  # noqa: UP007
+        return Optional[checked] if type(None) in args else checked  # noqa: UP045
+    if origin in (list, tuple, collections.abc.Sequence) and args and args[0] in PRIMITIVES:
+        if origin is tuple and len(args) > 1 and args[1] is not Ellipsis:
+            return Any  # a fixed-length tuple such as Adam's betas
+        return list[args[0]]
+    return Any
+
+
+def _default(value: Any) -> Any:
+    if value is inspect.Parameter.empty:
+        return field(default=MISSING)
+    if isinstance(value, (list, tuple)):
+        return field(default_factory=lambda v=value: list(v))
+    return field(default=value)
+
+
+def schema_of(
+    target: Any, *, partial: bool = False, skip: tuple[str, ...] = (), name: str | None = None
+) -> type:
+    """A dataclass for `target`'s keyword arguments (all but `skip`), typed from its hints.
+
+    `name` is the `_target_` written into the config (defaults to the target's own path).
+    `partial` schemas describe factories that the loop calls with the rest of the arguments
+    (parameters for an optimizer, the sample shape for a network).
+    """
+    function = target.__init__ if isinstance(target, type) else target
+    hints = typing.get_type_hints(function)
+    fields: list[tuple[str, Any, Any]] = [
+        ("_target_", str, field(default=name or f"{target.__module__}.{target.__qualname__}"))
+    ]
+    if partial:
+        fields.append(("_partial_", bool, field(default=True)))
+    # Plain lists and dicts for the target, not OmegaConf containers: they end up in
+    # optimizer states and checkpoints, which must load with torch.load(weights_only=True).
+    fields.append(("_convert_", str, field(default="all")))
+    for param in inspect.signature(target).parameters.values():
+        if (
+            param.name in skip
+            or param.name == "self"
+            or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
+        ):
+            continue
+        fields.append((param.name, _omegaconf_type(hints.get(param.name, Any)), _default(param.default)))
+    return make_dataclass(f"{getattr(target, '__name__', 'Target')}Schema", fields)
+
+
+@dataclass
+class TrainerSchema:
+    """The Trainer settings lightfit passes on; the explicit loop reads the same keys."""
+
+    accelerator: str = "auto"
+    devices: Any = "auto"  # a count, "auto", or a list of device ids
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    max_epochs: int = 20
+    fast_dev_run: Union[bool, int] = False  # noqa: UP007
+    limit_train_batches: Optional[Union[int, float]] = None  # noqa: UP007, UP045 - int: batches, float: fraction
+    limit_val_batches: Optional[Union[int, float]] = None  # noqa: UP007, UP045
+    limit_test_batches: Optional[Union[int, float]] = None  # noqa: UP007, UP045
+    overfit_batches: Union[int, float] = 0.0  # noqa: UP007
+    check_val_every_n_epoch: int = 1
+    num_sanity_val_steps: int = 0
+    log_every_n_steps: int = 50
+    deterministic: bool = False
+    profiler: Optional[str] = None  # noqa: UP045 - "simple" or "advanced"
+
+
+@dataclass
+class LoopSchema:
+    name: str = "automatic"  # automatic | manual | explicit
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = None  # noqa: UP045
+
+
+@dataclass
+class TrainSchema:
+    """The top level of conf/train.yaml; the groups bring their own schemas."""
+
+    data: Any = MISSING
+    model: Any = MISSING
+    loop: LoopSchema = field(default_factory=LoopSchema)
+    optimizer: Any = MISSING
+    scheduler: Any = None
+    trainer: TrainerSchema = field(default_factory=TrainerSchema)
+    logger: Any = None
+    seed: int = 0
+    ckpt_path: Optional[str] = None  # noqa: UP045 - a checkpoint file, or "last"
+    monitor: str = "val/acc"
+    optimized_metric: Optional[str] = None  # noqa: UP045 - what `train` returns to a sweeper
+
+
+def register() -> None:
+    """Store every schema under `schema/` in Hydra's ConfigStore (idempotent)."""
+    import torch
+
+    from lightfit import nets
+    from lightfit.data import ArrayDataModule
+
+    arrays = ("x", "y", "x_test", "y_test")
+    schemas = {
+        "train": TrainSchema,
+        "trainer": TrainerSchema,
+        "loop": LoopSchema,
+        "data/digits": schema_of(
+            ArrayDataModule, skip=(*arrays, "path", "labels"), name="lightfit.data.digits"
+        ),
+        "data/npz": schema_of(ArrayDataModule, skip=arrays),
+        "model/mlp": schema_of(nets.MLP, partial=True, skip=("input_shape", "num_classes")),
+        "model/cnn": schema_of(nets.CNN, partial=True, skip=("input_shape", "num_classes")),
+        "optimizer/adam": schema_of(torch.optim.Adam, partial=True, skip=("params",)),
+        "optimizer/sgd": schema_of(torch.optim.SGD, partial=True, skip=("params",)),
+        "scheduler/step": schema_of(torch.optim.lr_scheduler.StepLR, partial=True, skip=("optimizer",)),
+        "scheduler/cosine": schema_of(
+            torch.optim.lr_scheduler.CosineAnnealingLR, partial=True, skip=("optimizer",)
+        ),
+    }
+    store = ConfigStore.instance()
+    for path, node in schemas.items():
+        group, _, name = f"schema/{path}".rpartition("/")
+        store.store(group=group, name=name, node=node)
