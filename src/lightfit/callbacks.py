@@ -43,7 +43,7 @@ class StopOnSignal(Callback):
         batch = trainer.fit_loop.epoch_loop.batch_progress.current.completed
         self.where = f"epoch {trainer.current_epoch + 1}, batch {batch}"
         if trainer.world_size == 1 or trainer.received_sigterm:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # the full state, to resume from
             self.saved = self.path
 
 

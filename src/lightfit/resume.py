@@ -98,13 +98,14 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> Path | None:
 class TrainingInterrupted(LightfitError):
     """Training stopped on SIGTERM or Ctrl-C after saving `interrupted.ckpt`."""
 
-    def __init__(self, signum: int, where: str, saved: Path | None) -> None:
+    def __init__(self, signum: int, where: str, saved: Path | None, run_dir: Path) -> None:
         name = signal.Signals(signum).name
         kept = f"saved {saved}; " if saved else ""
-        super().__init__(
-            f"stopped by {name} at {where}; {kept}"
-            "resume from the last complete epoch with ckpt_path=last and the same hydra.run.dir"
-        )
+        if (run_dir / "checkpoints" / "last.ckpt").is_file():
+            hint = f"resume from the last complete epoch with ckpt_path=last hydra.run.dir={run_dir}"
+        else:
+            hint = "no epoch had completed, so there is nothing to resume"
+        super().__init__(f"stopped by {name} at {where}; {kept}{hint}")
         self.exit_code = 128 + signum
 
 

@@ -44,6 +44,8 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     # The CSV logger writes into the run directory, which Hydra has already created.
     warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
+    # Resuming into the same run directory finds its checkpoints there, as it should.
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
     # Lightning 2.6 on torch >= 2.10 (upstream deprecation, harmless).
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
 
@@ -106,11 +108,11 @@ def train_lightning(
         **(knobs if loop.name == "automatic" else {}),
     )
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     except BaseException:  # SIGTERMException and SystemExit included: Lightning raises those on a stop
         if stop.signum is None:
             raise
-        raise TrainingInterrupted(stop.signum, stopper.where, stopper.saved) from None
+        raise TrainingInterrupted(stop.signum, stopper.where, stopper.saved, run_dir) from None
     best = checkpoints.best_model_path or None  # None after fast_dev_run: test the current weights
     # A second Trainer without logger for the final evaluation: metrics.csv keeps one row
     # per epoch and stage, and results.json gets the numbers.
@@ -215,7 +217,7 @@ def train_explicit(
         if fabric.world_size == 1:  # under DDP the ranks may stop at different batches: no collective save
             saved = run_dir / "checkpoints" / INTERRUPTED
             fabric.save(saved, checkpoint_state(model, optimizer, scheduler, stopped.epoch, 0, extra))
-        raise TrainingInterrupted(stop.signum, str(stopped), saved) from None
+        raise TrainingInterrupted(stop.signum, str(stopped), saved, run_dir) from None
     if logger:
         logger.finalize("success")
     if best_path.is_file():  # test the best weights, as the Lightning loops do

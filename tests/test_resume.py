@@ -1,0 +1,155 @@
+"""Nothing lost: kill -9 and resume, SIGTERM and Ctrl-C, a diverging loss, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import assert_same_weights, run_train
+
+from lightfit.errors import LightfitError
+from lightfit.resume import AtomicCheckpointIO, resolve_ckpt_path
+
+# Small batches make an epoch long enough (~0.3 s) to be killed in the middle of one.
+SLOW = [
+    "trainer.max_epochs=4",
+    "data.batch_size=8",
+    "model.dropout=0.3",
+    "scheduler=step",
+    "scheduler.step_size=1",
+]
+METRICS = ("test/acc", "test/loss", "val/acc", "val/loss")
+
+
+def start(run_dir: Path, *overrides: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "lightfit.train", f"hydra.run.dir={run_dir}", *overrides],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            return
+        assert time.monotonic() < deadline, f"no line starting with {prefix!r}"
+    raise AssertionError(f"process ended before printing {prefix!r}: {proc.stderr.read()}")
+
+
+@pytest.mark.parametrize("loop", ["automatic", "manual", "explicit"])
+def test_killed_run_resumes_to_the_same_weights(tmp_path, loop):
+    overrides = [f"loop={loop}", *SLOW]
+    whole = run_train(tmp_path / "whole", *overrides)
+
+    proc = start(tmp_path / "killed", *overrides)
+    wait_for_line(proc, "epoch 2/4")
+    time.sleep(0.1)  # into epoch 3
+    proc.kill()  # SIGKILL: no handler runs, nothing is flushed
+    proc.wait()
+    assert not (tmp_path / "killed" / "results.json").exists()
+    last = torch.load(tmp_path / "killed/checkpoints/last.ckpt", weights_only=True)
+    assert last["epoch"] in (1, 2)  # the last complete epoch (0-based) before the kill
+
+    resumed = run_train(tmp_path / "killed", *overrides, "ckpt_path=last")
+    assert_same_weights(tmp_path / "whole/checkpoints/last.ckpt", tmp_path / "killed/checkpoints/last.ckpt")
+    assert {k: resumed[k] for k in METRICS} == {k: whole[k] for k in METRICS}
+
+
+@pytest.mark.parametrize(("loop", "signum"), [("automatic", signal.SIGTERM), ("explicit", signal.SIGINT)])
+def test_signal_stops_at_a_batch_and_saves_a_checkpoint(tmp_path, loop, signum):
+    run_dir = tmp_path / "run"
+    proc = start(run_dir, f"loop={loop}", *SLOW)
+    wait_for_line(proc, "epoch 1/4")
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("lightfit-train: error:")]
+    assert len(lines) == 1 and f"stopped by {signal.Signals(signum).name} at epoch" in lines[0], stderr
+    assert "Traceback" not in stderr
+    interrupted = torch.load(run_dir / "checkpoints/interrupted.ckpt", weights_only=True)
+    last = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)  # complete epochs only
+    assert interrupted["state_dict"].keys() == last["state_dict"].keys()
+    assert interrupted["epoch"] >= last["epoch"]
+    assert not (run_dir / "results.json").exists()
+
+
+@pytest.mark.parametrize("loop", ["automatic", "explicit"])
+def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, loop):
+    run_dir = tmp_path / "run"
+    # Epoch 1 trains normally; the scheduler then multiplies the learning rate by 1e12.
+    overrides = [
+        f"loop={loop}",
+        "optimizer=sgd",
+        "scheduler=step",
+        "scheduler.step_size=1",
+        "scheduler.gamma=1e12",
+    ]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lightfit.train",
+            f"hydra.run.dir={run_dir}",
+            "trainer.max_epochs=3",
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "the training loss became NaN or infinite at epoch 2, batch" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    last = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
+    assert last["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
+    assert not (run_dir / "results.json").exists()
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("disk full")  # fails half-way through torch.save
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"weights": torch.ones(3)}, path)
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError, match="disk full"):
+        io.save_checkpoint({"weights": torch.zeros(1000), "bad": Unpicklable()}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+    assert torch.equal(torch.load(path, weights_only=True)["weights"], torch.ones(3))
+
+
+def test_ckpt_path_last_needs_a_checkpoint(tmp_path):
+    with pytest.raises(LightfitError, match=r"ckpt_path=last: there is no .*last.ckpt; point hydra.run.dir"):
+        resolve_ckpt_path("last", tmp_path)
+    with pytest.raises(LightfitError, match="checkpoint not found: .*nope.ckpt"):
+        resolve_ckpt_path(str(tmp_path / "nope.ckpt"), tmp_path)
+
+
+def test_resume_from_a_path_into_a_new_run_dir(tmp_path):
+    first = run_train(tmp_path / "a", "trainer.max_epochs=1", "logger=none")
+    resumed = run_train(
+        tmp_path / "b",
+        "trainer.max_epochs=2",
+        "logger=none",
+        f"ckpt_path={tmp_path / 'a/checkpoints/last.ckpt'}",
+    )
+    whole = run_train(tmp_path / "c", "trainer.max_epochs=2", "logger=none")
+    assert resumed["test/acc"] == whole["test/acc"] and first["epochs"] == 1
+    assert json.loads((tmp_path / "b/results.json").read_text())["epochs"] == 2
