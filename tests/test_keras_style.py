@@ -119,7 +119,11 @@ def test_predict_output_does_not_alias_model_or_input():
         (np.full((4, 64), np.nan, dtype=np.float32), np.zeros(4, dtype=np.int64), "x has 4 samples with NaN"),
         (np.zeros((4, 64), dtype=np.float32), np.array([0, 1, 2, 12]), r"y has 1 labels >= num_classes=10"),
         (np.zeros((4, 64), dtype=np.float32), np.array([0, -1, 2, 1]), "y has 1 negative labels"),
-        (np.zeros((4, 64), dtype=np.float32), np.zeros(3, dtype=np.int64), "x has 4 samples but y has 3"),
+        (
+            np.zeros((4, 64), dtype=np.float32),
+            np.zeros(3, dtype=np.int64),
+            "y has 3 labels but x has 4 samples",
+        ),
     ],
 )
 def test_bad_arrays_are_named(x, y, message):

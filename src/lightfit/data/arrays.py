@@ -111,7 +111,7 @@ def check_labels(name: str, y: np.ndarray, n: int, num_classes: int | None) -> n
     if y.ndim != 1:
         raise LightfitError(f"{name} has shape {y.shape}; expected one class label per sample (N,)")
     if len(y) != n:
-        raise LightfitError(f"x has {n} samples but {name} has {len(y)} labels; they must match")
+        raise LightfitError(f"{name} has {len(y)} labels but x has {n} samples; they must match")
     if y.dtype.kind == "f":
         whole = np.isfinite(y) & (y == np.round(y))
         if not whole.all():
