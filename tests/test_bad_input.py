@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import cli
@@ -62,11 +64,10 @@ def test_not_a_numpy_file(tmp_path):
 
 
 def test_truncated_npz(tmp_path):
-    path = npz(tmp_path, x=X, y=Y)
-    data = open(path, "rb").read()
-    open(path, "wb").write(data[: len(data) // 2])
+    path = Path(npz(tmp_path, x=X, y=Y))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(LightfitError, match="data.npz is truncated or corrupt"):
-        setup(path=path)
+        setup(path=str(path))
 
 
 def test_pickled_payload_in_npz_is_never_unpickled(tmp_path):
