@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -62,7 +63,9 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, loop):
     last = torch.load(tmp_path / "killed/checkpoints/last.ckpt", weights_only=True)
     assert last["epoch"] in (1, 2)  # the last complete epoch (0-based) before the kill
 
-    resumed = run_train(tmp_path / "killed", *overrides, "ckpt_path=last")
+    resumed = run_train(tmp_path / "killed", *overrides, "ckpt_path=last", "logger=csv")
+    rows = list(csv.DictReader((tmp_path / "killed/metrics.csv").open()))
+    assert sorted(int(r["epoch"]) for r in rows if r["train/loss"]) == [0, 1, 2, 3]  # the whole run, once
     assert_same_weights(tmp_path / "whole/checkpoints/last.ckpt", tmp_path / "killed/checkpoints/last.ckpt")
     assert {k: resumed[k] for k in METRICS} == {k: whole[k] for k in METRICS}
 
@@ -153,3 +156,38 @@ def test_resume_from_a_path_into_a_new_run_dir(tmp_path):
     whole = run_train(tmp_path / "c", "trainer.max_epochs=2", "logger=none")
     assert resumed["test/acc"] == whole["test/acc"] and first["epochs"] == 1
     assert json.loads((tmp_path / "b/results.json").read_text())["epochs"] == 2
+
+
+def test_resume_refuses_a_checkpoint_of_another_shape(tmp_path):
+    run_train(tmp_path / "a", "trainer.max_epochs=1", "logger=none")
+    with pytest.raises(
+        LightfitError, match=r"holds a different network: net.1.1.bias is \(128,\) there but \(32,\)"
+    ):
+        run_train(
+            tmp_path / "a", "trainer.max_epochs=2", "logger=none", "model.hidden=[32]", "ckpt_path=last"
+        )
+
+
+class Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_resume_refuses_a_hostile_checkpoint(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "epoch": 0, "payload": Payload(marker)}, path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightfit.train", f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith(f"lightfit-train: error: {path} was refused")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not marker.exists()
+    assert not (tmp_path / "run" / "results.json").exists()

@@ -12,10 +12,12 @@ is left alone, so `ckpt_path=last` still resumes exactly from the last complete 
 
 from __future__ import annotations
 
+import csv
 import os
 import random
 import signal
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +95,51 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> Path | None:
     if not path.is_file():
         raise LightfitError(f"checkpoint not found: {path}")
     return path
+
+
+def check_compatible(checkpoint: dict[str, Any], net: torch.nn.Module, path: Path) -> None:
+    """Refuse a checkpoint of another network shape with one line, before Lightning tries to load it."""
+    own = {f"net.{k}": v.shape for k, v in net.state_dict().items()}
+    theirs = {k: v.shape for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    for key in sorted(own.keys() | theirs.keys()):
+        if own.get(key) != theirs.get(key):
+            shape = {
+                k: tuple(d[key]) if key in d else "absent" for k, d in (("there", theirs), ("here", own))
+            }
+            raise LightfitError(
+                f"{path} holds a different network: {key} is {shape['there']} there but {shape['here']} "
+                "with this config (same model and data settings as the run that wrote it?)"
+            )
+
+
+@dataclass
+class Resume:
+    """Where a run resumes from: the checkpoint file and its contents (None: a fresh run)."""
+
+    path: Path | None = None
+    checkpoint: dict[str, Any] | None = None
+
+    def keep_metrics(self, logger: Any) -> None:
+        if self.checkpoint is not None and logger and getattr(logger, "log_dir", None):
+            replay_metrics(logger, Path(logger.log_dir) / "metrics.csv", self.checkpoint["epoch"])
+
+
+def replay_metrics(logger: Any, csv_path: Path, up_to_epoch: int) -> None:
+    """Keep the metrics.csv rows of the epochs a resumed run continues after.
+
+    Lightning's CSV logger deletes an existing metrics.csv when it starts; the rows are
+    read first and logged again, so the file still covers the whole run.
+    """
+    if not csv_path.is_file():
+        return
+    with csv_path.open(newline="") as f:
+        rows = [
+            row for row in csv.DictReader(f) if row.get("epoch") and int(float(row["epoch"])) <= up_to_epoch
+        ]
+    for row in rows:
+        step = int(float(row.pop("step")))
+        values = {k: float(v) for k, v in row.items() if v not in ("", None)}
+        logger.log_metrics(values | {"epoch": int(values["epoch"])}, step)
 
 
 class TrainingInterrupted(LightfitError):

@@ -24,7 +24,7 @@ from lightfit import config
 from lightfit.errors import LightfitError, reported_in_job, run_hydra_entry
 
 if TYPE_CHECKING:
-    from lightfit.resume import StopRequest
+    from lightfit.resume import Resume, StopRequest
 
 log = logging.getLogger("lightfit")
 RESULTS = "results.json"
@@ -69,7 +69,7 @@ def _trainer(cfg: DictConfig, run_dir: Path, callbacks: list, logger: Any, **loo
 
 
 def train_lightning(
-    cfg: DictConfig, datamodule: Any, net: Any, run_dir: Path, resume: Path | None, stop: StopRequest
+    cfg: DictConfig, datamodule: Any, net: Any, run_dir: Path, resume: Resume, stop: StopRequest
 ) -> dict[str, Any]:
     """loop=automatic or loop=manual: a LightningModule and a Trainer."""
     from hydra.utils import instantiate
@@ -99,6 +99,7 @@ def train_lightning(
         dirpath=run_dir / "checkpoints", filename="best", monitor=cfg.monitor, mode="max", save_last=True
     )
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    resume.keep_metrics(logger)
     stopper = StopOnSignal(stop, run_dir / "checkpoints" / INTERRUPTED)
     trainer = _trainer(
         cfg,
@@ -108,7 +109,7 @@ def train_lightning(
         **(knobs if loop.name == "automatic" else {}),
     )
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume.path, weights_only=True)
     except BaseException:  # SIGTERMException and SystemExit included: Lightning raises those on a stop
         if stop.signum is None:
             raise
@@ -130,12 +131,11 @@ def train_lightning(
 
 
 def train_explicit(
-    cfg: DictConfig, datamodule: Any, net: Any, run_dir: Path, resume: Path | None, stop: StopRequest
+    cfg: DictConfig, datamodule: Any, net: Any, run_dir: Path, resume: Resume, stop: StopRequest
 ) -> dict[str, Any]:
     """loop=explicit: the plain PyTorch loop of loops/explicit.py, with Fabric for devices."""
     import math
 
-    import torch
     from hydra.utils import instantiate
     from lightning.fabric import Fabric
 
@@ -178,10 +178,10 @@ def train_explicit(
     best_path, last_path = run_dir / "checkpoints" / "best.ckpt", run_dir / "checkpoints" / "last.ckpt"
     best = {"score": -math.inf}
     start_epoch = 0
-    if resume is not None:
-        state = torch.load(resume, map_location="cpu", weights_only=True)
-        start_epoch = restore_state(state, net, optimizer, scheduler)
-        best["score"] = state.get("best_score", -math.inf)
+    if resume.checkpoint is not None:
+        start_epoch = restore_state(resume.checkpoint, net, optimizer, scheduler)
+        best["score"] = resume.checkpoint.get("best_score", -math.inf)
+    resume.keep_metrics(logger)
 
     def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
         step = (epoch + 1) * steps_per_epoch
@@ -191,6 +191,7 @@ def train_explicit(
                 logger.log_metrics(
                     {k: v for k, v in metrics.items() if "/" in k} | {"epoch": epoch}, step - 1
                 )
+                logger.save()  # to disk every epoch: a killed run keeps its metrics
         if fast:
             return
         if metrics[cfg.monitor] > best["score"]:  # strictly better, as ModelCheckpoint(mode="max")
@@ -255,9 +256,10 @@ def train(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
 
+    from lightfit.checkpoint import load_checkpoint
     from lightfit.console import metrics_line
     from lightfit.nets import build_network
-    from lightfit.resume import StopRequest, resolve_ckpt_path
+    from lightfit.resume import Resume, StopRequest, check_compatible, resolve_ckpt_path
 
     _quiet_lightning()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -272,9 +274,13 @@ def train(cfg: DictConfig) -> float | None:
         datamodule.std,
     )
     resume = resolve_ckpt_path(cfg.ckpt_path, run_dir)
+    checkpoint = None
+    if resume is not None:
+        checkpoint = load_checkpoint(resume)  # weights only: a hostile pickle is refused, not run
+        check_compatible(checkpoint, net, resume)
     run = train_explicit if cfg.loop.name == "explicit" else train_lightning
     with StopRequest() as stop:
-        results = run(cfg, datamodule, net, run_dir, resume, stop)
+        results = run(cfg, datamodule, net, run_dir, Resume(resume, checkpoint), stop)
     results["loop"] = cfg.loop.name
     if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
         write_json_atomic(run_dir / RESULTS, results)
