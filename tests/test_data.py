@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -143,6 +146,30 @@ def test_memory_mapped_npy_is_read_batch_by_batch(tmp_path):
     assert isinstance(dm.splits["train"].x, np.memmap)
     xb, yb = next(iter(dm.train_dataloader()))
     assert xb.shape == (32, 5) and xb.dtype == torch.float32 and yb.dtype == torch.int64
+
+
+def _resident_file_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux /proc")
+def test_scanning_a_memory_mapped_file_does_not_keep_it_in_memory(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16384, 1024), dtype=np.float32)  # 64 MiB: several scan chunks
+    y = rng.integers(0, 3, len(x))
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    before = _resident_file_bytes()
+    dm = ArrayDataModule(path=str(tmp_path / "x.npy"), labels=str(tmp_path / "y.npy"), seed=1)
+    dm.setup()  # checks every value and computes the statistics: reads the whole file twice
+    assert _resident_file_bytes() - before < x.nbytes / 4
+    in_memory = ArrayDataModule(x, y, seed=1)
+    in_memory.setup()
+    torch.testing.assert_close(dm.mean, in_memory.mean)
+    torch.testing.assert_close(dm.std, in_memory.std)
 
 
 @pytest.mark.parametrize(

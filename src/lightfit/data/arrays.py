@@ -7,7 +7,9 @@ that runs code when loaded, so object arrays are refused, never unpickled.
 
 from __future__ import annotations
 
+import mmap
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from lightfit.errors import LightfitError
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
 KERAS_KEYS = ("x_train", "y_train", "x_test", "y_test")
-CHUNK_ROWS = 65536  # rows per pass when scanning arrays too large to hold twice
+CHUNK_BYTES = 16 * 2**20  # how much of an array a scan holds in memory at once
 
 
 def _read_npy(path: Path, mmap: bool) -> np.ndarray:
@@ -83,6 +85,26 @@ def _check_keys(path: Path, arrays: dict[str, np.ndarray]) -> None:
     )
 
 
+def chunks(x: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, rows) of `x` in pieces of about CHUNK_BYTES, for scans over the whole array.
+
+    A memory-mapped file is read with plain file reads, not through the map: pages touched
+    through a map stay in the process's resident memory while the map is open, so one scan
+    of a 4 GB file that way leaves the process (and each DDP process) 4 GB large.
+    """
+    row_bytes = max(1, x.itemsize * (x.size // max(1, len(x))))
+    step = max(1, CHUNK_BYTES // row_bytes)
+    # Only the map np.load made (base is the mmap itself) starts at `offset` in `filename`.
+    from_file = isinstance(x, np.memmap) and isinstance(x.base, mmap.mmap) and x.flags.c_contiguous
+    for start in range(0, len(x), step):
+        rows = min(step, len(x) - start)
+        if from_file:
+            count, offset = rows * row_bytes // x.itemsize, x.offset + start * row_bytes
+            yield start, np.fromfile(x.filename, x.dtype, count, offset=offset).reshape(rows, *x.shape[1:])
+        else:
+            yield start, np.asarray(x[start : start + rows])
+
+
 def check_features(name: str, x: np.ndarray) -> None:
     """Numbers, at least one sample, nothing NaN or infinite (scanned in chunks for memmaps)."""
     if x.dtype.kind not in "biuf":
@@ -94,8 +116,7 @@ def check_features(name: str, x: np.ndarray) -> None:
     if x.dtype.kind != "f":
         return
     bad, first = 0, None
-    for start in range(0, len(x), CHUNK_ROWS):
-        chunk = np.asarray(x[start : start + CHUNK_ROWS])
+    for start, chunk in chunks(x):
         rows = ~np.isfinite(chunk).reshape(len(chunk), -1).all(axis=1)
         if rows.any():
             bad += int(rows.sum())

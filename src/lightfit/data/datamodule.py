@@ -19,11 +19,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lightfit.data.arrays import check_features, check_labels, features_as_float32, read_arrays
+from lightfit.data.arrays import check_features, check_labels, chunks, features_as_float32, read_arrays
 from lightfit.data.batches import ArrayDataset, batch_loader
 from lightfit.errors import LightfitError
-
-STATS_ROWS = 65536  # rows per chunk when computing feature statistics
 
 
 @dataclass
@@ -162,12 +160,13 @@ class ArrayDataModule(L.LightningDataModule):
         """Per-feature mean and std over the training rows only (float64 sums, in chunks)."""
         total = torch.zeros(train.x.shape[1:], dtype=torch.float64)
         squares = torch.zeros_like(total)
-        n, dataset = len(train.rows), train.dataset()
-        for start in range(0, n, STATS_ROWS):
-            chunk, _ = dataset.__getitems__(torch.arange(start, min(start + STATS_ROWS, n)))
-            chunk = chunk.double()
-            total += chunk.sum(0)
-            squares += (chunk * chunk).sum(0)
+        rows, n = np.sort(train.rows.numpy()), len(train.rows)
+        x = train.x.numpy() if isinstance(train.x, Tensor) else train.x
+        for start, chunk in chunks(x):  # the whole pool in pieces; keep the training rows of each
+            first, stop = np.searchsorted(rows, [start, start + len(chunk)])
+            picked = torch.from_numpy(chunk[rows[first:stop] - start].astype(np.float64))
+            total += picked.sum(0)
+            squares += (picked * picked).sum(0)
         mean = total / n
         std = (squares / n - mean * mean).clamp_min(0).sqrt()
         std = torch.where(std > 1e-6, std, torch.ones_like(std))  # constant features: leave unscaled
