@@ -2,6 +2,7 @@
 # They create .venv, install PyTorch and lightfit once (stamp files), then run.
 #
 #   make train ARGS="loop=manual trainer.max_epochs=3"    Hydra overrides go in ARGS
+#   make bench ARGS="--quick"                              a short benchmark run (see scripts/bench.py)
 #   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu   pick a PyTorch build
 
 PYTHON ?= python3
@@ -16,7 +17,7 @@ STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev train test lint format clean
+.PHONY: help install install-dev train test bench lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -37,6 +38,11 @@ $(STAMP_DEV): pyproject.toml $(VENV)/.installed-torch
 	$(PIP) install -e ".[dev]"
 	@touch $(STAMP_RUN) $@
 
+# The benchmark's optional extra (Keras 3, for its fit() case); the bench skips Keras without it.
+$(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed-torch
+	$(PIP) install -e ".[bench]" || echo "Keras not installed: make bench will skip its case"
+	@touch $@
+
 install: $(STAMP_RUN) ## install PyTorch and lightfit into .venv (once)
 
 install-dev: $(STAMP_DEV) ## install lightfit with the test and lint tools
@@ -46,6 +52,9 @@ train: $(STAMP_RUN) ## train with Hydra overrides: make train ARGS="loop=manual"
 
 test: $(STAMP_DEV) ## run the test suite
 	$(PY) -m pytest $(ARGS)
+
+bench: $(STAMP_RUN) $(VENV)/.installed-bench ## benchmark, writes bench/results.md: make bench ARGS="--quick"
+	$(PY) scripts/bench.py $(ARGS)
 
 lint: $(STAMP_DEV) ## ruff lint and format check
 	$(PY) -m ruff check .
