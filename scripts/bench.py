@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import importlib.util
 import json
 import logging
 import os
@@ -374,27 +375,27 @@ def case_keras(w: Workload) -> dict[str, Any]:
 
 
 def import_times(stderr: str) -> tuple[dict[str, float], dict[str, str]]:
-    """From `-X importtime` output: seconds per top-level import, and {unused package: imported by}.
+    """From `-X importtime` output: seconds spent in each package's modules, {unused package: by whom}.
 
-    Each line reads `import time: self | cumulative | name`, the name indented by nesting;
-    a module comes after the modules it imports, so each top-level line closes a group.
+    Each line reads `import time: self | cumulative | name`, the name indented two spaces
+    per level of nesting, and a module comes after the modules it imports: read backwards,
+    each line's ancestors are the last lines seen at each smaller indentation.
     """
     seconds: dict[str, float] = {}
     unused: dict[str, str] = {}
-    group: set[str] = set()
-    for line in stderr.splitlines():
+    ancestors: list[str] = []
+    for line in reversed(stderr.splitlines()):
         parts = line.split("|")
         if len(parts) != 3 or not parts[0].startswith("import time:") or not parts[1].strip().isdigit():
             continue
         name = parts[2][1:]
-        group.add(name.strip().split(".")[0])
-        if name.startswith(" "):
-            continue
-        root = name.split(".")[0]
-        seconds[root] = seconds.get(root, 0.0) + int(parts[1]) / 1e6
-        for package in group & UNUSED:
-            unused.setdefault(package, root)
-        group = set()
+        depth = (len(name) - len(name.lstrip())) // 2
+        root = name.strip().split(".")[0]
+        ancestors = [*ancestors[:depth], root]
+        seconds[root] = seconds.get(root, 0.0) + int(parts[0].split(":")[1]) / 1e6  # self time
+        if root in UNUSED and root not in unused:
+            # Blame the first framework on the way down, else whatever imported it at the top.
+            unused[root] = next((a for a in ancestors[:-1] if a in FRAMEWORKS), ancestors[0])
     return seconds, unused
 
 
@@ -422,7 +423,7 @@ def startup(runs: int, tmp: Path) -> dict[str, Any]:
     return {
         "seconds": statistics.median(seconds),
         "runs": seconds,
-        "slowest_imports_seconds": dict(sorted(packages.items(), key=lambda kv: -kv[1])[:8]),
+        "import_seconds_by_package": dict(sorted(packages.items(), key=lambda kv: -kv[1])[:8]),
         "unused_packages_imported": unused,
     }
 
@@ -530,6 +531,8 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "lightning": L.__version__,
         "load_average_at_start": os.getloadavg()[0],
+        # Lightning shows Rich's progress bar when rich is installed (Keras brings it), else tqdm's.
+        "progress_bar": "rich" if importlib.util.find_spec("rich") else "tqdm",
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
@@ -617,13 +620,14 @@ def workload_markdown(w: dict[str, Any]) -> list[str]:
 def startup_markdown(s: dict[str, Any]) -> list[str]:
     if "seconds" not in s:
         return ["## Start-up", "", s["failed"]]
-    slowest = ", ".join(f"{name} {sec:.2f} s" for name, sec in list(s["slowest_imports_seconds"].items())[:4])
+    by_package = list(s["import_seconds_by_package"].items())[:6]
+    slowest = ", ".join(f"{name} {sec:.2f} s" for name, sec in by_package)
     return [
         "## Start-up",
         "",
         f"`python -m lightfit.train trainer.fast_dev_run=true`, start to exit: {s['seconds']:.2f} s "
-        f"(median of {len(s['runs'])}). Slowest top-level imports: {slowest}. Imported although "
-        f"the run does not use them: {unused_text(s['unused_packages_imported'])}.",
+        f"(median of {len(s['runs'])}). Import time by package (its own modules): {slowest}. "
+        f"Imported although the run does not use them: {unused_text(s['unused_packages_imported'])}.",
     ]
 
 
@@ -658,6 +662,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"{m['cpu']}, {m['cores']} cores, {m['device']} ({where}); "
         f"torch {m['torch']}, lightning {m['lightning']}, Python {m['python']}. Load average "
         f"{m['load_average_at_start']:.2f} at the start, {m['load_average_at_end']:.2f} at the end. "
+        f"Progress display of the Lightning loops in a terminal: {m['progress_bar']}. "
         f"{report['date']}, `{report['command']}`.",
         "",
         "s/epoch: the median epoch after a warm-up epoch; x floor: that over the compute floor's.",
@@ -691,9 +696,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lightfit-args", default="", help="more overrides for each lightfit run, e.g. "
                    "'trainer.precision=bf16-mixed'")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="6000 rows, 3 epochs, 1 start-up run, no memmap run")
+    if p.parse_known_args(argv)[0].quick:  # smaller defaults; options given still win
+        p.set_defaults(rows=6000, epochs=3, digits_epochs=4, startup_runs=1, mmap_gb=0)
     args = p.parse_args(argv)
-    if args.quick:
-        args.rows, args.epochs, args.digits_epochs, args.startup_runs, args.mmap_gb = 6000, 3, 4, 1, 0
     if args.epochs < 3 or args.digits_epochs < 4:
         p.error("measure at least 3 epochs after the warm-up (--epochs 3, --digits-epochs 4)")
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
