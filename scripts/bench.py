@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import importlib.util
 import json
 import logging
 import os
@@ -531,8 +530,6 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "lightning": L.__version__,
         "load_average_at_start": os.getloadavg()[0],
-        # Lightning shows Rich's progress bar when rich is installed (Keras brings it), else tqdm's.
-        "progress_bar": "rich" if importlib.util.find_spec("rich") else "tqdm",
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
@@ -662,7 +659,6 @@ def markdown(report: dict[str, Any]) -> str:
         f"{m['cpu']}, {m['cores']} cores, {m['device']} ({where}); "
         f"torch {m['torch']}, lightning {m['lightning']}, Python {m['python']}. Load average "
         f"{m['load_average_at_start']:.2f} at the start, {m['load_average_at_end']:.2f} at the end. "
-        f"Progress display of the Lightning loops in a terminal: {m['progress_bar']}. "
         f"{report['date']}, `{report['command']}`.",
         "",
         "s/epoch: the median epoch after a warm-up epoch; x floor: that over the compute floor's.",
