@@ -279,6 +279,8 @@ def case_lightfit(w: Workload, loop: str, tmp: Path, extra: list[str]) -> dict[s
         return {"failed": f"exit {rc}: " + " | ".join(output.strip().splitlines()[-2:]), "command": command}
     ends = epoch_ends(run_dir / "train.log")
     seconds = [b - a for a, b in zip(ends, ends[1:], strict=False)]
+    if not seconds:
+        return {"failed": f"{len(ends)} epoch line(s) in train.log; need 2 or more", "command": command}
     val_acc = json.loads((run_dir / "results.json").read_text()).get("val/acc")
     return summary(seconds, len(w.datamodule.splits["train"].rows), command=command, val_acc=val_acc)
 
