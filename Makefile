@@ -49,10 +49,10 @@ train: $(STAMP_RUN) ## train with Hydra overrides: make train ARGS="loop=manual"
 
 # Empty CKPT/INPUT/OUTPUT are left out, so that Hydra names the missing value.
 eval: $(STAMP_RUN) ## test metrics of a checkpoint: make eval CKPT=outputs/.../checkpoints/best.ckpt
-	$(PY) -m lightfit.evaluate $(if $(CKPT),ckpt_path=$(CKPT)) $(ARGS)
+	$(PY) -m lightfit.evaluation $(if $(CKPT),ckpt_path=$(CKPT)) $(ARGS)
 
 predict: $(STAMP_RUN) ## predictions for a .npy: make predict CKPT=... INPUT=x.npy OUTPUT=probs.npy
-	$(PY) -m lightfit.predict $(if $(CKPT),ckpt_path=$(CKPT)) $(if $(INPUT),input=$(INPUT)) $(if $(OUTPUT),output=$(OUTPUT)) $(ARGS)
+	$(PY) -m lightfit.prediction $(if $(CKPT),ckpt_path=$(CKPT)) $(if $(INPUT),input=$(INPUT)) $(if $(OUTPUT),output=$(OUTPUT)) $(ARGS)
 
 test: $(STAMP_DEV) ## run the test suite
 	$(PY) -m pytest $(ARGS)

@@ -16,8 +16,8 @@ from hydra.core.global_hydra import GlobalHydra
 from lightfit.checkpoint import load_checkpoint, rebuild_network
 from lightfit.data import digits, digits_path
 from lightfit.errors import LightfitError
-from lightfit.evaluate import evaluate
-from lightfit.predict import predict
+from lightfit.evaluation import evaluate
+from lightfit.prediction import predict
 
 
 def compose_entry(name: str, *overrides: str):
@@ -90,7 +90,7 @@ def test_predict_writes_probabilities_and_labels(tiny, features, tmp_path):
     np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
 
     proc = cli(
-        ckpt, f"input={features}", f"output={tmp_path / 'l.npy'}", "kind=labels", module="lightfit.predict"
+        ckpt, f"input={features}", f"output={tmp_path / 'l.npy'}", "kind=labels", module="lightfit.prediction"
     )
     assert proc.returncode == 0, proc.stderr
     labels = np.load(tmp_path / "l.npy")
@@ -110,6 +110,16 @@ class Payload:
 
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
+
+
+def test_the_keras_style_functions_are_not_shadowed():
+    # Importing a submodule sets it as an attribute of the package: lightfit.evaluate and
+    # lightfit.predict must stay the functions while the command-line modules are loaded.
+    import lightfit
+    import lightfit.evaluation
+    import lightfit.prediction  # noqa: F401
+
+    assert callable(lightfit.evaluate) and callable(lightfit.predict)
 
 
 def test_checkpoint_refusals(tiny, tmp_path):
@@ -145,7 +155,7 @@ def test_bad_inputs_get_one_line_and_leave_no_output(tiny, features, tmp_path):
     x[150, 3, 4] = np.nan
     np.save(tmp_path / "nan.npy", x)
     proc = cli(
-        ckpt, f"input={tmp_path / 'nan.npy'}", f"output={tmp_path / 'out.npy'}", module="lightfit.predict"
+        ckpt, f"input={tmp_path / 'nan.npy'}", f"output={tmp_path / 'out.npy'}", module="lightfit.prediction"
     )
     assert_one_line_error(proc, "lightfit-predict", "nan.npy has NaN or infinite values (row 150)")
     assert sorted(os.listdir(tmp_path)) == ["nan.npy"]  # no output, no partial file
@@ -161,7 +171,7 @@ def test_bad_inputs_get_one_line_and_leave_no_output(tiny, features, tmp_path):
         )
 
     torch.save({"state_dict": {}, "x": Payload(tmp_path / "pwned")}, tmp_path / "evil.ckpt")
-    proc = cli(f"ckpt_path={tmp_path / 'evil.ckpt'}", module="lightfit.evaluate")
+    proc = cli(f"ckpt_path={tmp_path / 'evil.ckpt'}", module="lightfit.evaluation")
     assert_one_line_error(proc, "lightfit-evaluate", "evil.ckpt was refused", "not a plain weights file")
     assert not (tmp_path / "pwned").exists()
 

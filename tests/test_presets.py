@@ -78,7 +78,7 @@ def test_tensorboard_events_are_written_and_readable(run_dir):
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     scalars = events.Tags()["scalars"]
-    assert {"train/loss", "train/acc", "val/loss", "val/acc", "test/acc"} <= set(scalars)
+    assert {"train/loss", "train/acc", "val/loss", "val/acc"} <= set(scalars)
     assert len(events.Scalars("train/loss")) == 2  # one per epoch
 
 

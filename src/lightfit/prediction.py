@@ -1,4 +1,7 @@
-"""Predictions for a `.npy` of raw inputs: `python -m lightfit.predict ckpt_path=... input=... output=...`.
+"""Predictions for a `.npy` of raw inputs: `python -m lightfit.prediction ckpt_path=... input=... output=...`.
+
+(Named `prediction`, not `predict`: `lightfit.predict` is the Keras-style function, and an
+imported submodule of that name would replace it as an attribute of the package.)
 
 The checkpoint alone rebuilds the network, its `Standardize` layer included, so the inputs
 are raw features as in training. The input is memory-mapped and read one batch at a time,

@@ -1,9 +1,12 @@
-"""Test metrics of a checkpoint: `python -m lightfit.evaluate ckpt_path=... [data=...]`.
+"""Test metrics of a checkpoint: `python -m lightfit.evaluation ckpt_path=... [data=...]`.
 
 The network comes from the checkpoint alone (`lightfit.checkpoint`). So do the data, unless
 the command line says otherwise: the data config stored in the checkpoint, seed included,
 gives the same test split the run was tested on. The numbers come from the code that tested
 the run, `Trainer.test` on the `AutomaticLoop`, so they match its results.json.
+
+(Named `evaluation`, not `evaluate`: `lightfit.evaluate` is the Keras-style function, and an
+imported submodule of that name would replace it as an attribute of the package.)
 """
 
 from __future__ import annotations
