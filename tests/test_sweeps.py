@@ -11,7 +11,7 @@ from conftest import cli
 
 from lightfit.sweep import job_rows
 
-TINY = ["debug=limit", "logger=none"]
+TINY = ["debug=fast", "logger=none"]  # one batch per stage: the sweep is what is tested
 
 
 def read_summary(sweep_dir):
@@ -31,7 +31,10 @@ def test_sweep_writes_and_prints_a_summary(tmp_path):
     for row in rows:
         results = json.loads((sweep / row["job"] / "results.json").read_text())
         assert float(row["test/acc"]) == results["test/acc"] and float(row["val/loss"]) == results["val/loss"]
-    assert "job  status  optimizer.lr" in proc.stdout and f"summary: {sweep / 'summary.csv'}" in proc.stdout
+    assert (
+        "job  status  optimizer.lr  debug" in proc.stdout
+        and f"summary: {sweep / 'summary.csv'}" in proc.stdout
+    )
 
     # A job that did not finish has no results.json: it stays in the table, as failed.
     (sweep / "1" / "results.json").unlink()
