@@ -96,6 +96,9 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    from lightfit import config
+
+    config.register()  # the data/ and trainer/ groups extend the typed schemas
     run_hydra_entry(PROG, _hydra_main)
 
 
