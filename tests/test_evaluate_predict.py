@@ -154,10 +154,10 @@ def test_bad_inputs_get_one_line_and_leave_no_output(tiny, features, tmp_path):
     x = np.load(features)
     x[150, 3, 4] = np.nan
     np.save(tmp_path / "nan.npy", x)
-    proc = cli(
-        ckpt, f"input={tmp_path / 'nan.npy'}", f"output={tmp_path / 'out.npy'}", module="lightfit.prediction"
-    )
-    assert_one_line_error(proc, "lightfit-predict", "nan.npy has NaN or infinite values (row 150)")
+    with pytest.raises(LightfitError, match=r"nan.npy has NaN or infinite values \(row 150\)"):
+        predict(
+            compose_entry("predict", ckpt, f"input={tmp_path / 'nan.npy'}", f"output={tmp_path / 'out.npy'}")
+        )
     assert sorted(os.listdir(tmp_path)) == ["nan.npy"]  # no output, no partial file
 
     np.save(tmp_path / "flat.npy", x.reshape(len(x), -1))
