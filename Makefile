@@ -9,6 +9,9 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 ARGS ?=
+CKPT ?=
+INPUT ?=
+OUTPUT ?=
 
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
@@ -16,7 +19,7 @@ STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev train test lint format clean
+.PHONY: help install install-dev train eval predict test lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,6 +46,13 @@ install-dev: $(STAMP_DEV) ## install lightfit with the test and lint tools
 
 train: $(STAMP_RUN) ## train with Hydra overrides: make train ARGS="loop=manual"
 	$(PY) -m lightfit.train $(ARGS)
+
+# Empty CKPT/INPUT/OUTPUT are left out, so that Hydra names the missing value.
+eval: $(STAMP_RUN) ## test metrics of a checkpoint: make eval CKPT=outputs/.../checkpoints/best.ckpt
+	$(PY) -m lightfit.evaluate $(if $(CKPT),ckpt_path=$(CKPT)) $(ARGS)
+
+predict: $(STAMP_RUN) ## predictions for a .npy: make predict CKPT=... INPUT=x.npy OUTPUT=probs.npy
+	$(PY) -m lightfit.predict $(if $(CKPT),ckpt_path=$(CKPT)) $(if $(INPUT),input=$(INPUT)) $(if $(OUTPUT),output=$(OUTPUT)) $(ARGS)
 
 test: $(STAMP_DEV) ## run the test suite
 	$(PY) -m pytest $(ARGS)

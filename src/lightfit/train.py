@@ -53,13 +53,14 @@ def _quiet_lightning() -> None:
 def _trainer(cfg: DictConfig, run_dir: Path, callbacks: list, logger: Any, **loop_kwargs: Any):
     import lightning as L
 
+    from lightfit.progress import progress_callbacks
     from lightfit.resume import AtomicCheckpointIO
 
     interactive = sys.stdout.isatty()
     return L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         **loop_kwargs,
-        callbacks=callbacks,
+        callbacks=[*callbacks, *progress_callbacks(interactive)],  # rich bar and summary on a terminal
         logger=logger,
         plugins=[AtomicCheckpointIO()],
         default_root_dir=run_dir,

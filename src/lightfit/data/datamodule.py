@@ -82,6 +82,7 @@ class ArrayDataModule(L.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
         pin_memory: bool = False,
+        shuffle: bool = True,
     ) -> None:
         super().__init__()
         if (path is None) == (x is None):
@@ -97,6 +98,9 @@ class ArrayDataModule(L.LightningDataModule):
         self.batch_size, self.seed = batch_size, seed
         self.num_classes = num_classes
         self.num_workers, self.pin_memory = num_workers, pin_memory
+        # False: the same training batches every epoch (debug=overfit). Lightning's own
+        # overfit_batches cannot turn this shuffling off: it is in the batch sampler.
+        self.shuffle = shuffle
         self.splits: dict[str, Split] = {}
 
     # -- reading and splitting -------------------------------------------------------------
@@ -194,7 +198,7 @@ class ArrayDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader("train", shuffle=self.shuffle)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
