@@ -93,6 +93,11 @@ def check_targets(node: Any, where: str) -> None:
             check_targets(value, where)
 
 
+def net_weights(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The network's weights from a checkpoint of any loop, keys as `net.state_dict()` has them."""
+    return {k[len(NET_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(NET_PREFIX)}
+
+
 def rebuild_network(checkpoint: dict[str, Any]) -> nn.Module:
     """Standardize + the network the checkpoint was trained with, its weights loaded, in eval mode."""
     from hydra.utils import instantiate
@@ -107,9 +112,7 @@ def rebuild_network(checkpoint: dict[str, Any]) -> nn.Module:
         raise LightfitError(f"the checkpoint's '{CHECKPOINT_KEY}' entry is incomplete (no {exc})") from None
     check_targets(model_cfg, "the checkpoint's model config")
     net = build_network(instantiate(model_cfg), input_shape, num_classes)
-    weights = {
-        k[len(NET_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(NET_PREFIX)
-    }
+    weights = net_weights(checkpoint)
     try:
         net.load_state_dict(weights)
     except RuntimeError as exc:

@@ -236,10 +236,9 @@ def train_explicit(
 
 def load_net_weights(net: Any, path: str | Path) -> None:
     """Load a checkpoint's network weights (any loop's) into `net`; never unpickles code."""
-    import torch
+    from lightfit.checkpoint import load_checkpoint, net_weights
 
-    weights = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    net.load_state_dict({k.removeprefix("net."): v for k, v in weights.items()})
+    net.load_state_dict(net_weights(load_checkpoint(path)))
 
 
 def checkpoint_config(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
