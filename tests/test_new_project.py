@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -14,11 +15,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "lightfit"  # renamed with everything else in a generated project
 NAME = f"{PACKAGE}_copy"  # built, not written out: the script refuses names found in the code
-# Config composition and one short training run, run inside the generated project.
-FAST_SUBSET = [
-    "tests/test_config.py",
-    "tests/test_loops.py::test_automatic_run_writes_results_checkpoints_and_metrics",
-]
 
 
 def camel(name: str) -> str:
@@ -95,16 +91,20 @@ def test_generated_project_installs_composes_and_trains(project, tmp_path):
     assert installed.returncode == 0, installed.stderr
     assert (site / NAME / "conf" / "train.yaml").is_file() and (site / "bin" / f"{NAME}-train").is_file()
     env = {**os.environ, "PYTHONPATH": str(site)}
-    tests = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *FAST_SUBSET],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, *args], cwd=project, env=env, capture_output=True, text=True, timeout=240
+        )
+
+    # The generated project's own config tests, then one short training run from its command line.
+    tests = run("-m", "pytest", "-p", "no:cacheprovider", "tests/test_config.py")
     assert tests.returncode == 0, tests.stdout[-3000:]
     assert re.search(r"\b\d+ passed\b", tests.stdout) and "failed" not in tests.stdout
+    train = run("-m", f"{NAME}.train", "trainer.max_epochs=2", f"hydra.run.dir={tmp_path / 'run'}")
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert "epoch 2/2" in train.stdout
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["test/acc"] > 0.5
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")

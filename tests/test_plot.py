@@ -12,8 +12,10 @@ from lightfit import plot
 pytest.importorskip("matplotlib")
 
 
-def test_png_of_a_real_run(run_dir, capsys):
-    run_train(run_dir, "trainer.max_epochs=3", "logger=csv")
+# The Lightning loops log train and val in separate rows, the explicit loop in one row per epoch.
+@pytest.mark.parametrize("loop", ["automatic", "explicit"])
+def test_png_of_a_real_run(run_dir, capsys, loop):
+    run_train(run_dir, f"loop={loop}", "trainer.max_epochs=3", "logger=csv")
     plot.main([str(run_dir)])
     png = run_dir / "curves.png"
     assert capsys.readouterr().out.strip() == str(png)
