@@ -3,6 +3,8 @@
 #
 #   make train ARGS="loop=manual trainer.max_epochs=3"    Hydra overrides go in ARGS
 #   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu   pick a PyTorch build
+#   make plot RUN=outputs/<date>/<time>                   loss and accuracy curves as a PNG
+#   make new-project NAME=<package> DEST=<folder>         this template under a new name
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,14 +14,18 @@ ARGS ?=
 CKPT ?=
 INPUT ?=
 OUTPUT ?=
+RUN ?=
+NAME ?=
+DEST ?=
 
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
+STAMP_PLOT := $(VENV)/.installed-plot
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev train eval predict test lint format clean
+.PHONY: help install install-dev train eval predict plot new-project test lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,9 +42,14 @@ $(STAMP_RUN): pyproject.toml $(VENV)/.installed-torch
 	$(PIP) install -e .
 	@touch $@
 
+# The dev install includes the plot extra, so that the test suite can check `make plot`.
 $(STAMP_DEV): pyproject.toml $(VENV)/.installed-torch
-	$(PIP) install -e ".[dev]"
-	@touch $(STAMP_RUN) $@
+	$(PIP) install -e ".[dev,plot]"
+	@touch $(STAMP_RUN) $(STAMP_PLOT) $@
+
+$(STAMP_PLOT): pyproject.toml $(STAMP_RUN)
+	$(PIP) install -e ".[plot]"
+	@touch $@
 
 install: $(STAMP_RUN) ## install PyTorch and lightfit into .venv (once)
 
@@ -54,6 +65,12 @@ eval: $(STAMP_RUN) ## test metrics of a checkpoint: make eval CKPT=outputs/.../c
 predict: $(STAMP_RUN) ## predictions for a .npy: make predict CKPT=... INPUT=x.npy OUTPUT=probs.npy
 	$(PY) -m lightfit.predict $(if $(CKPT),ckpt_path=$(CKPT)) $(if $(INPUT),input=$(INPUT)) $(if $(OUTPUT),output=$(OUTPUT)) $(ARGS)
 
+plot: $(STAMP_PLOT) ## loss/accuracy curves of a run: make plot RUN=outputs/<date>/<time> (default: latest)
+	$(PY) -m lightfit.plot $(RUN)
+
+new-project: ## copy this template as a new project: make new-project NAME=<package> DEST=<folder>
+	$(PYTHON) scripts/new_project.py --name "$(NAME)" --dest "$(DEST)"
+
 test: $(STAMP_DEV) ## run the test suite
 	$(PY) -m pytest $(ARGS)
 
@@ -66,5 +83,5 @@ format: $(STAMP_DEV) ## fix what ruff can fix, format the code
 	$(PY) -m ruff format .
 
 clean: ## remove caches and run outputs (keeps .venv)
-	rm -rf outputs multirun .pytest_cache .ruff_cache build dist src/*.egg-info
-	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
+	rm -rf outputs multirun lightning_logs .pytest_cache .ruff_cache build dist src/*.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
