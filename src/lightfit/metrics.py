@@ -40,7 +40,9 @@ class StageMetrics(nn.Module):
     def update(self, logits: Tensor, y: Tensor, loss: Tensor) -> None:
         loss = loss.detach()  # detach: metrics must not keep the graph alive
         self.acc.update(logits.detach(), y)
-        self.loss.update(loss, weight=len(y))  # weighted: the last batch may be short
+        # One value per sample, so that a short last batch counts for its size. Not weight=len(y):
+        # with nan_strategy="disable" MeanMetric ignores weights (torchmetrics issue #3434).
+        self.loss.update(loss.expand(len(y)))  # expand: a view, no copy
         first_bad = (self.first_nonfinite < 0) & ~torch.isfinite(loss)
         self.first_nonfinite = torch.where(first_bad, self.batches, self.first_nonfinite)
         self.batches += 1
