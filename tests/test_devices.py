@@ -17,7 +17,7 @@ def test_trainer_options_compose():
     ddp_cpu = compose_config("trainer=ddp_cpu", "trainer.devices=4", "trainer.num_nodes=2").trainer
     assert (ddp_cpu.accelerator, ddp_cpu.devices, ddp_cpu.num_nodes) == ("cpu", 4, 2)
     assert compose_config("trainer=mps").trainer.accelerator == "mps"
-    assert compose_config("trainer.precision=32").trainer.precision == 32
+    assert compose_config("trainer.precision=32").trainer.precision == "32"  # Lightning reads it as 32-true
 
 
 def test_precision_32_and_bf16_mixed_on_cpu_in_every_loop(tmp_path):
