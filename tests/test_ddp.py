@@ -19,6 +19,8 @@ import torch
 from conftest import cli, compose_config, state_dict
 from hydra.utils import instantiate
 
+from lightfit.distributed import processes_to_start, rank_command
+from lightfit.errors import LightfitError
 from lightfit.loops.explicit import evaluate_epoch
 from lightfit.metrics import StageMetrics
 from lightfit.nets import build_network
@@ -52,6 +54,44 @@ def evaluate_in_one_process(overrides: list[str], checkpoint: Path, stage: str) 
     loader = dm.val_dataloader() if stage == "val" else dm.test_dataloader()
     metrics = evaluate_epoch(net, loader, StageMetrics(stage, dm.num_classes))
     return {k: v.item() for k, v in metrics.items()}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ([], 0),
+        (["trainer=ddp_cpu"], 2),
+        (["trainer=ddp_cpu", "trainer.devices=3"], 3),
+        (["trainer=ddp_cpu", "trainer.devices=1"], 0),
+    ],
+)
+def test_the_job_starts_as_many_processes_as_lightning_would(overrides, expected, monkeypatch):
+    for name in ("LOCAL_RANK", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    assert processes_to_start(compose_config(*overrides).trainer) == expected
+    monkeypatch.setenv("LOCAL_RANK", "0")  # a launcher made the processes already (torchrun sets it)
+    assert processes_to_start(compose_config(*overrides).trainer) == 0
+
+
+def test_device_settings_that_cannot_work_here_are_one_line():
+    with pytest.raises(
+        LightfitError, match="num_nodes=2: start lightfit on every node with torchrun or SLURM"
+    ):
+        processes_to_start(compose_config("trainer=ddp_cpu", "trainer.num_nodes=2").trainer)
+    if not torch.cuda.is_available():
+        with pytest.raises(LightfitError, match="trainer.accelerator=gpu devices=-1: "):
+            processes_to_start(compose_config("trainer=ddp").trainer)
+
+
+def test_each_rank_runs_the_jobs_overrides_in_the_jobs_directory(tmp_path):
+    cfg = compose_config("trainer=ddp_cpu", "optimizer.lr=0.01", "hydra.job.chdir=false", hydra=True)
+    run_dir = tmp_path / "a b,c=d"  # spaces, commas and '=' must survive the override grammar
+    command = rank_command(cfg.hydra, run_dir)
+    assert command[:3] == ["-m", "lightfit.train", "--config-name=train"]
+    assert command[3:6] == ["trainer=ddp_cpu", "optimizer.lr=0.01", "hydra.job.chdir=false"]
+    assert f"hydra.run.dir='{run_dir}'" in command and "hydra.output_subdir=null" in command
+    parsed = compose_config(*command[3:], hydra=True)  # what a rank composes
+    assert parsed.hydra.run.dir == str(run_dir) and parsed.optimizer.lr == 0.01
 
 
 def test_loss_is_the_mean_over_samples_whatever_the_batches():

@@ -68,8 +68,11 @@ def processes_to_start(trainer: DictConfig) -> int:
             strategy=trainer.strategy,
             num_nodes=trainer.num_nodes,
         ).strategy
-    except (MisconfigurationException, ValueError) as exc:  # e.g. trainer=ddp on a machine without GPUs
-        raise LightfitError(f"trainer: {str(exc).strip().splitlines()[0]}") from None
+    except (MisconfigurationException, ValueError, RuntimeError) as exc:  # e.g. trainer=gpu, no GPU
+        reason = str(exc).strip().splitlines()[0]
+        raise LightfitError(
+            f"trainer.accelerator={trainer.accelerator} devices={trainer.devices}: {reason}"
+        ) from None
     reruns_argv = isinstance(getattr(strategy, "launcher", None), _SubprocessScriptLauncher)
     if not reruns_argv or strategy.cluster_environment.creates_processes_externally:
         return 0  # one process, spawn/fork strategies, or torchrun/SLURM/LSF/MPI made the processes

@@ -76,7 +76,9 @@ class ArrayDataModule(L.LightningDataModule):
     Give `x`/`y` (split here into train, val and test), the Keras layout
     (`x`, `y`, `x_test`, `y_test`: the test split is given, val comes from train), or a
     `path` to a `.npz` with keys `x`/`y` or `x_train`/`y_train`/`x_test`/`y_test`, or to a
-    features `.npy` (memory-mapped) with `labels` a labels `.npy`.
+    features `.npy` (memory-mapped) with `labels` a labels `.npy`. On CUDA, `on_device`
+    and `pin_memory` (true, false or auto) decide where batches are gathered; under DDP
+    each process gets its own shard (see `distribute`).
     """
 
     def __init__(
