@@ -7,6 +7,7 @@ that runs code when loaded, so object arrays are refused, never unpickled.
 
 from __future__ import annotations
 
+import math
 import zipfile
 from pathlib import Path
 
@@ -17,7 +18,15 @@ from lightfit.errors import LightfitError
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
 KERAS_KEYS = ("x_train", "y_train", "x_test", "y_test")
-CHUNK_ROWS = 65536  # rows per pass when scanning arrays too large to hold twice
+# Arrays too large to hold twice (memory-mapped files) are scanned in chunks of about this
+# many bytes: each process then holds a few such chunks, never a copy of the array.
+CHUNK_BYTES = 32 * 2**20
+
+
+def chunk_rows(x: np.ndarray, itemsize: int | None = None) -> int:
+    """How many rows of `x` (an array or a tensor) make about CHUNK_BYTES, at `itemsize` bytes a number."""
+    row_bytes = (itemsize or x.itemsize) * math.prod(x.shape[1:])
+    return max(1, CHUNK_BYTES // max(1, row_bytes))
 
 
 def _read_npy(path: Path, mmap: bool) -> np.ndarray:
@@ -94,8 +103,9 @@ def check_features(name: str, x: np.ndarray) -> None:
     if x.dtype.kind != "f":
         return
     bad, first = 0, None
-    for start in range(0, len(x), CHUNK_ROWS):
-        chunk = np.asarray(x[start : start + CHUNK_ROWS])
+    step = chunk_rows(x)
+    for start in range(0, len(x), step):
+        chunk = np.asarray(x[start : start + step])
         rows = ~np.isfinite(chunk).reshape(len(chunk), -1).all(axis=1)
         if rows.any():
             bad += int(rows.sum())
