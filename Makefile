@@ -4,20 +4,29 @@
 #   make train ARGS="loop=manual trainer.max_epochs=3"    Hydra overrides go in ARGS
 #   make bench ARGS="--quick"                              a short benchmark run (see scripts/bench.py)
 #   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu   pick a PyTorch build
+#   make plot RUN=outputs/<date>/<time>                   loss and accuracy curves as a PNG
+#   make new-project NAME=<package> DEST=<folder>         this template under a new name
 
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 ARGS ?=
+CKPT ?=
+INPUT ?=
+OUTPUT ?=
+RUN ?=
+NAME ?=
+DEST ?=
 
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
+STAMP_PLOT := $(VENV)/.installed-plot
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev train test bench lint format clean
+.PHONY: help install install-dev train eval predict plot new-project test bench lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,9 +43,14 @@ $(STAMP_RUN): pyproject.toml $(VENV)/.installed-torch
 	$(PIP) install -e .
 	@touch $@
 
+# The dev install includes the plot extra, so that the test suite can check `make plot`.
 $(STAMP_DEV): pyproject.toml $(VENV)/.installed-torch
-	$(PIP) install -e ".[dev]"
-	@touch $(STAMP_RUN) $@
+	$(PIP) install -e ".[dev,plot]"
+	@touch $(STAMP_RUN) $(STAMP_PLOT) $@
+
+$(STAMP_PLOT): pyproject.toml $(STAMP_RUN)
+	$(PIP) install -e ".[plot]"
+	@touch $@
 
 # The benchmark's optional extra (Keras 3, for its fit() case); the bench skips Keras without it.
 $(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed-torch
@@ -49,6 +63,19 @@ install-dev: $(STAMP_DEV) ## install lightfit with the test and lint tools
 
 train: $(STAMP_RUN) ## train with Hydra overrides: make train ARGS="loop=manual"
 	$(PY) -m lightfit.train $(ARGS)
+
+# Empty CKPT/INPUT/OUTPUT are left out, so that Hydra names the missing value.
+eval: $(STAMP_RUN) ## test metrics of a checkpoint: make eval CKPT=outputs/.../checkpoints/best.ckpt
+	$(PY) -m lightfit.evaluate $(if $(CKPT),ckpt_path=$(CKPT)) $(ARGS)
+
+predict: $(STAMP_RUN) ## predictions for a .npy: make predict CKPT=... INPUT=x.npy OUTPUT=probs.npy
+	$(PY) -m lightfit.predict $(if $(CKPT),ckpt_path=$(CKPT)) $(if $(INPUT),input=$(INPUT)) $(if $(OUTPUT),output=$(OUTPUT)) $(ARGS)
+
+plot: $(STAMP_PLOT) ## loss/accuracy curves of a run: make plot RUN=outputs/<date>/<time> (default: latest)
+	$(PY) -m lightfit.plot $(RUN)
+
+new-project: ## copy this template as a new project: make new-project NAME=<package> DEST=<folder>
+	$(PYTHON) scripts/new_project.py --name "$(NAME)" --dest "$(DEST)"
 
 test: $(STAMP_DEV) ## run the test suite
 	$(PY) -m pytest $(ARGS)
@@ -65,5 +92,5 @@ format: $(STAMP_DEV) ## fix what ruff can fix, format the code
 	$(PY) -m ruff format .
 
 clean: ## remove caches and run outputs (keeps .venv)
-	rm -rf outputs multirun .pytest_cache .ruff_cache build dist src/*.egg-info
-	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
+	rm -rf outputs multirun lightning_logs .pytest_cache .ruff_cache build dist src/*.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -21,8 +21,11 @@ config.register()  # as lightfit.train.main() does before Hydra composes
 FAST = ["trainer.max_epochs=2", "logger=none"]
 
 
-def compose_config(*overrides: str, run_dir: Path | None = None) -> DictConfig:
-    """Compose conf/train.yaml as `python -m lightfit.train` would, with the run dir set."""
+def compose_config(*overrides: str, run_dir: Path | None = None, hydra: bool = False) -> DictConfig:
+    """Compose conf/train.yaml as `python -m lightfit.train` would, with the run dir set.
+
+    `hydra=True` keeps the `hydra` node (launcher settings and the like).
+    """
     GlobalHydra.instance().clear()
     with initialize_config_module("lightfit.conf", version_base="1.3"):
         cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
@@ -30,8 +33,9 @@ def compose_config(*overrides: str, run_dir: Path | None = None) -> DictConfig:
         with open_dict(cfg):
             cfg.hydra.runtime.output_dir = str(run_dir)
         HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
+    if not hydra:
+        with open_dict(cfg):
+            del cfg["hydra"]
     return cfg
 
 

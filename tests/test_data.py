@@ -8,9 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DistributedSampler
 
-from lightfit.data import ArrayDataModule, IndexBatchSampler, digits, digits_path
+from lightfit.data import (
+    ArrayDataModule,
+    ArrayDataset,
+    EpochShuffleSampler,
+    IndexBatchSampler,
+    digits,
+    digits_path,
+)
 from lightfit.errors import LightfitError
 
 
@@ -106,35 +112,80 @@ def test_batches_cover_the_split_once_per_epoch_in_a_new_order():
     assert not torch.equal(orders[0], orders[1])
 
 
-def test_batches_are_gathered_whole_under_a_distributed_sampler():
-    x, y = arrays()
-    dm = ArrayDataModule(x, y, batch_size=8)
+@pytest.mark.parametrize("n", [203, 128, 129, 130, 5])
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ranks_get_distinct_shards_covering_the_epoch_in_equal_batch_counts(n, world_size):
+    dataset = ArrayDataset(torch.zeros(n, 1), torch.zeros(n, dtype=torch.long), torch.arange(n))
+    sampler = EpochShuffleSampler(dataset, seed=3)
+    shards = [list(IndexBatchSampler(sampler, 16, False, rank, world_size)) for rank in range(world_size)]
+    counts = {len(batches) for batches in shards}
+    assert counts == {len(IndexBatchSampler(sampler, 16, False, 0, world_size))}  # len() tells the truth
+    assert all(0 < len(b) <= 17 for batches in shards for b in batches)  # none empty; a tail of < ranks joins
+    seen = [i for batches in shards for b in batches for i in b.tolist()]
+    assert sorted(seen) == list(range(n))  # each sample once: distinct shards, all of them, no padding
+
+
+def test_one_process_gets_the_batches_of_the_epoch_order():
+    dataset = ArrayDataset(torch.zeros(40, 1), torch.zeros(40, dtype=torch.long), torch.arange(40))
+    sampler = EpochShuffleSampler(dataset, seed=1)
+    batches = list(IndexBatchSampler(sampler, 16, False))
+    assert [len(b) for b in batches] == [16, 16, 8]
+    assert torch.equal(torch.cat(batches), sampler.permutation())
+
+
+def test_distribute_shards_every_split_and_keeps_cpu_data_on_the_host():
+    x, y = arrays(207)
+    dm = ArrayDataModule(x, y, batch_size=16)
     dm.setup()
-    dataset = dm.train_dataloader().dataset
-    seen = []
-    for rank in range(2):  # what Lightning injects under DDP, per rank
-        sampler = DistributedSampler(dataset, num_replicas=2, rank=rank, shuffle=True, seed=0)
-        batches = list(IndexBatchSampler(sampler, 8, False))
-        assert all(isinstance(b, torch.Tensor) for b in batches)
-        for b in batches:
-            xb, yb = dataset.__getitems__(b)
-            assert xb.shape[0] == yb.shape[0] == len(b)
-            seen += b.tolist()
-    assert sorted(set(seen)) == list(range(len(dataset)))
+    for name in ("train", "val", "test"):
+        seen = []
+        for rank in range(2):
+            dm.distribute(rank, 2, "cpu")
+            loader = getattr(dm, f"{name}_dataloader")()
+            assert not loader.pin_memory  # nothing to pin for: no GPU
+            seen += [row for xb, _ in loader for row in xb[:, 0].tolist()]
+        expected = x[dm.splits[name].rows.numpy(), 0].tolist()
+        assert sorted(seen) == sorted(expected)
+    assert dm.splits["train"].x.data_ptr() == x.ctypes.data  # still the NumPy memory
 
 
-def test_lightning_injects_its_distributed_sampler_into_our_batch_sampler():
-    from lightning.fabric.utilities.data import _update_dataloader
-
-    x, y = arrays()
-    dm = ArrayDataModule(x, y, batch_size=8)
+def test_every_process_needs_a_sample():
+    x, y = arrays(30)
+    dm = ArrayDataModule(x, y, batch_size=4)
     dm.setup()
-    sampler = DistributedSampler(dm.train_dataloader().dataset, num_replicas=2, rank=1, shuffle=True)
-    loader = _update_dataloader(dm.train_dataloader(), sampler)
-    assert isinstance(loader.batch_sampler, IndexBatchSampler)
-    assert loader.batch_sampler.sampler is sampler
+    with pytest.raises(LightfitError, match="the val split has 3 samples, fewer than the 4 processes"):
+        dm.distribute(0, 4)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"on_device": "yes"}, "data.on_device=yes must be true, false or auto"),
+        ({"pin_memory": 2}, "data.pin_memory=2 must be true, false or auto"),
+        ({"on_device": True, "num_workers": 2}, "set data.num_workers=0"),
+    ],
+)
+def test_device_options_are_checked(kwargs, message):
+    x, y = arrays()
+    with pytest.raises(LightfitError, match=message):
+        ArrayDataModule(x, y, **kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("on_device", [True, False])
+def test_batches_on_cuda_are_gathered_there_or_pinned(on_device):
+    x, y = arrays(300)
+    dm = ArrayDataModule(x, y, batch_size=32, on_device=on_device)
+    dm.setup()
+    dm.distribute(1, 2, "cuda")
+    loader = dm.train_dataloader()
     xb, yb = next(iter(loader))
-    assert xb.shape == (8, 5)
+    if on_device:  # the data moved once; index tensors and batches live on the GPU
+        assert dm.splits["train"].x.is_cuda and xb.is_cuda and yb.is_cuda
+        assert next(iter(loader.batch_sampler)).is_cuda
+    else:  # host data, gathered into page-locked memory for non-blocking copies
+        assert loader.pin_memory and xb.is_pinned() and not xb.is_cuda
+    assert len(xb) == 32  # rank 1 gets its 32 of each global batch of 2 x 32
 
 
 def test_memory_mapped_npy_is_read_batch_by_batch(tmp_path):

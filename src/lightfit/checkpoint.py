@@ -1,24 +1,126 @@
-"""Read a checkpoint safely (placeholder until the evaluate/predict work lands)."""
+"""Read a lightfit checkpoint safely and rebuild its network from it alone.
+
+A checkpoint is a pickle, and unpickling can run any code. `torch.load(weights_only=True)`
+only rebuilds tensors and plain containers, so a file that carries pickled Python objects is
+refused, not run. The network is then rebuilt from what the training run stored under
+`checkpoint["lightfit"]`: the resolved config, the shape of one sample and the class count.
+Its configs name what to call (`_target_`); calling that is code execution too, so only
+networks, data modules and this package's own functions are accepted there.
+"""
 
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from lightfit.errors import LightfitError
 
+# Written by `Classifier.on_save_checkpoint` (loops/classifier.py). Repeated here so that
+# predicting does not import Lightning.
+CHECKPOINT_KEY = "lightfit"
+NET_PREFIX = "net."  # the Classifier keeps the network (Standardize + model) as `self.net`
+PACKAGE = __name__.split(".")[0]  # "lightfit", or whatever a copy of the template renames it to
+
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+    """The checkpoint at `path` as a dict of tensors and plain values, or one clear LightfitError."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise LightfitError(f"checkpoint not found: {path}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise LightfitError(f"{path} was refused: it is not a plain weights file") from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise LightfitError(f"{path} is not a PyTorch checkpoint ({exc})") from None
+    except pickle.UnpicklingError as exc:
+        blocked = re.search(r"unsupported GLOBAL (\S+)", str(exc), re.I)
+        if blocked:
+            raise LightfitError(
+                f"{path} was refused: it is not a plain weights file (it would run pickled Python code: "
+                f"{blocked.group(1)}); lightfit loads checkpoints with torch.load(weights_only=True)"
+            ) from None
+        raise LightfitError(f"{path} is not a PyTorch checkpoint (torch.load cannot read it)") from None
+    except (RuntimeError, EOFError, KeyError, OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LightfitError(f"{path} is not a PyTorch checkpoint ({reason})") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise LightfitError(f"{path} is not a Lightning checkpoint (no 'state_dict' in it)")
+    if CHECKPOINT_KEY not in checkpoint:
+        raise LightfitError(
+            f"{path} is not a lightfit checkpoint (no '{CHECKPOINT_KEY}' entry to rebuild the network from)"
+        )
     return checkpoint
+
+
+def _allowed_target(target: str) -> bool:
+    """A class or function of this package, an nn.Module, or a LightningDataModule."""
+    from hydra.utils import get_object
+
+    try:
+        obj = get_object(target)
+    except Exception:  # noqa: BLE001 - not importable: refused below with the name
+        return False
+    if getattr(obj, "__module__", "").startswith(PACKAGE + ".") and callable(obj):
+        return True
+    if not isinstance(obj, type):
+        return False
+    if issubclass(obj, nn.Module):
+        return True
+    import lightning as L  # only for a data module from elsewhere; imports are slow
+
+    return issubclass(obj, L.LightningDataModule)
+
+
+def check_targets(node: Any, where: str) -> None:
+    """Refuse a config from a checkpoint whose `_target_`s would call anything but a network or data.
+
+    `instantiate` calls whatever `_target_` names (`os.system` too), so a config read from a
+    file someone sent you is as dangerous as a pickle.
+    """
+    if isinstance(node, dict):
+        target = node.get("_target_")
+        if target is not None and not _allowed_target(str(target)):
+            raise LightfitError(
+                f"{where}: _target_ {target!r} is not a network, a data module or part of {PACKAGE}; "
+                "refusing to call it"
+            )
+        for key, value in node.items():
+            check_targets(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for value in node:
+            check_targets(value, where)
+
+
+def net_weights(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The network's weights from a checkpoint of any loop, keys as `net.state_dict()` has them."""
+    return {k[len(NET_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(NET_PREFIX)}
+
+
+def rebuild_network(checkpoint: dict[str, Any]) -> nn.Module:
+    """Standardize + the network the checkpoint was trained with, its weights loaded, in eval mode."""
+    from hydra.utils import instantiate
+
+    from lightfit.nets import build_network
+
+    stored = checkpoint[CHECKPOINT_KEY]
+    try:
+        model_cfg = stored["config"]["model"]
+        input_shape, num_classes = list(stored["input_shape"]), int(stored["num_classes"])
+    except (KeyError, TypeError) as exc:
+        raise LightfitError(f"the checkpoint's '{CHECKPOINT_KEY}' entry is incomplete (no {exc})") from None
+    check_targets(model_cfg, "the checkpoint's model config")
+    net = build_network(instantiate(model_cfg), input_shape, num_classes)
+    weights = net_weights(checkpoint)
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as exc:
+        # load_state_dict lists every mismatch on its own line; the first one names the problem.
+        details = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        raise LightfitError(
+            f"the checkpoint's weights do not fit the model in its config "
+            f"({model_cfg.get('_target_')}, input {tuple(input_shape)}, {num_classes} classes): "
+            f"{details[0] if details else exc}"
+        ) from None
+    return net.eval()

@@ -7,13 +7,16 @@ expected. Set LIGHTFIT_TRACEBACK=1 (or Hydra's HYDRA_FULL_ERROR=1) to see the tr
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 EXIT_USAGE = 2
+LAUNCHER_PID = "LIGHTFIT_LAUNCHER_PID"  # set in the DDP ranks that lightfit.distributed starts
 
 
 class LightfitError(ValueError):
@@ -86,8 +89,25 @@ def reported(prog: str, show_traceback: bool | None = None) -> Iterator[None]:
         message = one_line(exc)
         if message is None or show_traceback:
             raise
-        print(f"{prog}: error: {message}", file=sys.stderr)
+        say(prog, message)
         raise SystemExit(_exit_code(exc)) from None
+
+
+def say(prog: str, message: str) -> None:
+    """Print the one-line error once, though under DDP every rank meets the same bad input.
+
+    torchrun and lightfit's launcher give each rank a file for its error
+    (TORCHELASTIC_ERROR_FILE): the message goes there, so their failure report names it.
+    Under lightfit's launcher the job process prints it; otherwise rank 0 does.
+    """
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:
+        with open(error_file, "w") as f:
+            json.dump({"message": message, "timestamp": int(time.time())}, f)
+    if LAUNCHER_PID in os.environ:
+        return
+    if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0":
+        print(f"{prog}: error: {message}", file=sys.stderr)
 
 
 @contextmanager

@@ -40,7 +40,10 @@ class StageMetrics(nn.Module):
     def update(self, logits: Tensor, y: Tensor, loss: Tensor) -> None:
         loss = loss.detach()  # detach: metrics must not keep the graph alive
         self.acc.update(logits.detach(), y)
-        self.loss.update(loss, weight=len(y))  # weighted: the last batch may be short
+        # The batch mean once per sample, so that a short last batch counts less. Not
+        # `weight=len(y)`: under nan_strategy="disable" MeanMetric drops the weight
+        # (torchmetrics issue 3434). expand() is a view: nothing is copied.
+        self.loss.update(loss.expand(len(y)))
         first_bad = (self.first_nonfinite < 0) & ~torch.isfinite(loss)
         self.first_nonfinite = torch.where(first_bad, self.batches, self.first_nonfinite)
         self.batches += 1

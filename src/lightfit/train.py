@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lightfit import config
+from lightfit import config, distributed
 from lightfit.errors import LightfitError, reported_in_job, run_hydra_entry
 
 if TYPE_CHECKING:
@@ -46,6 +46,8 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
     # Resuming into the same run directory finds its checkpoints there, as it should.
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+    # Metrics are synced across ranks by torchmetrics' compute() before they are logged.
+    warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
     # Lightning 2.6 on torch >= 2.10 (upstream deprecation, harmless).
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
 
@@ -53,6 +55,7 @@ def _quiet_lightning() -> None:
 def _trainer(cfg: DictConfig, run_dir: Path, callbacks: list, logger: Any, **loop_kwargs: Any):
     import lightning as L
 
+    from lightfit.progress import progress_callbacks
     from lightfit.resume import AtomicCheckpointIO
 
     interactive = sys.stdout.isatty()
@@ -65,12 +68,13 @@ def _trainer(cfg: DictConfig, run_dir: Path, callbacks: list, logger: Any, **loo
     return L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         **loop_kwargs,
-        callbacks=callbacks,
+        callbacks=[*callbacks, *progress_callbacks(interactive)],  # rich bar and summary on a terminal
         logger=logger,
         plugins=[AtomicCheckpointIO()],
         default_root_dir=run_dir,
         enable_progress_bar=interactive,  # CI logs get one line per epoch instead
         enable_model_summary=interactive,
+        use_distributed_sampler=False,  # under DDP the data module shards itself, without padding
     )
 
 
@@ -171,9 +175,13 @@ def train_explicit(
     optimizer = instantiate(cfg.optimizer)(net.parameters())
     model, optimizer = fabric.setup(net, optimizer)  # moves the model to the device, wraps it for DDP
     scheduler = instantiate(cfg.scheduler)(optimizer) if cfg.get("scheduler") else None
+    datamodule.distribute(fabric.global_rank, fabric.world_size, fabric.device)  # this rank's shard
     loaders = fabric.setup_dataloaders(
-        datamodule.train_dataloader(), datamodule.val_dataloader(), datamodule.test_dataloader()
-    )  # batches arrive on the device; under DDP each rank gets its own shard
+        datamodule.train_dataloader(),
+        datamodule.val_dataloader(),
+        datamodule.test_dataloader(),
+        use_distributed_sampler=False,  # the data module shards itself, without padding
+    )  # batches arrive on the device
     train_loader, val_loader, test_loader = loaders
     fast = int(t.fast_dev_run)  # like Lightning: that many batches, one epoch, no checkpoints
     limits = {s: fast or t.get(f"limit_{s}_batches") for s in ("train", "val", "test")}
@@ -241,10 +249,9 @@ def train_explicit(
 
 def load_net_weights(net: Any, path: str | Path) -> None:
     """Load a checkpoint's network weights (any loop's) into `net`; never unpickles code."""
-    import torch
+    from lightfit.checkpoint import load_checkpoint, net_weights
 
-    weights = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    net.load_state_dict({k.removeprefix("net."): v for k, v in weights.items()})
+    net.load_state_dict(net_weights(load_checkpoint(path)))
 
 
 def checkpoint_config(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
@@ -269,6 +276,12 @@ def train(cfg: DictConfig) -> float | None:
 
     _quiet_lightning()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if nprocs := distributed.processes_to_start(cfg.trainer):
+        # DDP: this process starts the ranks (each runs this job's command) and waits for them.
+        distributed.launch(nprocs, run_dir)
+        results = json.loads((run_dir / RESULTS).read_text())  # written by rank 0
+        return results[cfg.optimized_metric] if cfg.get("optimized_metric") else None
+    distributed.exit_with_launcher()  # a rank started by distributed.launch dies with the job
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
@@ -279,6 +292,9 @@ def train(cfg: DictConfig) -> float | None:
         datamodule.mean,
         datamodule.std,
     )
+    # Training's randomness (dropout) starts from the seed in every loop and strategy:
+    # Lightning's DDP strategy re-seeds this way when fit starts, Fabric and one device do not.
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     resume = resolve_ckpt_path(cfg.ckpt_path, run_dir)
     checkpoint = None
     if resume is not None:

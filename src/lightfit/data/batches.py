@@ -4,16 +4,22 @@ A stock `TensorDataset` + `DataLoader` calls `__getitem__` once per sample and s
 results (`collate`); on small networks that costs more than the model. Here the
 DataLoader's batch sampler yields one index tensor per batch and the dataset answers
 with `x.index_select(0, rows)`, the rows copied whole. It is still a stock DataLoader
-with a `BatchSampler`, so Lightning and Fabric can swap in a `DistributedSampler` under
-DDP as usual.
+with a `BatchSampler`.
+
+Under DDP the batch sampler also shards: each rank takes its own part of every batch of
+`world_size * batch_size` samples. Lightning's and Fabric's DistributedSampler are turned
+off (`use_distributed_sampler=False`): it pads the data so that every rank gets the same
+count, and the padded duplicates would be counted twice in validation and test metrics.
 """
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 
 class ArrayDataset(Dataset):
@@ -51,8 +57,7 @@ class EpochShuffleSampler(RandomSampler):
     The order of an epoch depends on nothing else (not on global RNG use by dropout or
     by other code), so the three loops see the same batches and a resumed run sees the
     same order as an uninterrupted one. Lightning calls `set_epoch`; a plain loop must too.
-    It subclasses RandomSampler so that Lightning replaces it by a shuffling
-    DistributedSampler (seeded the same way) under DDP.
+    Under DDP every rank draws the same permutation and `IndexBatchSampler` cuts it up.
     """
 
     def __init__(self, data_source: Dataset, seed: int = 0) -> None:
@@ -71,18 +76,51 @@ class EpochShuffleSampler(RandomSampler):
 
 
 class IndexBatchSampler(BatchSampler):
-    """Yields each batch as one index tensor, sliced from the epoch's order."""
+    """Yields each batch as one index tensor, sliced from the epoch's order.
+
+    With `world_size` > 1 the order is cut into global batches of `world_size * batch_size`
+    and rank r takes the r-th part of each: ranks see distinct samples, together all of
+    them, nothing padded, and the same number of batches (DDP needs the same number of
+    backward passes on every rank). Every rank draws the same order (the sampler's seed
+    and epoch), so the parts fit together. `device`: where the index tensors go (the GPU
+    when the data live there, so that gathering a batch never waits for the host).
+    """
+
+    def __init__(
+        self,
+        sampler: Sampler,
+        batch_size: int,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | None = None,
+    ) -> None:
+        super().__init__(sampler, batch_size, drop_last)
+        self.rank, self.world_size, self.device = rank, world_size, device
+
+    def _bounds(self, n: int) -> list[int]:
+        """Where the global batches of an epoch of `n` samples start, and where the last one ends."""
+        step = self.batch_size * self.world_size
+        stop = n - n % step if self.drop_last else n
+        bounds = [*range(0, stop, step), stop]
+        if len(bounds) > 2 and bounds[-1] - bounds[-2] < self.world_size:
+            del bounds[-2]  # a tail too short to give every rank a sample joins the batch before it
+        return bounds
+
+    def __len__(self) -> int:
+        return len(self._bounds(len(self.sampler))) - 1
 
     def __iter__(self):
         if isinstance(self.sampler, EpochShuffleSampler):
             order = self.sampler.permutation()
         elif isinstance(self.sampler, SequentialSampler):
             order = torch.arange(len(self.sampler))
-        else:  # e.g. the DistributedSampler that Lightning injects: one conversion per epoch
+        else:  # any other sampler: one conversion per epoch
             order = torch.as_tensor(list(self.sampler), dtype=torch.long)
-        stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
-        for start in range(0, stop, self.batch_size):
-            yield order[start : start + self.batch_size]
+        order = order.to(self.device) if self.device is not None else order  # one copy per epoch
+        bounds = self._bounds(len(order))
+        for start, stop in pairwise(bounds):
+            yield order[start:stop].tensor_split(self.world_size)[self.rank]  # views, no copies
 
 
 def _as_is(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
@@ -97,16 +135,22 @@ def batch_loader(
     drop_last: bool = False,
     num_workers: int = 0,
     pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | None = None,
 ) -> DataLoader:
+    """Batches of `dataset`; under DDP, this rank's part of them (see `IndexBatchSampler`)."""
     sampler = EpochShuffleSampler(dataset, seed) if shuffle else SequentialSampler(dataset)
     return DataLoader(
         dataset,
-        batch_sampler=IndexBatchSampler(sampler, batch_size, drop_last),
+        batch_sampler=IndexBatchSampler(sampler, batch_size, drop_last, rank, world_size, device),
         collate_fn=_as_is,
         # Its own generator: creating an iterator draws a worker seed from it, not from the
         # global RNG, so the number of loaders iterated never changes dropout or init.
         generator=torch.Generator().manual_seed(seed),
         num_workers=num_workers,
+        # Page-locked host memory: the copy to the GPU can then run while the GPU computes
+        # (Lightning and Fabric copy batches with non_blocking=True).
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
     )

@@ -23,6 +23,10 @@ from lightfit.data.arrays import check_features, check_labels, chunks, features_
 from lightfit.data.batches import ArrayDataset, batch_loader
 from lightfit.errors import LightfitError
 
+# data.on_device=auto puts the data on the GPU when they take at most this share of its free
+# memory: the rest is for the network, its activations and the optimizer.
+ON_DEVICE_FRACTION = 0.25
+
 
 @dataclass
 class Split:
@@ -46,6 +50,16 @@ def split_rows(n: int, fractions: list[float], seed: int) -> list[Tensor]:
     return parts
 
 
+def _to_device(data: Tensor | np.ndarray, device: torch.device) -> Tensor:
+    """A copy of `data` on `device`; a memory-mapped array goes in chunks, never whole through RAM."""
+    if isinstance(data, Tensor):
+        return data.to(device)
+    out = torch.empty(data.shape, dtype=torch.float32, device=device)
+    for start, chunk in chunks(data):
+        out[start : start + len(chunk)] = torch.from_numpy(chunk.astype(np.float32, copy=False))
+    return out
+
+
 def _tensor(array: np.ndarray) -> Tensor | np.ndarray:
     if isinstance(array, np.memmap):
         return array  # stays on disk; ArrayDataset reads the rows of each batch
@@ -61,7 +75,9 @@ class ArrayDataModule(L.LightningDataModule):
     Give `x`/`y` (split here into train, val and test), the Keras layout
     (`x`, `y`, `x_test`, `y_test`: the test split is given, val comes from train), or a
     `path` to a `.npz` with keys `x`/`y` or `x_train`/`y_train`/`x_test`/`y_test`, or to a
-    features `.npy` (memory-mapped) with `labels` a labels `.npy`.
+    features `.npy` (memory-mapped) with `labels` a labels `.npy`. On CUDA, `on_device`
+    and `pin_memory` (true, false or auto) decide where batches are gathered; under DDP
+    each process gets its own shard (see `distribute`).
     """
 
     def __init__(
@@ -79,7 +95,9 @@ class ArrayDataModule(L.LightningDataModule):
         num_classes: int | None = None,
         seed: int = 0,
         num_workers: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | str = "auto",
+        on_device: bool | str = "auto",
+        shuffle: bool = True,
     ) -> None:
         super().__init__()
         if (path is None) == (x is None):
@@ -89,13 +107,23 @@ class ArrayDataModule(L.LightningDataModule):
                 raise LightfitError(f"data.{name}={fraction} must be between 0 and 1 (exclusive)")
         if batch_size < 1:
             raise LightfitError(f"data.batch_size={batch_size} must be a positive integer")
+        for name, value in (("pin_memory", pin_memory), ("on_device", on_device)):
+            if value not in (True, False, "auto"):
+                raise LightfitError(f"data.{name}={value} must be true, false or auto")
+        if on_device is True and num_workers > 0:
+            raise LightfitError("data.on_device=true gathers batches on the GPU; set data.num_workers=0")
         self.arrays = None if x is None else {"x": x, "y": y, "x_test": x_test, "y_test": y_test}
         self.path, self.labels = path, labels
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.batch_size, self.seed = batch_size, seed
         self.num_classes = num_classes
-        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.num_workers, self.pin_memory, self.on_device = num_workers, pin_memory, on_device
+        # False: the same training batches every epoch (debug=overfit). Lightning's own
+        # overfit_batches cannot turn this shuffling off: it is in the batch sampler.
+        self.shuffle = shuffle
         self.splits: dict[str, Split] = {}
+        # Which process this is under DDP, and where its batches go (see `distribute`).
+        self.rank, self.world_size, self.device = 0, 1, torch.device("cpu")
 
     # -- reading and splitting -------------------------------------------------------------
 
@@ -115,8 +143,14 @@ class ArrayDataModule(L.LightningDataModule):
         return arrays
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits:  # called once per stage by Lightning; the splits never change
-            return
+        if not self.splits:  # called once per stage by Lightning; the splits never change
+            self._read_and_split()
+        if self.trainer is not None:  # Lightning: the process group and device are set up by now
+            self.distribute(
+                self.trainer.global_rank, self.trainer.world_size, self.trainer.strategy.root_device
+            )
+
+    def _read_and_split(self) -> None:
         arrays = self._load()
         source = self.path or "arrays"
         pools = [("x", "y")] + ([("x_test", "y_test")] if "x_test" in arrays else [])
@@ -178,22 +212,73 @@ class ArrayDataModule(L.LightningDataModule):
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.splits["train"].x.shape[1:])
 
+    # -- processes and devices ----------------------------------------------------------------
+
+    def distribute(self, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu") -> None:
+        """Make the loaders give this process (`rank` of `world_size`) its shard, on `device`.
+
+        `setup` calls it with the Trainer's values; the explicit loop calls it with Fabric's.
+        On CUDA the data move to the GPU once when `on_device` allows it; otherwise batches
+        are gathered in page-locked host memory and copied without blocking.
+        """
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        self.rank, self.world_size, self.device = rank, world_size, device
+        for name, split in self.splits.items():
+            if len(split.rows) < world_size:
+                raise LightfitError(
+                    f"the {name} split has {len(split.rows)} samples, fewer than the {world_size} "
+                    "processes; every process needs at least one"
+                )
+        if self._data_on_device():
+            moved: dict[int, Tensor] = {}  # the splits share their arrays: move each one once
+            for split in self.splits.values():
+                for name in ("x", "y", "rows"):
+                    data = getattr(split, name)
+                    if id(data) not in moved:
+                        moved[id(data)] = _to_device(data, self.device)
+                    setattr(split, name, moved[id(data)])
+
+    def _data_on_device(self) -> bool:
+        """Whether the data (should) live on the device: data.on_device=true, or auto and they fit."""
+        if self.device.type != "cuda" or self.on_device is False:
+            return False
+        if self.on_device is True:
+            return True
+        if self.num_workers > 0:
+            return False
+        tensors = {id(t): t for s in self.splits.values() for t in (s.x, s.y)}.values()
+        if all(isinstance(t, Tensor) and t.device == self.device for t in tensors):
+            return True  # moved already (Lightning calls setup once per stage)
+        size = sum(t.nbytes for t in tensors)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return size <= ON_DEVICE_FRACTION * free
+
     # -- loaders ---------------------------------------------------------------------------
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if not self.splits:
             raise RuntimeError("call setup() before asking for a dataloader")
+        dataset = self.splits[split].dataset()
+        on_device = (
+            self.device.type != "cpu" and isinstance(dataset.x, Tensor) and dataset.x.device == self.device
+        )
+        pin = self.pin_memory is True or (self.pin_memory == "auto" and self.device.type == "cuda")
         return batch_loader(
-            self.splits[split].dataset(),
+            dataset,
             self.batch_size,
             shuffle=shuffle,
             seed=self.seed,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            pin_memory=pin and not on_device,
+            rank=self.rank,
+            world_size=self.world_size,
+            device=self.device if on_device else None,  # index tensors live with the data
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader("train", shuffle=self.shuffle)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

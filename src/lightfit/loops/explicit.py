@@ -27,6 +27,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
+from lightfit.checkpoint import net_weights
 from lightfit.metrics import StageMetrics
 from lightfit.resume import RNG_KEY, restore_rng_states, rng_states
 
@@ -197,9 +198,7 @@ def restore_state(
     state: dict[str, Any], net: nn.Module, optimizer: Optimizer, scheduler: LRScheduler | None
 ) -> int:
     """Load a `checkpoint_state` (or a Lightning checkpoint) back; returns the epoch to start at."""
-    net.load_state_dict(
-        {k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")}
-    )
+    net.load_state_dict(net_weights(state))
     optimizer.load_state_dict(state["optimizer_states"][0])
     if scheduler is not None and state["lr_schedulers"]:
         scheduler.load_state_dict(state["lr_schedulers"][0])

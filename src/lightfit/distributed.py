@@ -1,0 +1,236 @@
+"""DDP on one machine from a Hydra job: start the ranks with torch's launcher, not by re-running argv.
+
+Lightning's DDP strategy starts ranks 1..n-1 by re-running `sys.argv`. Under Hydra that
+breaks: in a sweep (`-m`) every child re-runs the whole sweep. So when a job asks for
+several processes and nothing outside created them (torchrun, SLURM's srun), the Hydra
+job process launches them with torch's elastic launcher, the engine behind `torchrun`:
+
+    Hydra job (writes .hydra/, waits)
+      ├─ rank 0: python -m lightfit.train <this job's overrides> hydra.run.dir=<job dir>
+      └─ rank 1: the same command; Lightning gives it no checkpoints, logs or results.json
+
+The ranks get the environment torchrun gives (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR,
+MASTER_PORT, TORCHELASTIC_RUN_ID), so Lightning and Fabric join them into one process
+group and start nothing themselves. If a rank fails, the launcher stops the others; if the
+job is interrupted (Ctrl-C, SIGTERM), it stops them all; the job fails with one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from lightfit.errors import LAUNCHER_PID, LightfitError
+
+ENTRY_POINT = "lightfit.train"  # what each rank runs: python -m lightfit.train
+# Hydra overrides that shape the job process (sweeps, launchers, where it writes), not the ranks.
+JOB_ONLY = (
+    "hydra.mode",
+    "hydra.run.",
+    "hydra.sweep.",
+    "hydra.launcher",
+    "hydra/launcher",
+    "hydra.sweeper",
+    "hydra/sweeper",
+    "hydra.output_subdir",
+    "hydra.job.name",
+    "hydra.job.id",
+    "hydra.job.num",
+)
+HANDLED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")  # what torch's launcher forwards
+
+
+def processes_to_start(trainer: DictConfig) -> int:
+    """How many processes this job must start itself: 0 if one is enough or a launcher made them.
+
+    Lightning decides (from accelerator, devices, strategy, num_nodes and the environment),
+    so the count is exactly the number it would start by re-running the command.
+    """
+    from lightning.fabric import Fabric
+    from lightning.fabric.strategies.launchers import _SubprocessScriptLauncher
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        strategy = Fabric(
+            accelerator=trainer.accelerator,
+            devices=trainer.devices,
+            strategy=trainer.strategy,
+            num_nodes=trainer.num_nodes,
+        ).strategy
+    except (MisconfigurationException, ValueError, RuntimeError) as exc:  # e.g. trainer=gpu, no GPU
+        reason = str(exc).strip().splitlines()[0]
+        raise LightfitError(
+            f"trainer.accelerator={trainer.accelerator} devices={trainer.devices}: {reason}"
+        ) from None
+    reruns_argv = isinstance(getattr(strategy, "launcher", None), _SubprocessScriptLauncher)
+    if not reruns_argv or strategy.cluster_environment.creates_processes_externally:
+        return 0  # one process, spawn/fork strategies, or torchrun/SLURM/LSF/MPI made the processes
+    if strategy.num_nodes > 1:
+        raise LightfitError(
+            f"trainer.num_nodes={strategy.num_nodes}: start lightfit on every node with torchrun or "
+            "SLURM (hydra/launcher=slurm); see 'Multiple devices and machines' in the README"
+        )
+    return strategy.num_processes if strategy.num_processes > 1 else 0
+
+
+def rank_command(hydra: Any, run_dir: Path) -> list[str]:
+    """The arguments after `python` for every rank: this job's config and overrides, its run directory."""
+    config_dirs = [s.path for s in hydra.runtime.config_sources if s.provider == "command-line"]
+    hydra_overrides = [o for o in hydra.overrides.hydra if not o.lstrip("+~").startswith(JOB_ONLY)]
+    return [
+        "-m",
+        ENTRY_POINT,
+        f"--config-name={hydra.job.config_name}",
+        *(f"--config-dir={path}" for path in config_dirs),
+        *hydra.overrides.task,
+        *hydra_overrides,
+        f"hydra.run.dir={_quoted(run_dir)}",  # the ranks write into this job's directory ...
+        "hydra.output_subdir=null",  # ... but the job process has written .hydra/ already
+        f"hydra.job.name={hydra.job.name}",  # log to the same <job name>.log
+    ]
+
+
+def launch(nprocs: int, run_dir: Path) -> None:
+    """Run this job's training in `nprocs` processes on this machine; return when all are done."""
+    from hydra.core.hydra_config import HydraConfig
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    args = rank_command(HydraConfig.get(), run_dir)
+    with (
+        tempfile.TemporaryDirectory(prefix="lightfit-ddp-") as scratch,  # error files of the ranks
+        _environ({LAUNCHER_PID: str(os.getpid())}),
+        _signal_handlers_restored(),
+        _quiet("torch.distributed.elastic"),  # its failure report is a page; ours is one line
+    ):
+        config = LaunchConfig(
+            min_nodes=1,
+            max_nodes=1,
+            nproc_per_node=nprocs,
+            run_id=uuid.uuid4().hex,
+            rdzv_backend="c10d",  # this process hosts the rendezvous, as `torchrun --standalone`
+            rdzv_endpoint="localhost:0",
+            max_restarts=0,  # a failed rank fails the job; Hydra or SLURM decide about retries
+            logs_specs=DefaultLogsSpecs(log_dir=scratch),  # output is not redirected: ranks print here
+        )
+        try:
+            elastic_launch(config, sys.executable)(*args)
+        except ChildFailedError as exc:
+            raise _rank_failed(exc) from None
+        except SignalException as exc:  # the launcher has passed the signal on and stopped every rank
+            raise _interrupted(exc.sigval, Path(scratch), nprocs) from None
+
+
+class RankFailed(LightfitError):
+    """The job's ranks failed or were stopped; the message and exit code are those of the first."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _rank_message(error_file: str | Path) -> str | None:
+    """The one-line error a rank left in its error file (errors.say writes it), if any."""
+    path = Path(error_file)
+    if not path.is_file():
+        return None
+    message = json.loads(path.read_text()).get("message")
+    return message if isinstance(message, str) else None
+
+
+def _rank_failed(exc: Any) -> RankFailed:
+    """One line for failed ranks: a rank's own one-line error if it left one, else what ended it."""
+    failures = sorted(exc.failures.items(), key=lambda item: (item[1].timestamp, item[0]))
+    for _, failure in failures:
+        message = _rank_message(failure.error_file)
+        if message and failure.exitcode > 0:
+            return RankFailed(message, failure.exitcode)
+    rank, failure = failures[0]
+    if failure.exitcode < 0:
+        cause, code = f"signal {failure.signal_name()}", 128 - failure.exitcode
+    else:
+        cause, code = f"exit code {failure.exitcode}", failure.exitcode
+    return RankFailed(f"training process rank {rank} failed with {cause} (its output is above)", code)
+
+
+def _interrupted(signum: int, scratch: Path, nprocs: int) -> RankFailed:
+    """Stopped by a signal: rank 0's own line (where it stopped, what it saved) if it left one."""
+    name = signal.Signals(signum).name
+    files = sorted(scratch.glob("*/attempt_*/0/error.json"))  # torch's layout: <run>/attempt_<n>/<rank>/
+    message = _rank_message(files[-1]) if files else None
+    return RankFailed(message or f"stopped by {name}; all {nprocs} processes were stopped", 128 + signum)
+
+
+def exit_with_launcher() -> None:
+    """In a rank started by `launch`: die with the job process, even if it is killed with SIGKILL.
+
+    Torch's launcher stops its ranks when it fails or gets a signal it can catch; this covers the
+    signal it cannot (Linux only: the kernel sends SIGKILL to this process when its parent dies).
+    """
+    parent = os.environ.get(LAUNCHER_PID)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != int(parent):  # it died before prctl took effect
+        raise SystemExit(1)
+
+
+def _quoted(path: Path) -> str:
+    """A path as a quoted Hydra override value: spaces, commas and '=' stay part of it."""
+    return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the ranks started inside, then put things back."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def _signal_handlers_restored() -> Iterator[None]:
+    """Torch's launcher installs its own handlers and leaves them; a sweep's next job expects Python's."""
+    signals = [getattr(signal, name) for name in HANDLED_SIGNALS if hasattr(signal, name)]
+    saved = {sig: signal.getsignal(sig) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _quiet(prefix: str) -> Iterator[None]:
+    """Silence the loggers under `prefix` (torch sets a level on each of them, not on the parent)."""
+    names = [prefix, *(n for n in logging.root.manager.loggerDict if n.startswith(prefix + "."))]
+    levels = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)

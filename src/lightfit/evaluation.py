@@ -1,0 +1,106 @@
+"""Test metrics of a checkpoint: `python -m lightfit.evaluation ckpt_path=... [data=...]`.
+
+The network comes from the checkpoint alone (`lightfit.checkpoint`). So do the data, unless
+the command line says otherwise: the data config stored in the checkpoint, seed included,
+gives the same test split the run was tested on. The numbers come from the code that tested
+the run, `Trainer.test` on the `AutomaticLoop`, so they match its results.json.
+
+(Named `evaluation`, not `evaluate`: `lightfit.evaluate` is the Keras-style function, and an
+imported submodule of that name would replace it as an attribute of the package.)
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from lightfit.errors import LightfitError, reported_in_job, run_hydra_entry
+
+log = logging.getLogger("lightfit")
+PROG = "lightfit-evaluate"
+EVAL = "eval.json"
+
+
+def data_config(cfg: DictConfig, stored: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's data config with what the command line composed (data=..., +data.x=...) on top."""
+    trained = stored["config"]["data"]
+    seed = trained.get("seed", 0) if cfg.seed is None else cfg.seed
+    cfg.seed = seed  # a `data=...` chosen here has `seed: ${seed}`: the checkpoint's split seed
+    ours = OmegaConf.to_container(cfg.data, resolve=True)
+    data = OmegaConf.to_container(OmegaConf.merge(trained, ours))
+    data["seed"] = seed
+    # Labels beyond the network's classes then fail in the data checks, with the file named.
+    data["num_classes"] = int(stored["num_classes"])
+    return data
+
+
+def default_output(ckpt_path: Path) -> Path:
+    """<run dir>/eval.json for <run dir>/checkpoints/best.ckpt."""
+    return ckpt_path.resolve().parent.parent / EVAL
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Test the checkpoint `cfg.ckpt_path`; writes and returns test/acc and test/loss."""
+    from hydra.utils import instantiate
+
+    from lightfit.checkpoint import CHECKPOINT_KEY, check_targets, load_checkpoint, rebuild_network
+
+    ckpt_path = Path(cfg.ckpt_path).expanduser()
+    checkpoint = load_checkpoint(ckpt_path)  # a bad file is reported before Lightning is imported
+    stored = checkpoint[CHECKPOINT_KEY]
+    net = rebuild_network(checkpoint)
+    data = data_config(cfg, stored)
+    check_targets(data, "data config")
+
+    import lightning as L
+
+    from lightfit.console import metrics_line
+    from lightfit.loops import AutomaticLoop
+    from lightfit.train import _quiet_lightning, write_json_atomic
+
+    _quiet_lightning()
+    datamodule = instantiate(data)
+    datamodule.setup("test")
+    if tuple(datamodule.input_shape) != tuple(stored["input_shape"]):
+        raise LightfitError(
+            f"the data have samples of shape {tuple(datamodule.input_shape)} but the checkpoint's "
+            f"network takes {tuple(stored['input_shape'])}"
+        )
+    # The optimizer is never built: Trainer.test only runs test_step and the metrics.
+    module = AutomaticLoop(net, optimizer=None, num_classes=int(stored["num_classes"]))
+    trainer = L.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    metrics = {k: float(v) for k, v in trainer.test(module, datamodule=datamodule, verbose=False)[0].items()}
+    output = Path(cfg.output).expanduser() if cfg.output else default_output(ckpt_path)
+    if trainer.is_global_zero:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(output, {**metrics, "checkpoint": str(ckpt_path.resolve()), "data": data})
+        log.info(metrics_line("test: ", metrics))
+        log.info(f"wrote {output}")
+    return metrics
+
+
+@hydra.main(config_path="pkg://lightfit.conf", config_name="evaluate", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    with reported_in_job(PROG):
+        evaluate(cfg)
+
+
+def main() -> None:
+    from lightfit import config
+
+    config.register()  # the data/ and trainer/ groups extend the typed schemas
+    run_hydra_entry(PROG, _hydra_main)
+
+
+if __name__ == "__main__":
+    main()

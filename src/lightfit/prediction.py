@@ -1,0 +1,131 @@
+"""Predictions for a `.npy` of raw inputs: `python -m lightfit.prediction ckpt_path=... input=... output=...`.
+
+(Named `prediction`, not `predict`: `lightfit.predict` is the Keras-style function, and an
+imported submodule of that name would replace it as an attribute of the package.)
+
+The checkpoint alone rebuilds the network, its `Standardize` layer included, so the inputs
+are raw features as in training. The input is memory-mapped and read one batch at a time,
+and the output is written batch by batch into a memory-mapped `.npy`, so neither has to
+fit in memory. It goes to a temporary file that is renamed at the end: a failed run leaves
+no half-written output. No Lightning here: a forward pass needs none of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+
+from lightfit.errors import LightfitError, reported_in_job, run_hydra_entry
+
+log = logging.getLogger("lightfit")
+PROG = "lightfit-predict"
+KINDS = ("probs", "labels")
+
+
+def read_inputs(path: Path) -> np.ndarray:
+    """The features `.npy`, memory-mapped (never unpickled)."""
+    if not path.is_file():
+        raise LightfitError(f"input file not found: {path}")
+    try:
+        x = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc) or "object" in str(exc).lower():
+            raise LightfitError(f"{path} holds Python objects; refusing to unpickle it") from None
+        raise LightfitError(f"{path} is not a readable .npy file ({exc})") from None
+    except (EOFError, OSError) as exc:
+        raise LightfitError(f"{path} is not a readable .npy file ({exc})") from None
+    if not isinstance(x, np.ndarray):  # np.load gives an NpzFile for a .npz
+        raise LightfitError(f"{path} is not a .npy file; save the features with np.save")
+    if x.dtype.kind not in "biuf":
+        raise LightfitError(f"{path} has dtype {x.dtype}; expected numbers (float or int)")
+    return x
+
+
+def device_for(accelerator: str):
+    import torch
+
+    if accelerator not in ("cpu", "gpu", "auto"):
+        raise LightfitError(f"accelerator={accelerator} is not one of cpu, gpu, auto")
+    if accelerator == "gpu" and not torch.cuda.is_available():
+        raise LightfitError("accelerator=gpu but no CUDA GPU is available (use accelerator=cpu)")
+    use_gpu = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
+    return torch.device("cuda" if use_gpu else "cpu")
+
+
+def write_predictions(
+    path: Path, net, x: np.ndarray, kind: str, num_classes: int, batch: int, device, source: Path
+) -> None:
+    """Fill a new `.npy` at `path`, one batch at a time; the memory map is closed on return."""
+    import torch
+
+    shape, dtype = ((len(x), num_classes), np.float32) if kind == "probs" else ((len(x),), np.int64)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    with torch.inference_mode():  # no autograd bookkeeping: nothing here is trained
+        for start in range(0, len(x), batch):
+            # np.array copies: it reads this batch from the file into a writable array for torch.
+            rows = np.array(x[start : start + batch], dtype=np.float32)
+            bad = ~np.isfinite(rows).reshape(len(rows), -1).all(axis=1)
+            if bad.any():
+                raise LightfitError(
+                    f"{source} has NaN or infinite values (row {start + int(np.argmax(bad))})"
+                )
+            # from_numpy shares memory with `rows`; .to(device) copies only to a GPU.
+            logits = net(torch.from_numpy(rows).to(device))  # (B, C)
+            result = logits.softmax(dim=1) if kind == "probs" else logits.argmax(dim=1)
+            out[start : start + len(rows)] = result.cpu().numpy()  # .cpu(): NumPy needs host memory
+    out.flush()
+
+
+def predict(cfg: DictConfig) -> Path:
+    """Write `cfg.output`: class probabilities (N, C) float32 or labels (N,) int64; returns its path."""
+    from lightfit.checkpoint import CHECKPOINT_KEY, load_checkpoint, rebuild_network
+
+    if cfg.kind not in KINDS:
+        raise LightfitError(f"kind={cfg.kind} is not one of {', '.join(KINDS)}")
+    if int(cfg.batch_size) < 1:
+        raise LightfitError(f"batch_size={cfg.batch_size} must be a positive integer")
+    device = device_for(cfg.accelerator)
+    checkpoint = load_checkpoint(cfg.ckpt_path)
+    stored = checkpoint[CHECKPOINT_KEY]
+    input_path, output = Path(cfg.input).expanduser(), Path(cfg.output).expanduser()
+    x = read_inputs(input_path)
+    expected = tuple(stored["input_shape"])
+    if x.ndim == 0 or tuple(x.shape[1:]) != expected:
+        raise LightfitError(
+            f"{input_path} has samples of shape {tuple(x.shape[1:])} (array {x.shape}); "
+            f"the checkpoint's network takes samples of shape {expected}"
+        )
+    if len(x) == 0:
+        raise LightfitError(f"{input_path} has no samples (shape {x.shape})")
+    net = rebuild_network(checkpoint).to(device)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(output.name + ".partial")
+    try:
+        write_predictions(
+            partial, net, x, cfg.kind, int(stored["num_classes"]), int(cfg.batch_size), device, input_path
+        )
+        os.replace(partial, output)  # atomic: readers see the whole file or none
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    log.info(f"wrote {output}: {cfg.kind} for {len(x)} samples on {device}")
+    return output
+
+
+@hydra.main(config_path="pkg://lightfit.conf", config_name="predict", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    with reported_in_job(PROG):
+        predict(cfg)
+
+
+def main() -> None:
+    run_hydra_entry(PROG, _hydra_main)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""What a run shows while it trains: a rich progress bar on a terminal, epoch lines elsewhere.
+
+On an interactive terminal Lightning draws a progress bar and a model summary; with `rich`
+installed (`pip install rich`) they are its nicer versions. Redirected to a file or a CI
+log, bars would be a wall of carriage returns, so there are none: `EpochLine` prints one
+line per epoch instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+from typing import Any
+
+
+def progress_callbacks(interactive: bool) -> list[Any]:
+    """Rich progress bar and model summary on a terminal when rich is installed; else none
+    (Lightning then uses its TQDM bar and plain summary, if the Trainer enables them)."""
+    if not interactive or importlib.util.find_spec("rich") is None:
+        return []
+    from lightning.pytorch.callbacks import RichModelSummary, RichProgressBar
+
+    return [RichProgressBar(), RichModelSummary()]
+
+
+class StdoutHandler(logging.StreamHandler):
+    """A console log handler that writes to whatever `sys.stdout` is at the time.
+
+    A plain StreamHandler keeps the stdout it was given at start-up. The rich progress bar
+    redirects `sys.stdout` while it is drawn so that printed lines appear above the bar;
+    log lines sent to the old stdout would be drawn over by the bar instead.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ sets it; the property decides
+        pass

@@ -1,0 +1,104 @@
+"""The table of a sweep: one row per job, with its overrides and its results.json metrics.
+
+`SweepSummary` is a Hydra callback, registered in conf/train.yaml. In a multirun
+(`-m ...`, or `hparams_search=...`) it writes `<sweep dir>/summary.csv` again after every
+job, so a sweep that stops half way still leaves one, and prints the table when the
+sweep ends. A job directory without results.json did not finish: its status is `failed`.
+The table is read from the job directories, not from memory, so it also works for
+launchers that run jobs in other processes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+SUMMARY = "summary.csv"
+RESULTS = "results.json"  # as lightfit.train writes it (not imported: that would import it per job)
+LEFT_OUT = ("best_checkpoint",)  # a long path; the job directory says where it is
+
+
+def _natural(path: Path) -> list[Any]:
+    """Sort key: job 10 after job 9."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path.as_posix())]
+
+
+def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per job directory under `sweep_dir` (those with a .hydra/overrides.yaml)."""
+    rows = []
+    for overrides_file in sorted(sweep_dir.glob("**/.hydra/overrides.yaml"), key=_natural):
+        job_dir = overrides_file.parent.parent
+        row: dict[str, Any] = {"job": job_dir.relative_to(sweep_dir).as_posix()}
+        results_file = job_dir / RESULTS
+        row["status"] = "ok" if results_file.is_file() else "failed"
+        for override in OmegaConf.to_container(OmegaConf.load(overrides_file)):
+            key, _, value = str(override).partition("=")
+            row[key] = value
+        if results_file.is_file():
+            results = json.loads(results_file.read_text())
+            row.update({k: v for k, v in sorted(results.items()) if k not in LEFT_OUT})
+        rows.append(row)
+    return rows
+
+
+def columns(rows: list[dict[str, Any]]) -> list[str]:
+    """job, status, then every override and metric in the order first seen."""
+    names: dict[str, None] = {}
+    for row in rows:
+        names.update(dict.fromkeys(row))
+    return list(names)
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Written beside and renamed: a reader never sees half a table (jobs may finish at once)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns(rows), restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The rows as aligned text columns, floats to 4 decimals."""
+    names = columns(rows)
+    cells = [names] + [
+        [f"{row[n]:.4f}" if isinstance(row.get(n), float) else str(row.get(n, "")) for n in names]
+        for row in rows
+    ]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(names))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
+    rows = job_rows(sweep_dir)
+    if rows:
+        write_csv(sweep_dir / SUMMARY, rows)
+    return rows
+
+
+class SweepSummary(Callback):
+    """Hydra callback: summary.csv after each job of a multirun, and the table at its end."""
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        from hydra.types import RunMode
+
+        if config.hydra.mode == RunMode.MULTIRUN:
+            write_summary(Path(config.hydra.sweep.dir))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = write_summary(sweep_dir)
+        if rows:
+            # print, not logging: the logging set up for the last job would also write the
+            # table into that job's log file.
+            print(format_table(rows), flush=True)
+            print(f"summary: {sweep_dir / SUMMARY}", flush=True)

@@ -1,0 +1,98 @@
+"""Experiment and debug presets, loggers and the console: each composes, runs, and does its job."""
+
+from __future__ import annotations
+
+import io
+import logging
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+from conftest import compose_config, run_train
+from hydra.utils import instantiate
+
+from lightfit.progress import StdoutHandler, progress_callbacks
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+PRESETS = [
+    f"{group}={p.stem}" for group in ("experiment", "debug") for p in sorted((CONF / group).glob("*.yaml"))
+]
+BRIEF = {  # on top of each preset, so that every run takes a second or two
+    "experiment": ["trainer.fast_dev_run=true"],
+    "debug=overfit": ["trainer.max_epochs=2"],
+    "debug=profile": ["trainer.max_epochs=1", "trainer.limit_train_batches=3"],
+}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_runs(preset, run_dir, caplog):
+    brief = BRIEF.get(preset, BRIEF.get(preset.split("=")[0], []))
+    with caplog.at_level(logging.INFO):
+        results = run_train(run_dir, preset, "logger=none", *brief)
+    assert 0 <= results["test/acc"] <= 1
+    if preset == "debug=profile":
+        assert "Profiler Report" in caplog.text and "run_training_epoch" in caplog.text
+
+
+def test_experiments_set_groups_and_the_command_line_still_wins():
+    cfg = compose_config("experiment=digits_cnn")
+    assert cfg.model._target_ == "lightfit.nets.CNN" and list(cfg.model.channels) == [32, 64]
+    assert cfg.scheduler._target_ == "torch.optim.lr_scheduler.CosineAnnealingLR"
+    assert (cfg.trainer.max_epochs, cfg.optimizer.lr) == (30, 0.003)
+    cfg = compose_config(
+        "experiment=digits_cnn", "trainer.max_epochs=3", "optimizer.lr=0.1", "scheduler=step"
+    )
+    assert (cfg.trainer.max_epochs, cfg.optimizer.lr) == (3, 0.1)
+    assert cfg.scheduler._target_ == "torch.optim.lr_scheduler.StepLR"
+    cfg = compose_config("experiment=digits_manual_accum", "debug=limit")  # debug comes last
+    assert cfg.loop.name == "manual" and cfg.loop.accumulate_grad_batches == 4
+    assert (cfg.trainer.max_epochs, cfg.trainer.limit_train_batches) == (2, 5)
+
+
+def first_batch_labels(*overrides: str) -> list[list[int]]:
+    """Labels of the first training batch in epochs 0 and 1."""
+    datamodule = instantiate(compose_config(*overrides).data)
+    datamodule.setup()
+    loader = datamodule.train_dataloader()
+    labels = []
+    for epoch in (0, 1):
+        if hasattr(loader.batch_sampler.sampler, "set_epoch"):
+            loader.batch_sampler.sampler.set_epoch(epoch)  # what Lightning does each epoch
+        labels.append(next(iter(loader))[1].tolist())
+    return labels
+
+
+def test_overfit_sees_the_same_batches_every_epoch():
+    # Lightning's overfit_batches cannot stop the shuffling inside our batch sampler; data.shuffle does.
+    first, second = first_batch_labels("debug=overfit")
+    assert first == second
+    first, second = first_batch_labels()
+    assert first != second
+
+
+def test_tensorboard_events_are_written_and_readable(run_dir):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_train(run_dir, "logger=tensorboard", "debug=limit")
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert {"train/loss", "train/acc", "val/loss", "val/acc"} <= set(scalars)
+    assert len(events.Scalars("train/loss")) == 2  # one per epoch
+
+
+def test_rich_progress_only_on_a_terminal():
+    assert progress_callbacks(interactive=False) == []
+    pytest.importorskip("rich")
+    names = {type(c).__name__ for c in progress_callbacks(interactive=True)}
+    assert names == {"RichProgressBar", "RichModelSummary"}
+
+
+def test_console_log_lines_follow_stdout_redirects():
+    # A rich progress bar swaps sys.stdout so that lines printed meanwhile land above it.
+    handler, record = StdoutHandler(), logging.makeLogRecord({"msg": "epoch 1/2", "levelno": logging.INFO})
+    captured = io.StringIO()
+    with redirect_stdout(captured):
+        handler.emit(record)
+    assert captured.getvalue() == "epoch 1/2\n"
