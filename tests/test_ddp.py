@@ -133,11 +133,12 @@ def test_sweep_runs_every_job_once_each_in_its_own_directory(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("Launching 2 jobs") == 1  # the ranks did not re-run the sweep
-    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml", "summary.csv"]
     results = [json.loads((sweep / job / "results.json").read_text()) for job in ("0", "1")]
     assert results[0]["test/acc"] != results[1]["test/acc"]  # two learning rates, two outcomes
     assert all(r["loop"] == "manual" for r in results)
     assert len(list(sweep.rglob(".hydra"))) == 2
+    assert len((sweep / "summary.csv").read_text().splitlines()) == 3  # a header and a row per job
     assert not processes_mentioning(str(sweep))
 
 

@@ -59,12 +59,6 @@ def _trainer(cfg: DictConfig, run_dir: Path, callbacks: list, logger: Any, **loo
     from lightfit.resume import AtomicCheckpointIO
 
     interactive = sys.stdout.isatty()
-    if interactive:
-        from lightning.pytorch.callbacks import TQDMProgressBar
-
-        # tqdm's bar whatever else is installed: Lightning switches to Rich's when `rich` is
-        # importable (Keras brings it), and Rich redraws from a thread that competes with training.
-        callbacks = [*callbacks, TQDMProgressBar()]
     return L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         **loop_kwargs,
