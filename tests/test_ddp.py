@@ -206,12 +206,12 @@ def test_a_failing_rank_fails_the_job_with_one_line(tmp_path):
     assert not processes_mentioning(str(run))
 
 
-def test_sigterm_stops_every_rank(tmp_path):
+@pytest.mark.parametrize("loop", ["automatic", "explicit"])
+def test_sigterm_stops_every_rank_at_one_batch_and_saves(tmp_path, loop):
     run = tmp_path / "run"
-    # The grace period before SIGKILL (30 s by default): Lightning's own SIGTERM handling can
-    # leave the ranks waiting on each other, and this test is about nothing being left behind.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "5"}
-    args = ["trainer=ddp_cpu", "trainer.max_epochs=1000", "logger=none", f"hydra.run.dir={run}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    args = ["trainer=ddp_cpu", f"loop={loop}", "trainer.max_epochs=1000", "logger=none"]
+    args.append(f"hydra.run.dir={run}")
     job = subprocess.Popen(
         [sys.executable, "-m", "lightfit.train", *args],
         stdout=subprocess.PIPE,
@@ -224,13 +224,18 @@ def test_sigterm_stops_every_rank(tmp_path):
         for line in job.stdout:  # wait until the ranks train
             if line.startswith("epoch 1/"):
                 break
-        job.send_signal(signal.SIGTERM)
+        job.send_signal(signal.SIGTERM)  # the launcher passes it on to both ranks
         _, stderr = job.communicate(timeout=60)
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
-    assert job.returncode == 128 + signal.SIGTERM
-    assert "stopped by SIGTERM" in stderr
+    assert job.returncode == 128 + signal.SIGTERM, stderr
+    # The ranks agreed on the batch and saved together; a rank left waiting would have been
+    # killed by the launcher after its grace period, and nothing would have been saved.
+    saved = run / "checkpoints" / "interrupted.ckpt"
+    assert "stopped by SIGTERM at epoch" in stderr and f"saved {saved}" in stderr, stderr
+    assert torch.load(saved, map_location="cpu", weights_only=True)
+    assert not (run / "results.json").exists()
     deadline = time.monotonic() + 10
     while processes_mentioning(str(run)) and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -22,29 +22,34 @@ class StopRequested(Exception):
 class StopOnSignal(Callback):
     """The Lightning side of `StopRequest`: stop at a batch end and save `path`.
 
-    SIGTERM also reaches Lightning's own handler, which stops every DDP rank at the same
-    batch; a Ctrl-C is seen here. The checkpoint is written on one process, or when
-    Lightning has synchronised the stop across ranks (SIGTERM), never half-way otherwise.
+    Lightning installs its own SIGTERM handler when training starts. Under DDP that
+    handler broadcasts from inside the signal handler, in the middle of whatever collective
+    the rank was in, and the ranks can wait on each other until the launcher kills them
+    (Lightning issue 20806). So SIGTERM is taken back here, like Ctrl-C it only sets a
+    flag, and the ranks agree at each batch end (`StopRequest.agreed`): all of them stop
+    at the same batch, and all of them take part in saving the checkpoint.
     """
 
     def __init__(self, stop: StopRequest, path: Path) -> None:
         self.stop, self.path = stop, path
         self.where, self.saved = "", None
 
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self.stop.reclaim_sigterm()  # Lightning registered its handler just before this hook
+
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self.stop.signum is not None and not trainer.received_sigterm:
+        if self.stop.agreed(trainer.world_size > 1, pl_module.device):
             raise StopRequested(self.stop.signum)  # Lightning calls on_exception, then re-raises
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        if self.stop.signum is None:
+        if not isinstance(exception, StopRequested):
             return  # a real error, not a stop: nothing to save
         batch = trainer.fit_loop.epoch_loop.batch_progress.current.completed
         self.where = f"epoch {trainer.current_epoch + 1}, batch {batch}"
-        if trainer.world_size == 1 or trainer.received_sigterm:
-            trainer.save_checkpoint(self.path, weights_only=False)  # the full state, to resume from
-            self.saved = self.path
+        trainer.save_checkpoint(self.path, weights_only=False)  # every rank: rank 0 writes, all wait
+        self.saved = self.path
 
 
 class EpochLine(Callback):

@@ -6,7 +6,8 @@ are in the checkpoint, the data order depends only on seed and epoch
 (`EpochShuffleSampler`), and the random number generators (dropout) are saved here.
 
 SIGTERM (what SLURM sends before preemption) and Ctrl-C stop training at the next batch
-boundary and save `checkpoints/interrupted.ckpt`, the state at that moment. `last.ckpt`
+boundary (the same batch on every DDP rank) and save `checkpoints/interrupted.ckpt`, the
+state at that moment. `last.ckpt`
 is left alone, so `ckpt_path=last` still resumes exactly from the last complete epoch.
 """
 
@@ -183,3 +184,26 @@ class StopRequest:
     def __exit__(self, *exc: Any) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+
+    def reclaim_sigterm(self) -> None:
+        """Point SIGTERM back here after a library (Lightning's Trainer) installed its own handler."""
+        if signal.SIGTERM in self._previous:
+            signal.signal(signal.SIGTERM, self._handle)
+
+    def agreed(self, distributed: bool = False, device: Any = None) -> bool:
+        """Whether to stop now; under DDP (`distributed`) every rank gets the same answer.
+
+        The ranks must stop at the same batch, or the ones still training wait forever for
+        the others in their next gradient all-reduce, and saving the checkpoint (a collective
+        too) never finishes. So each rank's request is reduced with max across ranks: a
+        signal seen by any rank stops all of them. It is one tiny collective per batch,
+        only when there are several processes.
+        """
+        if not distributed:
+            return self.signum is not None
+        flag = torch.tensor(self.signum or 0, device=device)  # on the rank's device, as NCCL wants
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        signum = int(flag.item())
+        if signum and self.signum is None:
+            self.signum = signum  # another rank got the signal first
+        return signum != 0
