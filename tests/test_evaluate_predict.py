@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -182,3 +184,10 @@ def assert_one_line_error(proc, prog, *needles):
     assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), proc.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+def test_prediction_imports_no_lightning():
+    """A forward pass needs none of Lightning; its import would add seconds to every prediction."""
+    code = "import sys, lightfit.prediction; print(sorted(m for m in sys.modules if 'lightning' in m))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr

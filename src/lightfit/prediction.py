@@ -20,6 +20,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
+from lightfit.data.arrays import read_npy
 from lightfit.errors import LightfitError, reported_in_job, run_hydra_entry
 
 log = logging.getLogger("lightfit")
@@ -31,14 +32,7 @@ def read_inputs(path: Path) -> np.ndarray:
     """The features `.npy`, memory-mapped (never unpickled)."""
     if not path.is_file():
         raise LightfitError(f"input file not found: {path}")
-    try:
-        x = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
-        if "pickle" in str(exc) or "object" in str(exc).lower():
-            raise LightfitError(f"{path} holds Python objects; refusing to unpickle it") from None
-        raise LightfitError(f"{path} is not a readable .npy file ({exc})") from None
-    except (EOFError, OSError) as exc:
-        raise LightfitError(f"{path} is not a readable .npy file ({exc})") from None
+    x = read_npy(path, mmap=True)
     if not isinstance(x, np.ndarray):  # np.load gives an NpzFile for a .npz
         raise LightfitError(f"{path} is not a .npy file; save the features with np.save")
     if x.dtype.kind not in "biuf":

@@ -22,7 +22,8 @@ KERAS_KEYS = ("x_train", "y_train", "x_test", "y_test")
 CHUNK_BYTES = 16 * 2**20  # how much of an array a scan holds in memory at once
 
 
-def _read_npy(path: Path, mmap: bool) -> np.ndarray:
+def read_npy(path: Path, mmap: bool) -> np.ndarray:
+    """One `.npy` array, memory-mapped if `mmap`; never unpickled, one line for a bad file."""
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except ValueError as exc:
@@ -68,7 +69,7 @@ def read_arrays(path: str | Path, labels: str | Path | None = None) -> dict[str,
         labels = Path(labels).expanduser()
         if not labels.is_file():
             raise LightfitError(f"labels file not found: {labels}")
-        arrays = {"x": _read_npy(path, mmap=True), "y": _read_npy(labels, mmap=False)}
+        arrays = {"x": read_npy(path, mmap=True), "y": read_npy(labels, mmap=False)}
     else:
         raise LightfitError(f"{path} is not a NumPy .npy or .npz file")
     _check_keys(path, arrays)
