@@ -40,7 +40,7 @@ class StopOnSignal(Callback):
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self.stop.agreed(trainer.world_size > 1, pl_module.device):
+        if self.stop.agreed(trainer.world_size > 1):
             raise StopRequested(self.stop.signum)  # Lightning calls on_exception, then re-raises
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:

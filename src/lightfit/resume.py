@@ -167,6 +167,10 @@ class StopRequest:
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
+        # Under DDP (`agreed`): the process group for the flag, and the exchange in flight.
+        self._group: Any = None
+        self._pending: torch.Tensor | None = None
+        self._work: Any = None
 
     def _handle(self, signum: int, frame: Any) -> None:
         if signum == signal.SIGINT and self.signum == signal.SIGINT:
@@ -190,20 +194,28 @@ class StopRequest:
         if signal.SIGTERM in self._previous:
             signal.signal(signal.SIGTERM, self._handle)
 
-    def agreed(self, distributed: bool = False, device: Any = None) -> bool:
+    def agreed(self, distributed: bool = False) -> bool:
         """Whether to stop now; under DDP (`distributed`) every rank gets the same answer.
 
         The ranks must stop at the same batch, or the ones still training wait forever for
         the others in their next gradient all-reduce, and saving the checkpoint (a collective
         too) never finishes. So each rank's request is reduced with max across ranks: a
-        signal seen by any rank stops all of them. It is one tiny collective per batch,
-        only when there are several processes.
+        signal seen by any rank stops all of them, one batch later. The flag travels on the
+        CPU in a gloo group of its own, started at one batch end and read at the next: the
+        GPU is never waited for, and the exchange overlaps a training step.
         """
         if not distributed:
             return self.signum is not None
-        flag = torch.tensor(self.signum or 0, device=device)  # on the rank's device, as NCCL wants
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        signum = int(flag.item())
+        dist = torch.distributed
+        if self._group is None:  # every rank gets here at its first batch end: a collective
+            self._group = dist.new_group(backend="gloo")
+        pending, work = self._pending, self._work
+        self._pending = torch.tensor([self.signum or 0])
+        self._work = dist.all_reduce(self._pending, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
+        if pending is None:
+            return False
+        work.wait()
+        signum = int(pending)
         if signum and self.signum is None:
             self.signum = signum  # another rank got the signal first
         return signum != 0

@@ -219,7 +219,7 @@ def train_explicit(
             epochs=epochs, num_classes=datamodule.num_classes, scheduler=scheduler,
             accumulate_grad_batches=loop.accumulate_grad_batches, gradient_clip_val=loop.gradient_clip_val,
             start_epoch=start_epoch, limit_train_batches=limits["train"], limit_val_batches=limits["val"],
-            on_epoch_end=on_epoch_end, should_stop=lambda: stop.agreed(fabric.world_size > 1, fabric.device),
+            on_epoch_end=on_epoch_end, should_stop=lambda: stop.agreed(fabric.world_size > 1),
         )  # fmt: skip
     except StopTraining as stopped:  # every rank stopped at the same batch: all take part in the save
         saved = run_dir / "checkpoints" / INTERRUPTED
