@@ -5,7 +5,11 @@ from __future__ import annotations
 import csv
 
 import pytest
+import torch
 from conftest import FAST, assert_same_weights, run_train
+
+from lightfit.errors import LightfitError
+from lightfit.metrics import StageMetrics
 
 LOOPS = ("automatic", "manual", "explicit")
 
@@ -53,3 +57,19 @@ def test_automatic_and_manual_give_the_same_weights(tmp_path, extra):
 def test_cnn_trains(run_dir):
     results = run_train(run_dir, "model=cnn", "trainer.max_epochs=1", "logger=none")
     assert 0 <= results["test/acc"] <= 1
+
+
+def test_stage_metrics_are_per_sample_means_over_the_epoch():
+    """Batches of 32, 32 and a short 7: the loss is the mean over the 71 samples, not over batches."""
+    gen = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(71, 10, generator=gen), torch.randint(0, 10, (71,), generator=gen)
+    metrics = StageMetrics("val", num_classes=10)
+    for part in (slice(0, 32), slice(32, 64), slice(64, 71)):
+        metrics.update(logits[part], y[part], torch.nn.functional.cross_entropy(logits[part], y[part]))
+    result = metrics.compute()
+    torch.testing.assert_close(result["val/loss"], torch.nn.functional.cross_entropy(logits, y))
+    assert result["val/acc"].item() == pytest.approx((logits.argmax(1) == y).float().mean().item())
+    metrics.reset()
+    metrics.update(logits[:2], y[:2], torch.tensor(float("nan")))
+    with pytest.raises(LightfitError, match="NaN or infinite at epoch 3, batch 1"):
+        metrics.check_finite(epoch=2)

@@ -46,7 +46,7 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
     # Resuming into the same run directory finds its checkpoints there, as it should.
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
-    # Metrics are synced across ranks by torchmetrics' compute() before they are logged.
+    # Metrics are summed across ranks by StageMetrics.compute() before they are logged.
     warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
     # Lightning 2.6 on torch >= 2.10 (upstream deprecation, harmless).
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
