@@ -7,8 +7,8 @@ are in the checkpoint, the data order depends only on seed and epoch
 
 SIGTERM (what SLURM sends before preemption) and Ctrl-C stop training at the next batch
 boundary (the same batch on every DDP rank) and save `checkpoints/interrupted.ckpt`, the
-state at that moment. `last.ckpt`
-is left alone, so `ckpt_path=last` still resumes exactly from the last complete epoch.
+state at that moment. `last.ckpt` is left alone, so `ckpt_path=last` still resumes exactly
+from the last complete epoch.
 """
 
 from __future__ import annotations
