@@ -568,7 +568,9 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, bool]]:
         rows.append(("fast_dev_run, start to exit < 8 s", f"{s['seconds']:.1f} s", s["seconds"] < 8))
         ours = [p for p, by in s["unused_packages_imported"].items() if by not in FRAMEWORKS]
         measured = unused_text(s["unused_packages_imported"])
-        rows.append(("nothing imported at start-up that the run does not use", measured, not ours))
+        # Judged on lightfit's own imports: what Lightning and torch import is listed, not ours to fix.
+        target = "nothing imported at start-up that the run does not use (by lightfit itself)"
+        rows.append((target, measured, not ours))
     for m in report.get("mmap", []):
         if "peak_rss_bytes" in m:
             peak, size = max(m["peak_rss_bytes"]), m["file_bytes"]
