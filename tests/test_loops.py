@@ -60,16 +60,20 @@ def test_cnn_trains(run_dir):
 
 
 def test_stage_metrics_are_per_sample_means_over_the_epoch():
-    """Batches of 32, 32 and a short 7: the loss is the mean over the 71 samples, not over batches."""
+    """300 batches of 3 and a short one of 2 (the per-batch values are summed every FOLD
+    batches): the loss is the mean over the 902 samples, not over batches."""
     gen = torch.Generator().manual_seed(0)
-    logits, y = torch.randn(71, 10, generator=gen), torch.randint(0, 10, (71,), generator=gen)
+    logits, y = torch.randn(902, 10, generator=gen), torch.randint(0, 10, (902,), generator=gen)
     metrics = StageMetrics("val", num_classes=10)
-    for part in (slice(0, 32), slice(32, 64), slice(64, 71)):
+    for start in range(0, 902, 3):
+        part = slice(start, start + 3)
         metrics.update(logits[part], y[part], torch.nn.functional.cross_entropy(logits[part], y[part]))
     result = metrics.compute()
     torch.testing.assert_close(result["val/loss"], torch.nn.functional.cross_entropy(logits, y))
     assert result["val/acc"].item() == pytest.approx((logits.argmax(1) == y).float().mean().item())
     metrics.reset()
-    metrics.update(logits[:2], y[:2], torch.tensor(float("nan")))
-    with pytest.raises(LightfitError, match="NaN or infinite at epoch 3, batch 1"):
+    for batch in range(300):  # the first bad loss is in the second fold
+        loss = torch.tensor(float("nan") if batch in (280, 290) else 1.0)
+        metrics.update(logits[:2], y[:2], loss)
+    with pytest.raises(LightfitError, match="NaN or infinite at epoch 3, batch 281"):
         metrics.check_finite(epoch=2)
