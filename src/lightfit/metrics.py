@@ -36,6 +36,7 @@ class StageMetrics(nn.Module):
 
     def __init__(self, stage: str, num_classes: int) -> None:
         super().__init__()
+        # num_classes: unused by loss and accuracy; kept for metrics that need it (F1, confusion matrix).
         self.stage, self.num_classes = stage, num_classes
         # Per batch, 0-d tensors on the device: the loss times the batch size (so that a
         # short last batch counts for its size) and the correct count. Every FOLD batches
