@@ -24,6 +24,7 @@ from lightfit.data import ArrayDataModule
 from lightfit.loops import ManualLoop
 from lightfit.loops.explicit import fit
 from lightfit.nets import MLP, build_network
+from lightfit.tasks import Task
 
 N, CLASSES, BATCH, EPOCHS = 207, 3, 16, 2  # 207: train, val and test splits of odd sizes (145, 21, 41)
 
@@ -73,8 +74,8 @@ def main(out: Path) -> None:
     dm.setup("fit")
     module = Recording(
         network(dm),
+        Task("classification", num_outputs=CLASSES),
         optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
-        num_classes=CLASSES,
         accumulate_grad_batches=2,
     )
     trainer = L.Trainer(
@@ -107,7 +108,7 @@ def main(out: Path) -> None:
     )
     history = fit(
         fabric, model, optimizer, train_loader, val_loader,
-        epochs=EPOCHS, num_classes=CLASSES, accumulate_grad_batches=2,
+        epochs=EPOCHS, task=Task("classification", num_outputs=CLASSES), accumulate_grad_batches=2,
     )  # fmt: skip
     report["explicit"] = {k: v.tolist() for k, v in net.state_dict().items()}
     report["explicit_history"] = history

@@ -19,12 +19,11 @@ import torch
 from conftest import cli, compose_config, state_dict
 from hydra.utils import instantiate
 
+from lightfit.checkpoint import load_checkpoint, rebuild_network
 from lightfit.distributed import processes_to_start, rank_command
 from lightfit.errors import LightfitError
 from lightfit.loops.explicit import evaluate_epoch
-from lightfit.metrics import StageMetrics
-from lightfit.nets import build_network
-from lightfit.train import load_net_weights
+from lightfit.tasks import StageMetrics, build_task
 
 DDP = ["trainer=ddp_cpu", "trainer.max_epochs=1"]
 RUN_FILES = {".hydra", "checkpoints", "metrics.csv", "results.json", "train.log"}
@@ -47,12 +46,12 @@ def processes_mentioning(text: str) -> list[str]:
 def evaluate_in_one_process(overrides: list[str], checkpoint: Path, stage: str) -> dict[str, float]:
     """`stage` metrics of a checkpoint with one process: the reference for the DDP numbers."""
     cfg = compose_config(*overrides, "trainer=cpu")
-    dm = instantiate(cfg.data)
+    dm = instantiate(cfg.data, task=cfg.task.name)
     dm.setup()
-    net = build_network(instantiate(cfg.model), dm.input_shape, dm.num_classes)
-    load_net_weights(net, checkpoint)
+    net = rebuild_network(load_checkpoint(checkpoint))
+    task = build_task(cfg.task, dm.num_outputs, net)
     loader = dm.val_dataloader() if stage == "val" else dm.test_dataloader()
-    metrics = evaluate_epoch(net, loader, StageMetrics(stage, dm.num_classes))
+    metrics = evaluate_epoch(net, loader, task, task.stage_metrics(stage))
     return {k: v.item() for k, v in metrics.items()}
 
 
@@ -96,17 +95,26 @@ def test_each_rank_runs_the_jobs_overrides_in_the_jobs_directory(tmp_path):
 
 def test_loss_is_the_mean_over_samples_whatever_the_batches():
     logits, y = torch.randn(10, 3), torch.randint(0, 3, (10,))
-    metrics = StageMetrics("val", 3)
+    metrics = StageMetrics("val")
     for part in (slice(0, 8), slice(8, 10)):  # a short last batch, as under DDP shards
         metrics.update(logits[part], y[part], torch.nn.functional.cross_entropy(logits[part], y[part]))
     expected = torch.nn.functional.cross_entropy(logits, y)
     torch.testing.assert_close(metrics.compute()["val/loss"], expected)
 
 
-def test_single_run_writes_one_run_and_metrics_equal_one_process(tmp_path):
+TASKS = {
+    # digits: 359 test and 162 val samples, which do not split evenly in two
+    "classification": ["task.metrics=[acc,f1,auroc]"],
+    # diabetes: 93 test and 35 val samples, odd too
+    "regression": ["data=diabetes", "data.test_fraction=0.21"],
+}
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_single_run_writes_one_run_and_metrics_equal_one_process(tmp_path, task):
     run = tmp_path / "run"
-    overrides = [*DDP, "trainer.max_epochs=2"]
-    proc = cli(*overrides, f"hydra.run.dir={run}")
+    overrides = [*DDP, "trainer.max_epochs=2", *TASKS[task]]
+    proc = cli(*overrides, "data.batch_size=64", f"hydra.run.dir={run}")
     assert proc.returncode == 0, proc.stderr
     assert {p.name for p in run.iterdir()} == RUN_FILES  # no second .hydra, log or results per rank
     assert len(list(tmp_path.rglob(".hydra"))) == 1
@@ -116,14 +124,20 @@ def test_single_run_writes_one_run_and_metrics_equal_one_process(tmp_path):
     assert len(rows) == 1 + 2 * 2, rows  # header, then train and val rows of 2 epochs, written once
     assert not processes_mentioning(str(run))
 
-    # The same checkpoint in one process gives the same numbers: no sample counted twice
-    # (digits' 359 test and 162 val samples do not split evenly in two), no mean of means.
+    # 2 processes x batch 64 give the numbers of 1 process x batch 128 on the same checkpoint:
+    # no sample counted twice or lost where the split is odd, no mean of per-rank means.
     results = json.loads((run / "results.json").read_text())
-    assert 0 < results["test/acc"] < 1  # a test that a duplicated or lost sample would change
+    names = ("loss", "acc", "f1", "auroc") if task == "classification" else ("loss", "mae", "rmse", "r2")
+    assert results["task"] == task
     for stage in ("val", "test"):
-        single = evaluate_in_one_process(overrides, Path(results["best_checkpoint"]), stage)
-        assert results[f"{stage}/acc"] == single[f"{stage}/acc"]
-        assert results[f"{stage}/loss"] == pytest.approx(single[f"{stage}/loss"], rel=1e-6)
+        single = evaluate_in_one_process(
+            [*overrides, "data.batch_size=128"], Path(results["best_checkpoint"]), stage
+        )
+        for name in names:
+            assert results[f"{stage}/{name}"] == pytest.approx(single[f"{stage}/{name}"], rel=1e-6), name
+    if task == "classification":
+        assert 0 < results["test/acc"] < 1  # a test that a duplicated or lost sample would change
+        assert results["test/acc"] == single["test/acc"]  # a count: exact
 
 
 def test_sweep_runs_every_job_once_each_in_its_own_directory(tmp_path):

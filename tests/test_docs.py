@@ -15,7 +15,7 @@ EXCERPTS = re.findall(r"<!-- from (\S+) -->\n```text\n(.*?)```", GUIDE, re.S)
 
 
 def test_the_guide_has_blocks_and_excerpts():
-    assert len(PYTHON_BLOCKS) >= 8 and len(EXCERPTS) == 3
+    assert len(PYTHON_BLOCKS) >= 9 and len(EXCERPTS) == 4
 
 
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=[f"block{i}" for i in range(len(PYTHON_BLOCKS))])

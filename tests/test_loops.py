@@ -9,7 +9,7 @@ import torch
 from conftest import FAST, assert_same_weights, run_train
 
 from lightfit.errors import LightfitError
-from lightfit.metrics import StageMetrics
+from lightfit.tasks import Task
 
 LOOPS = ("automatic", "manual", "explicit")
 
@@ -64,7 +64,7 @@ def test_stage_metrics_are_per_sample_means_over_the_epoch():
     batches): the loss is the mean over the 902 samples, not over batches."""
     gen = torch.Generator().manual_seed(0)
     logits, y = torch.randn(902, 10, generator=gen), torch.randint(0, 10, (902,), generator=gen)
-    metrics = StageMetrics("val", num_classes=10)
+    metrics = Task("classification", num_outputs=10).stage_metrics("val")
     for start in range(0, 902, 3):
         part = slice(start, start + 3)
         metrics.update(logits[part], y[part], torch.nn.functional.cross_entropy(logits[part], y[part]))

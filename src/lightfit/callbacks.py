@@ -1,4 +1,4 @@
-"""Lightning callbacks: the per-epoch console line, and stopping cleanly on a signal."""
+"""Lightning callbacks: best and last checkpoints, the per-epoch console line, stopping on a signal."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, Checkpoint
 
+from lightfit.best import BestScore
 from lightfit.console import epoch_line
 from lightfit.resume import StopRequest
 
@@ -64,3 +65,36 @@ class EpochLine(Callback):
             log.info(
                 epoch_line(trainer.current_epoch + 1, trainer.max_epochs, trainer.callback_metrics, seconds)
             )
+
+
+class RunCheckpoints(Checkpoint):
+    """`best.ckpt` when the monitored metric improves (ties: see BestScore), `last.ckpt` every epoch.
+
+    Saved at the end of each training epoch, after validation, as ModelCheckpoint does by
+    default; a `Checkpoint` subclass, so Lightning runs it after the other callbacks. Its
+    state (the best score) travels in every checkpoint, so a resumed run keeps it.
+    """
+
+    def __init__(self, dirpath: Path, best: BestScore) -> None:
+        self.dirpath, self.best = dirpath, best
+        self.best_path: Path | None = None
+        self.validated = False  # this epoch: callback_metrics keeps older epochs' val metrics
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        self.validated = not trainer.sanity_checking
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        validated, self.validated = self.validated, False
+        if trainer.fast_dev_run:
+            return  # like Lightning: no checkpoints in a smoke run
+        if validated and self.best.update(trainer.callback_metrics, trainer.current_epoch):
+            self.best_path = self.dirpath / "best.ckpt"
+            trainer.save_checkpoint(self.best_path, weights_only=False)  # rank 0 writes, all wait
+        trainer.save_checkpoint(self.dirpath / "last.ckpt", weights_only=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.best.state_dict(), "best_path": str(self.best_path) if self.best_path else None}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best.load_state_dict(state_dict)
+        self.best_path = Path(state_dict["best_path"]) if state_dict.get("best_path") else None

@@ -3,7 +3,8 @@
 A checkpoint is a pickle, and unpickling can run any code. `torch.load(weights_only=True)`
 only rebuilds tensors and plain containers, so a file that carries pickled Python objects is
 refused, not run. The network is then rebuilt from what the training run stored under
-`checkpoint["lightfit"]`: the resolved config, the shape of one sample and the class count.
+`checkpoint["lightfit"]`: the resolved config, the shape of one sample, the output width
+and, for regression, the targets' shape.
 Its configs name what to call (`_target_`); calling that is code execution too, so only
 networks, data modules and this package's own functions are accepted there.
 """
@@ -20,10 +21,10 @@ from torch import nn
 
 from lightfit.errors import LightfitError
 
-# Written by `Classifier.on_save_checkpoint` (loops/classifier.py). Repeated here so that
+# Written by `TaskModule.on_save_checkpoint` (loops/module.py). Repeated here so that
 # predicting does not import Lightning.
 CHECKPOINT_KEY = "lightfit"
-NET_PREFIX = "net."  # the Classifier keeps the network (Standardize + model) as `self.net`
+NET_PREFIX = "net."  # the TaskModule keeps the network (Standardize + model) as `self.net`
 PACKAGE = __name__.split(".")[0]  # "lightfit", or whatever a copy of the template renames it to
 
 
@@ -98,20 +99,33 @@ def net_weights(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {k[len(NET_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(NET_PREFIX)}
 
 
+def num_outputs(stored: dict[str, Any]) -> int:
+    """The network's output width (checkpoints written before regression say num_classes)."""
+    return int(stored["num_outputs"] if "num_outputs" in stored else stored["num_classes"])
+
+
+def task_config(stored: dict[str, Any]) -> dict[str, Any]:
+    """The task a checkpoint was trained for (checkpoints from before tasks: classification)."""
+    return stored["config"].get("task") or {"name": "classification"}
+
+
 def rebuild_network(checkpoint: dict[str, Any]) -> nn.Module:
-    """Standardize + the network the checkpoint was trained with, its weights loaded, in eval mode."""
+    """Standardize + the network (+ TargetScale) the checkpoint was trained with, its weights
+    loaded, in eval mode."""
     from hydra.utils import instantiate
 
-    from lightfit.nets import build_network
+    from lightfit.nets import TargetScale, build_network
 
     stored = checkpoint[CHECKPOINT_KEY]
     try:
         model_cfg = stored["config"]["model"]
-        input_shape, num_classes = list(stored["input_shape"]), int(stored["num_classes"])
+        input_shape, width = list(stored["input_shape"]), num_outputs(stored)
     except (KeyError, TypeError) as exc:
         raise LightfitError(f"the checkpoint's '{CHECKPOINT_KEY}' entry is incomplete (no {exc})") from None
     check_targets(model_cfg, "the checkpoint's model config")
-    net = build_network(instantiate(model_cfg), input_shape, num_classes)
+    shape = stored.get("target_shape")
+    targets = TargetScale.placeholder(shape) if shape is not None else None  # buffers loaded below
+    net = build_network(instantiate(model_cfg), input_shape, width, targets=targets)
     weights = net_weights(checkpoint)
     try:
         net.load_state_dict(weights)
@@ -120,7 +134,7 @@ def rebuild_network(checkpoint: dict[str, Any]) -> nn.Module:
         details = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
         raise LightfitError(
             f"the checkpoint's weights do not fit the model in its config "
-            f"({model_cfg.get('_target_')}, input {tuple(input_shape)}, {num_classes} classes): "
+            f"({model_cfg.get('_target_')}, input {tuple(input_shape)}, {width} outputs): "
             f"{details[0] if details else exc}"
         ) from None
     return net.eval()

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 PRIMITIVES = (int, float, bool, str, Path)
 
@@ -106,6 +106,18 @@ class TrainerSchema:
 
 
 @dataclass
+class TaskSchema:
+    """What is learned (conf/task/): the loss, the metrics, the metric that picks best.ckpt."""
+
+    name: str = "classification"  # classification | regression
+    loss: Any = None  # null: cross_entropy / mse; or mae, huber, ..., or {_target_: a loss class}
+    metrics: Any = None  # names (acc, f1, r2, ...) or {_target_: a torchmetrics class}
+    monitor: str = "val/loss"  # {train,val}/loss or {train,val}/<a metric above>
+    mode: Optional[str] = None  # noqa: UP045 - min | max; null: the metric's own direction
+    average: str = "macro"  # how f1, precision, recall and auroc average over classes
+
+
+@dataclass
 class LoopSchema:
     name: str = "automatic"  # automatic | manual | explicit
     accumulate_grad_batches: int = 1
@@ -116,6 +128,7 @@ class LoopSchema:
 class TrainSchema:
     """The top level of conf/train.yaml; the groups bring their own schemas."""
 
+    task: TaskSchema = field(default_factory=TaskSchema)
     data: Any = MISSING
     model: Any = MISSING
     loop: LoopSchema = field(default_factory=LoopSchema)
@@ -125,8 +138,8 @@ class TrainSchema:
     logger: Any = None
     seed: int = 0
     ckpt_path: Optional[str] = None  # noqa: UP045 - a checkpoint file, or "last"
-    monitor: str = "val/acc"
-    optimized_metric: Optional[str] = None  # noqa: UP045 - what `train` returns to a sweeper
+    monitor: str = "${task.monitor}"  # kept at the top level too: monitor=val/acc still works
+    optimized_metric: Optional[str] = None  # noqa: UP045 - what `train` returns to a sweeper; null: monitor
 
 
 def register() -> None:
@@ -136,17 +149,20 @@ def register() -> None:
     from lightfit import nets
     from lightfit.data import ArrayDataModule
 
-    arrays = ("x", "y", "x_test", "y_test")
+    arrays = ("x", "y", "x_test", "y_test", "task")  # task: from the task group, at run time
+    bundled = (*arrays, "path", "labels")
     schemas = {
         "train": TrainSchema,
         "trainer": TrainerSchema,
         "loop": LoopSchema,
-        "data/digits": schema_of(
-            ArrayDataModule, skip=(*arrays, "path", "labels"), name="lightfit.data.digits"
+        "task": TaskSchema,
+        "data/digits": schema_of(ArrayDataModule, skip=bundled, name="lightfit.data.digits"),
+        "data/diabetes": schema_of(
+            ArrayDataModule, skip=(*bundled, "num_classes"), name="lightfit.data.diabetes"
         ),
         "data/npz": schema_of(ArrayDataModule, skip=arrays),
-        "model/mlp": schema_of(nets.MLP, partial=True, skip=("input_shape", "num_classes")),
-        "model/cnn": schema_of(nets.CNN, partial=True, skip=("input_shape", "num_classes")),
+        "model/mlp": schema_of(nets.MLP, partial=True, skip=("input_shape", "num_outputs")),
+        "model/cnn": schema_of(nets.CNN, partial=True, skip=("input_shape", "num_outputs")),
         "optimizer/adam": schema_of(torch.optim.Adam, partial=True, skip=("params",)),
         "optimizer/sgd": schema_of(torch.optim.SGD, partial=True, skip=("params",)),
         "scheduler/step": schema_of(torch.optim.lr_scheduler.StepLR, partial=True, skip=("optimizer",)),
@@ -158,3 +174,22 @@ def register() -> None:
     for path, node in schemas.items():
         group, _, name = f"schema/{path}".rpartition("/")
         store.store(group=group, name=name, node=node)
+    if not OmegaConf.has_resolver("lightfit.direction"):
+        OmegaConf.register_new_resolver("lightfit.direction", _direction)
+
+
+def _direction(*, _root_: Any) -> str:
+    """`${lightfit.direction:}`: minimize or maximize, for a sweeper optimizing the monitor."""
+    from lightfit.tasks import mode_of
+
+    task = OmegaConf.to_container(_root_.task, resolve=True)
+    metric = _root_.get("optimized_metric") or _root_.monitor
+    metrics = task["metrics"] if task.get("metrics") is not None else _default_metrics(task["name"])
+    mode = task.get("mode") if metric == _root_.monitor else None
+    return "minimize" if mode_of(task["name"], metric, metrics, mode) == "min" else "maximize"
+
+
+def _default_metrics(task: str) -> list[Any]:
+    from lightfit.tasks.task import DEFAULTS
+
+    return DEFAULTS[task]["metrics"]

@@ -140,6 +140,10 @@ class RankFailed(LightfitError):
         super().__init__(message)
         self.exit_code = exit_code
 
+    def __reduce__(self) -> tuple[type, tuple[str, int]]:
+        # submitit pickles a failed job's exception to its parent: both arguments must travel
+        return type(self), (str(self), self.exit_code)
+
 
 def _rank_message(error_file: str | Path) -> str | None:
     """The one-line error a rank left in its error file (errors.say writes it), if any."""

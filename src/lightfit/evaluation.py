@@ -33,8 +33,9 @@ def data_config(cfg: DictConfig, stored: dict[str, Any]) -> dict[str, Any]:
     ours = OmegaConf.to_container(cfg.data, resolve=True)
     data = OmegaConf.to_container(OmegaConf.merge(trained, ours))
     data["seed"] = seed
-    # Labels beyond the network's classes then fail in the data checks, with the file named.
-    data["num_classes"] = int(stored["num_classes"])
+    if "num_classes" in stored:
+        # Labels beyond the network's classes then fail in the data checks, with the file named.
+        data["num_classes"] = int(stored["num_classes"])
     return data
 
 
@@ -44,15 +45,26 @@ def default_output(ckpt_path: Path) -> Path:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Test the checkpoint `cfg.ckpt_path`; writes and returns test/acc and test/loss."""
+    """Test the checkpoint `cfg.ckpt_path`; writes and returns test/loss and the task's metrics."""
     from hydra.utils import instantiate
 
-    from lightfit.checkpoint import CHECKPOINT_KEY, check_targets, load_checkpoint, rebuild_network
+    from lightfit.checkpoint import (
+        CHECKPOINT_KEY,
+        check_targets,
+        load_checkpoint,
+        num_outputs,
+        rebuild_network,
+        task_config,
+    )
+    from lightfit.tasks import build_task
 
     ckpt_path = Path(cfg.ckpt_path).expanduser()
     checkpoint = load_checkpoint(ckpt_path)  # a bad file is reported before Lightning is imported
     stored = checkpoint[CHECKPOINT_KEY]
     net = rebuild_network(checkpoint)
+    task_cfg = task_config(stored)
+    check_targets(task_cfg, "the checkpoint's task config")  # a loss or metric by _target_
+    task = build_task(task_cfg, num_outputs(stored), net)
     data = data_config(cfg, stored)
     check_targets(data, "data config")
 
@@ -63,7 +75,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from lightfit.train import _quiet_lightning, write_json_atomic
 
     _quiet_lightning()
-    datamodule = instantiate(data)
+    datamodule = instantiate(data, task=task.name)
     datamodule.setup("test")
     if tuple(datamodule.input_shape) != tuple(stored["input_shape"]):
         raise LightfitError(
@@ -71,7 +83,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             f"network takes {tuple(stored['input_shape'])}"
         )
     # The optimizer is never built: Trainer.test only runs test_step and the metrics.
-    module = AutomaticLoop(net, optimizer=None, num_classes=int(stored["num_classes"]))
+    module = AutomaticLoop(net, task)
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         logger=False,

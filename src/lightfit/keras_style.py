@@ -6,6 +6,10 @@
     evaluate(model, x_test, y_test)        # {"loss": 0.21, "acc": 0.95}
     probs = predict(model, x_test)         # np.ndarray of the model's outputs
 
+    # regression: any loss and torchmetrics metric by name, as in Keras' compile()
+    history = fit(model, x, y, loss="mse", metrics=["mae", "r2"])   # loss, mae, r2, val_loss, ...
+    evaluate(model, x_test, y_test, loss="mse", metrics=["mae"])     # {"loss": ..., "mae": ...}
+
 Keras takes NumPy arrays and hides the conversions; PyTorch makes you write them. They
 are all here, each with the reason it is there: `torch.from_numpy` in, `.detach()`,
 `.cpu()`, `.numpy()` out, `.item()` for scalars, `no_grad` for evaluation. Training runs
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,14 +29,14 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from lightfit.console import epoch_line
-from lightfit.data.arrays import check_features, check_labels
+from lightfit.data.arrays import check_features, check_labels, check_targets, warn_integer_targets
 from lightfit.data.batches import ArrayDataset, batch_loader
 from lightfit.errors import LightfitError
 from lightfit.loops.explicit import evaluate_epoch
 from lightfit.loops.explicit import fit as fit_loop
-from lightfit.metrics import StageMetrics
+from lightfit.tasks import CLASSIFICATION, REGRESSION, Task, scalars
+from lightfit.tasks.task import LOSSES
 
-KERAS_NAMES = {"train/loss": "loss", "train/acc": "acc", "val/loss": "val_loss", "val/acc": "val_acc"}
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
 
 
@@ -60,8 +65,33 @@ def _features(x: np.ndarray, name: str = "x") -> Tensor:
     return as_tensor(x, torch.float32)
 
 
-def _labels(y: np.ndarray, n: int, num_classes: int, name: str = "y") -> Tensor:
-    return as_tensor(check_labels(name, np.asarray(y), n, num_classes), torch.int64)
+def _targets(task: Task, y: np.ndarray, n: int, name: str = "y") -> Tensor:
+    """Class labels as int64, or regression targets as float32, checked (one line if wrong)."""
+    y = np.asarray(y)
+    if task.name == CLASSIFICATION:
+        return as_tensor(check_labels(name, y, n, task.num_outputs), torch.int64)
+    warn_integer_targets(name, y)
+    targets = check_targets(name, y, n)
+    width = 1 if targets.ndim == 1 else targets.shape[1]
+    if width != task.num_outputs:
+        raise LightfitError(
+            f"{name} has {width} target(s) per sample (shape {targets.shape}) but the model "
+            f"outputs {task.num_outputs} value(s) per sample"
+        )
+    return as_tensor(targets, torch.float32)
+
+
+def keras_name(key: str) -> str:
+    """`train/loss` -> `loss`, `val/mae` -> `val_mae`, `test/acc` -> `acc`: Keras' history names."""
+    stage, name = key.split("/", 1)
+    return f"val_{name}" if stage == "val" else name
+
+
+def _task(loss: Any, metrics: list[Any] | None, task: str | None, num_outputs: int) -> Task:
+    """The task from Keras-style arguments: a regression loss name means regression."""
+    if task is None:
+        task = REGRESSION if isinstance(loss, str) and loss in LOSSES[REGRESSION] else CLASSIFICATION
+    return Task(task, loss, metrics, num_outputs)
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -90,7 +120,7 @@ def _loader(x: Tensor, y: Tensor, batch_size: int, shuffle: bool, seed: int):
     return batch_loader(ArrayDataset(x, y, torch.arange(len(y))), batch_size, shuffle=shuffle, seed=seed)
 
 
-def _num_classes(model: nn.Module, x: Tensor) -> int:
+def _num_outputs(model: nn.Module, x: Tensor) -> int:
     """The width of the model's output, from one sample (in eval mode, no graph)."""
     was_training = model.training
     model.eval()
@@ -100,16 +130,29 @@ def _num_classes(model: nn.Module, x: Tensor) -> int:
     return int(width)
 
 
-def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> dict[str, float]:
-    """Mean cross-entropy and accuracy over `x`, `y`, as plain Python floats."""
+def evaluate(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int = 256,
+    *,
+    loss: str | Any = "cross_entropy",
+    metrics: list[Any] | None = None,
+    task: str | None = None,
+) -> dict[str, float]:
+    """The mean loss and the metrics over `x`, `y`, as plain Python floats: {"loss": .., "acc": ..}.
+
+    `loss`, `metrics` and `task` as in `fit` (cross-entropy and accuracy by default).
+    """
     inputs = _features(x)
-    num_classes = _num_classes(model, inputs)
-    labels = _labels(y, len(inputs), num_classes)
+    the_task = _task(loss, metrics, task, _num_outputs(model, inputs))
+    targets = _targets(the_task, y, len(inputs))
     device = _device(model)
-    metrics = StageMetrics("test", num_classes).to(device)
-    batches = ((xb.to(device), yb.to(device)) for xb, yb in _loader(inputs, labels, batch_size, False, 0))
-    results = evaluate_epoch(model, batches, metrics)
-    return {key.split("/")[1]: value.item() for key, value in results.items()}  # .item(): tensor -> float
+    the_task.to(device)
+    stage = the_task.stage_metrics("test").to(device)
+    batches = ((xb.to(device), yb.to(device)) for xb, yb in _loader(inputs, targets, batch_size, False, 0))
+    results = scalars(evaluate_epoch(model, batches, the_task, stage))
+    return {keras_name(key): value.item() for key, value in results.items()}  # .item(): tensor -> float
 
 
 def fit(
@@ -121,6 +164,9 @@ def fit(
     validation_split: float = 0.0,
     epochs: int = 1,
     batch_size: int = 32,
+    loss: str | Any = "cross_entropy",
+    metrics: list[Any] | None = None,
+    task: str | None = None,
     optimizer: str | Callable[..., Optimizer] = "adam",
     lr: float = 1e-3,
     shuffle: bool = True,
@@ -129,17 +175,25 @@ def fit(
     precision: str = "32-true",
     verbose: bool = True,
 ) -> History:
-    """Train `model` (any nn.Module returning class scores) with cross-entropy, like Keras `fit`.
+    """Train `model` (any nn.Module) like Keras `fit`; returns the per-epoch History.
+
+    `loss`: cross_entropy (class scores against integer labels, the default) or a
+    regression loss (mse, mae, huber, smooth_l1), or any loss module. `metrics`: names
+    (acc, f1, auroc, ... for classification; mae, rmse, r2, mape, ... for regression) or
+    torchmetrics objects' configs (`{"_target_": ...}`); default acc for classification,
+    mae, rmse and r2 for regression. `task`: classification or regression, when `loss` does
+    not say. The model trains on y as given (no target scaling: that is build_network's
+    TargetScale, in `python -m lightfit.train`).
 
     `validation_split` holds out the last fraction of `x`, `y` (before shuffling), as
     Keras does. `optimizer` is a name (adam, sgd, adamw) or a factory `params -> Optimizer`.
     """
     inputs = _features(x)
-    num_classes = _num_classes(model, inputs)
-    labels = _labels(y, len(inputs), num_classes)
+    the_task = _task(loss, metrics, task, _num_outputs(model, inputs))
+    labels = _targets(the_task, y, len(inputs))
     if validation_data is not None:
         val_inputs = _features(validation_data[0], "validation x")
-        val_labels = _labels(validation_data[1], len(val_inputs), num_classes, "validation y")
+        val_labels = _targets(the_task, validation_data[1], len(val_inputs), "validation y")
     elif validation_split:
         if not 0 < validation_split < 1:
             raise LightfitError(f"validation_split={validation_split} must be between 0 and 1")
@@ -162,6 +216,6 @@ def fit(
 
     steps = fit_loop(
         fabric, model, opt, train_loader, val_loader,
-        epochs=epochs, num_classes=num_classes, on_epoch_end=report,
+        epochs=epochs, task=the_task, on_epoch_end=report,
     )  # fmt: skip
-    return History({KERAS_NAMES[k]: v for k, v in steps.items() if k in KERAS_NAMES}, list(range(epochs)))
+    return History({keras_name(k): v for k, v in steps.items() if "/" in k}, list(range(epochs)))

@@ -25,7 +25,7 @@ from lightfit.errors import LightfitError, reported_in_job, run_hydra_entry
 
 log = logging.getLogger("lightfit")
 PROG = "lightfit-predict"
-KINDS = ("probs", "labels")
+KINDS = ("probs", "labels", "values")
 
 
 def read_inputs(path: Path) -> np.ndarray:
@@ -51,14 +51,24 @@ def device_for(accelerator: str):
     return torch.device("cuda" if use_gpu else "cpu")
 
 
+def output_shape(kind: str, n: int, stored: dict) -> tuple[tuple[int, ...], type]:
+    """The shape and dtype of the predictions: (N, C) float32, (N,) int64, or (N,)/(N, k) float32."""
+    from lightfit.checkpoint import num_outputs
+
+    if kind == "labels":
+        return (n,), np.int64
+    if kind == "probs":
+        return (n, num_outputs(stored)), np.float32
+    return (n, *stored["target_shape"]), np.float32
+
+
 def write_predictions(
-    path: Path, net, x: np.ndarray, kind: str, num_classes: int, batch: int, device, source: Path
+    path: Path, net, task, x: np.ndarray, kind: str, shape: tuple, batch: int, device, source: Path
 ) -> None:
     """Fill a new `.npy` at `path`, one batch at a time; the memory map is closed on return."""
     import torch
 
-    shape, dtype = ((len(x), num_classes), np.float32) if kind == "probs" else ((len(x),), np.int64)
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=shape[1], shape=shape[0])
     with torch.inference_mode():  # no autograd bookkeeping: nothing here is trained
         for start in range(0, len(x), batch):
             # np.array copies: it reads this batch from the file into a writable array for torch.
@@ -69,23 +79,29 @@ def write_predictions(
                     f"{source} has NaN or infinite values (row {start + int(np.argmax(bad))})"
                 )
             # from_numpy shares memory with `rows`; .to(device) copies only to a GPU.
-            logits = net(torch.from_numpy(rows).to(device))  # (B, C)
-            result = logits.softmax(dim=1) if kind == "probs" else logits.argmax(dim=1)
+            outputs = net(torch.from_numpy(rows).to(device))  # (B, C) scores, or (B,)/(B, k) values
+            result = task.predictions(outputs, kind)
             out[start : start + len(rows)] = result.cpu().numpy()  # .cpu(): NumPy needs host memory
     out.flush()
 
 
 def predict(cfg: DictConfig) -> Path:
-    """Write `cfg.output`: class probabilities (N, C) float32 or labels (N,) int64; returns its path."""
-    from lightfit.checkpoint import CHECKPOINT_KEY, load_checkpoint, rebuild_network
+    """Write `cfg.output`: class probabilities (N, C) float32 or labels (N,) int64 for a
+    classifier, values (N,) or (N, k) float32 in the units of y for a regression; returns its path."""
+    from lightfit.checkpoint import CHECKPOINT_KEY, load_checkpoint, num_outputs, rebuild_network, task_config
+    from lightfit.tasks import build_task
 
-    if cfg.kind not in KINDS:
+    if cfg.kind is not None and cfg.kind not in KINDS:
         raise LightfitError(f"kind={cfg.kind} is not one of {', '.join(KINDS)}")
     if int(cfg.batch_size) < 1:
         raise LightfitError(f"batch_size={cfg.batch_size} must be a positive integer")
     device = device_for(cfg.accelerator)
     checkpoint = load_checkpoint(cfg.ckpt_path)
     stored = checkpoint[CHECKPOINT_KEY]
+    task_name = task_config(stored)["name"]
+    kind = cfg.kind or ("values" if task_name == "regression" else "probs")
+    task = build_task({"name": task_name, "metrics": []}, num_outputs(stored))
+    task.check_kind(kind)  # before anything is read or written
     input_path, output = Path(cfg.input).expanduser(), Path(cfg.output).expanduser()
     x = read_inputs(input_path)
     expected = tuple(stored["input_shape"])
@@ -99,15 +115,14 @@ def predict(cfg: DictConfig) -> Path:
     net = rebuild_network(checkpoint).to(device)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")
+    shape = output_shape(kind, len(x), stored)
     try:
-        write_predictions(
-            partial, net, x, cfg.kind, int(stored["num_classes"]), int(cfg.batch_size), device, input_path
-        )
+        write_predictions(partial, net, task, x, kind, shape, int(cfg.batch_size), device, input_path)
         os.replace(partial, output)  # atomic: readers see the whole file or none
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    log.info(f"wrote {output}: {cfg.kind} for {len(x)} samples on {device}")
+    log.info(f"wrote {output}: {kind} for {len(x)} samples on {device}")
     return output
 
 

@@ -1,21 +1,23 @@
-"""Train a classifier: `python -m lightfit.train [overrides]` (or `lightfit-train`).
+"""Train: `python -m lightfit.train [overrides]` (or `lightfit-train`).
 
-Composes conf/train.yaml, seeds everything, trains with the loop chosen by `loop=`,
-tests the best checkpoint on the test split, and writes `results.json` into the run
-directory. Heavy imports wait until the config is known, so `--help` and config errors
-answer at once.
+Composes conf/train.yaml, seeds everything, trains with the loop chosen by `loop=` for the
+task chosen by `task=`, tests the best checkpoint on the test split, and writes
+`results.json` (and tables such as `test_confusion.csv`) into the run directory. Heavy
+imports wait until the config is known, so `--help` and config errors answer at once.
 """
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -24,7 +26,13 @@ from lightfit import config, distributed
 from lightfit.errors import LightfitError, reported_in_job, run_hydra_entry
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
+    from lightfit.best import BestScore
     from lightfit.resume import Resume, StopRequest
+    from lightfit.tasks import Task
+
+T = TypeVar("T")
 
 log = logging.getLogger("lightfit")
 RESULTS = "results.json"
@@ -73,13 +81,19 @@ def _trainer(cfg: DictConfig, run_dir: Path, callbacks: list, logger: Any, **loo
 
 
 def train_lightning(
-    cfg: DictConfig, datamodule: Any, net: Any, run_dir: Path, resume: Resume, stop: StopRequest
+    cfg: DictConfig,
+    datamodule: Any,
+    net: Any,
+    task: Task,
+    best: BestScore,
+    run_dir: Path,
+    resume: Resume,
+    stop: StopRequest,
 ) -> dict[str, Any]:
     """loop=automatic or loop=manual: a LightningModule and a Trainer."""
     from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from lightfit.callbacks import EpochLine, StopOnSignal
+    from lightfit.callbacks import EpochLine, RunCheckpoints, StopOnSignal
     from lightfit.loops import LIGHTNING_LOOPS
     from lightfit.resume import INTERRUPTED, TrainingInterrupted
 
@@ -92,16 +106,14 @@ def train_lightning(
     }
     module = LIGHTNING_LOOPS[loop.name](
         net,
+        task,
         optimizer=instantiate(cfg.optimizer),
-        num_classes=datamodule.num_classes,
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         run_config=checkpoint_config(cfg, datamodule),
         # manual: the module does accumulation and clipping itself; Trainer flags would raise.
         **(knobs if loop.name == "manual" else {}),
     )
-    checkpoints = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best", monitor=cfg.monitor, mode="max", save_last=True
-    )
+    checkpoints = RunCheckpoints(run_dir / "checkpoints", best)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     resume.keep_metrics(logger)
     stopper = StopOnSignal(stop, run_dir / "checkpoints" / INTERRUPTED)
@@ -118,24 +130,32 @@ def train_lightning(
         if stop.signum is None:
             raise
         raise TrainingInterrupted(stop.signum, stopper.where, stopper.saved, run_dir) from None
-    best = checkpoints.best_model_path or None  # None after fast_dev_run: test the current weights
+    best_path = checkpoints.best_path  # None after fast_dev_run: test the current weights
     # A second Trainer without logger for the final evaluation: metrics.csv keeps one row
     # per epoch and stage, and results.json gets the numbers.
     evaluator = _trainer(cfg, run_dir, [], False, enable_checkpointing=False)
-    if best:
-        load_net_weights(net, best)
-    results = {}
+    if best_path:
+        load_net_weights(net, best_path)
+    results: dict[str, Any] = {}
     for evaluate in (evaluator.validate, evaluator.test):
         results.update(
             {k: float(v) for k, v in evaluate(module, datamodule=datamodule, verbose=False)[0].items()}
         )
-    results["best_checkpoint"] = best
+    results["tables"] = module.tables
+    results["best_checkpoint"] = str(best_path) if best_path else None
     results["epochs"] = trainer.current_epoch
     return results
 
 
 def train_explicit(
-    cfg: DictConfig, datamodule: Any, net: Any, run_dir: Path, resume: Resume, stop: StopRequest
+    cfg: DictConfig,
+    datamodule: Any,
+    net: Any,
+    task: Task,
+    best: BestScore,
+    run_dir: Path,
+    resume: Resume,
+    stop: StopRequest,
 ) -> dict[str, Any]:
     """loop=explicit: the plain PyTorch loop of loops/explicit.py, with Fabric for devices."""
     import math
@@ -143,8 +163,8 @@ def train_explicit(
     from hydra.utils import instantiate
     from lightning.fabric import Fabric
 
+    from lightfit.best import BEST_KEY
     from lightfit.console import epoch_line
-    from lightfit.loops.classifier import CHECKPOINT_KEY
     from lightfit.loops.explicit import (
         StopTraining,
         checkpoint_state,
@@ -153,7 +173,7 @@ def train_explicit(
         num_batches,
         restore_state,
     )
-    from lightfit.metrics import StageMetrics
+    from lightfit.loops.module import CHECKPOINT_KEY
     from lightfit.resume import INTERRUPTED, AtomicCheckpointIO, TrainingInterrupted
 
     t, loop = cfg.trainer, cfg.loop
@@ -184,11 +204,10 @@ def train_explicit(
     logger = instantiate(cfg.logger) if cfg.get("logger") else None
     extra = {CHECKPOINT_KEY: checkpoint_config(cfg, datamodule)}
     best_path, last_path = run_dir / "checkpoints" / "best.ckpt", run_dir / "checkpoints" / "last.ckpt"
-    best = {"score": -math.inf}
     start_epoch = 0
     if resume.checkpoint is not None:
         start_epoch = restore_state(resume.checkpoint, net, optimizer, scheduler)
-        best["score"] = resume.checkpoint.get("best_score", -math.inf)
+        best.load_state_dict(resume.checkpoint.get(BEST_KEY, {}))
     resume.keep_metrics(logger)
 
     def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
@@ -202,8 +221,7 @@ def train_explicit(
                 logger.save()  # to disk every epoch: a killed run keeps its metrics
         if fast:
             return
-        if metrics[cfg.monitor] > best["score"]:  # strictly better, as ModelCheckpoint(mode="max")
-            best["score"] = metrics[cfg.monitor]
+        if best.update(metrics, epoch):  # ties: the lower val/loss, then the later epoch
             state = checkpoint_state(model, optimizer, scheduler, epoch, step, extra | best_state())
             fabric.save(best_path, state)  # rank 0 writes; every rank waits for it
         fabric.save(
@@ -211,12 +229,12 @@ def train_explicit(
         )
 
     def best_state() -> dict[str, Any]:
-        return {"best_score": best["score"]}
+        return {BEST_KEY: best.state_dict()}
 
     try:
         fit(
             fabric, model, optimizer, train_loader, val_loader,
-            epochs=epochs, num_classes=datamodule.num_classes, scheduler=scheduler,
+            epochs=epochs, task=task, scheduler=scheduler,
             accumulate_grad_batches=loop.accumulate_grad_batches, gradient_clip_val=loop.gradient_clip_val,
             start_epoch=start_epoch, limit_train_batches=limits["train"], limit_val_batches=limits["val"],
             on_epoch_end=on_epoch_end, should_stop=lambda: stop.agreed(fabric.world_size > 1),
@@ -229,11 +247,15 @@ def train_explicit(
         logger.finalize("success")
     if best_path.is_file():  # test the best weights, as the Lightning loops do
         load_net_weights(net, best_path)
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"tables": {}}
     for stage, loader in (("val", val_loader), ("test", test_loader)):
         batches = itertools.islice(loader, num_batches(loader, limits[stage]))
-        metrics = StageMetrics(stage, datamodule.num_classes).to(fabric.device)
-        results.update({k: v.item() for k, v in evaluate_epoch(model, batches, metrics).items()})
+        metrics = task.stage_metrics(stage).to(fabric.device)
+        for key, value in evaluate_epoch(model, batches, task, metrics).items():
+            if value.ndim == 0:
+                results[key] = value.item()  # .item(): one number to the host, for results.json
+            else:
+                results["tables"][key] = value.cpu()  # a confusion matrix, for its CSV
     results["best_checkpoint"] = str(best_path) if best_path.is_file() else None
     results["epochs"] = epochs
     return results
@@ -247,43 +269,97 @@ def load_net_weights(net: Any, path: str | Path) -> None:
 
 
 def checkpoint_config(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
-    """What a checkpoint needs to rebuild its network: the resolved config and the data shape."""
-    return {
+    """What a checkpoint needs to rebuild its network: the resolved config and the data's shapes."""
+    stored = {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "input_shape": list(datamodule.input_shape),
-        "num_classes": int(datamodule.num_classes),
+        "num_outputs": int(datamodule.num_outputs),
+        "task": cfg.task.name,
+        "target_shape": None if datamodule.target_shape is None else list(datamodule.target_shape),
     }
+    if datamodule.num_classes is not None:
+        stored["num_classes"] = int(datamodule.num_classes)
+    return stored
+
+
+def built(group: str, node: Any, build: Callable[[], T]) -> T:
+    """`build()`; a value torch rejects (`optimizer.lr=-1`) becomes one line naming the override."""
+    try:
+        return build()
+    except LightfitError:
+        raise
+    except (ValueError, TypeError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        keys = [k for k, v in node.items() if not str(k).startswith("_") and str(v) in reason]
+        where = f"{group}.{keys[0]}={node[keys[0]]}" if keys else f"the {group} config"
+        raise LightfitError(f"{where}: {reason}") from None
+
+
+def build_network_and_task(cfg: DictConfig, datamodule: Any) -> tuple[Any, Task]:
+    """The network for the data's shapes (with their statistics), and the task that trains it."""
+    from hydra.utils import instantiate
+
+    from lightfit.nets import TargetScale, build_network
+    from lightfit.tasks import build_task
+
+    targets = None
+    if datamodule.target_shape is not None:  # regression: the targets' statistics, in the network
+        targets = TargetScale(*datamodule.target_stats)
+    net = built(
+        "model",
+        cfg.model,
+        lambda: build_network(
+            instantiate(cfg.model),
+            datamodule.input_shape,
+            datamodule.num_outputs,
+            datamodule.mean,
+            datamodule.std,
+            targets,
+        ),
+    )
+    # Built once here only to check the values (lr, momentum, ...): the loops build their own.
+    optimizer = built("optimizer", cfg.optimizer, lambda: instantiate(cfg.optimizer)(net.parameters()))
+    if cfg.get("scheduler"):
+        built("scheduler", cfg.scheduler, lambda: instantiate(cfg.scheduler)(optimizer))
+    return net, build_task(cfg.task, datamodule.num_outputs, net)
+
+
+def write_tables(run_dir: Path, tables: dict[str, Tensor]) -> None:
+    """Each table metric as CSV: `test/confusion` -> test_confusion.csv (rows: true, columns: predicted)."""
+    for key, table in tables.items():
+        path = run_dir / (key.replace("/", "_") + ".csv")
+        rows = table.reshape(len(table), -1).tolist()
+        tmp = path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            csv.writer(f).writerows(rows)
+        os.replace(tmp, path)
 
 
 def train(cfg: DictConfig) -> float | None:
-    """The whole run for a composed config; returns `cfg.optimized_metric` if set (for sweepers)."""
+    """The whole run for a composed config; returns the optimized metric (for sweepers)."""
     import lightning as L
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
 
+    from lightfit.best import BestScore
     from lightfit.checkpoint import load_checkpoint
     from lightfit.console import metrics_line
-    from lightfit.nets import build_network
     from lightfit.resume import Resume, StopRequest, check_compatible, resolve_ckpt_path
+    from lightfit.tasks import check_task_config
 
     _quiet_lightning()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    mode = check_task_config(cfg.task, cfg.monitor)  # a wrong metric name stops here, before any data
+    optimized = cfg.get("optimized_metric") or cfg.monitor
     if nprocs := distributed.processes_to_start(cfg.trainer):
         # DDP: this process starts the ranks (each runs this job's command) and waits for them.
         distributed.launch(nprocs, run_dir)
-        results = json.loads((run_dir / RESULTS).read_text())  # written by rank 0
-        return results[cfg.optimized_metric] if cfg.get("optimized_metric") else None
+        return json.loads((run_dir / RESULTS).read_text()).get(optimized)  # written by rank 0
     distributed.exit_with_launcher()  # a rank started by distributed.launch dies with the job
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, task=cfg.task.name)
     datamodule.setup("fit")
-    net = build_network(
-        instantiate(cfg.model),
-        datamodule.input_shape,
-        datamodule.num_classes,
-        datamodule.mean,
-        datamodule.std,
-    )
+    net, task = build_network_and_task(cfg, datamodule)
     # Training's randomness (dropout) starts from the seed in every loop and strategy:
     # Lightning's DDP strategy re-seeds this way when fit starts, Fabric and one device do not.
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -293,15 +369,17 @@ def train(cfg: DictConfig) -> float | None:
         checkpoint = load_checkpoint(resume)  # weights only: a hostile pickle is refused, not run
         check_compatible(checkpoint, net, resume)
     run = train_explicit if cfg.loop.name == "explicit" else train_lightning
+    best = BestScore(cfg.monitor, mode)
     with StopRequest() as stop:
-        results = run(cfg, datamodule, net, run_dir, Resume(resume, checkpoint), stop)
-    results["loop"] = cfg.loop.name
+        results = run(cfg, datamodule, net, task, best, run_dir, Resume(resume, checkpoint), stop)
+    tables = results.pop("tables")
+    results |= {"loop": cfg.loop.name, "task": task.name, "monitor": cfg.monitor, "mode": mode}
     if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
+        write_tables(run_dir, {k: v for k, v in tables.items() if k.startswith("test/")})
         write_json_atomic(run_dir / RESULTS, results)
         log.info(metrics_line("test: ", {k: v for k, v in results.items() if k.startswith("test/")}))
         log.info(f"run dir: {run_dir}")
-    metric = cfg.get("optimized_metric")
-    return results[metric] if metric else None
+    return results.get(optimized)
 
 
 @hydra.main(config_path="pkg://lightfit.conf", config_name="train", version_base="1.3")

@@ -16,6 +16,8 @@ _WHERE = {
     "IndexBatchSampler": "batches",
     "batch_loader": "batches",
     "ArrayDataModule": "datamodule",
+    "bundled_path": "datamodule",
+    "diabetes": "datamodule",
     "digits": "datamodule",
     "digits_path": "datamodule",
 }

@@ -7,7 +7,9 @@ that runs code when loaded, so object arrays are refused, never unpickled.
 
 from __future__ import annotations
 
+import logging
 import mmap
+import os
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ import numpy as np
 
 from lightfit.errors import LightfitError
 
+log = logging.getLogger("lightfit")
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
 KERAS_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -138,7 +141,8 @@ def check_labels(name: str, y: np.ndarray, n: int, num_classes: int | None) -> n
         whole = np.isfinite(y) & (y == np.round(y))
         if not whole.all():
             raise LightfitError(
-                f"{name} has {int((~whole).sum())} labels that are not integers (e.g. {y[~whole][0]!r})"
+                f"{name} has {int((~whole).sum())} labels that are not integers "
+                f"(e.g. {float(y[~whole][0]):g}); for real-valued targets use task=regression"
             )
     negative = int((y < 0).sum())
     if negative:
@@ -151,6 +155,33 @@ def check_labels(name: str, y: np.ndarray, n: int, num_classes: int | None) -> n
             raise LightfitError(f"{name} has {over} labels >= num_classes={num_classes} (max {int(y.max())})")
     # int64 is what cross_entropy wants; for int64 input this is the same array, no copy.
     return y.astype(np.int64, copy=False)
+
+
+def check_targets(name: str, y: np.ndarray, n: int) -> np.ndarray:
+    """Regression targets: numbers, (N,) or (N, k), all finite; returns them as float32."""
+    if y.dtype.kind not in "biuf":
+        raise LightfitError(f"{name} has dtype {y.dtype}; expected numbers (regression targets)")
+    if y.ndim not in (1, 2) or (y.ndim == 2 and y.shape[1] == 0):
+        raise LightfitError(f"{name} has shape {y.shape}; expected one target (N,) or k targets (N, k)")
+    if len(y) != n:
+        raise LightfitError(f"{name} has {len(y)} targets but x has {n} samples; they must match")
+    bad = ~np.isfinite(y).reshape(len(y), -1).all(axis=1)
+    if bad.any():
+        raise LightfitError(
+            f"{name} has {int(bad.sum())} targets that are NaN or infinite "
+            f"(first at row {int(np.argmax(bad))})"
+        )
+    return y.astype(np.float32, copy=False)
+
+
+def warn_integer_targets(name: str, y: np.ndarray) -> None:
+    """Integer regression targets are allowed (counts, ratings), but may be class labels given
+    to the wrong task: say so once (on rank 0 only, under DDP)."""
+    if y.dtype.kind != "f" and os.environ.get("RANK", "0") == "0":
+        log.warning(
+            f"{name} holds integers ({y.dtype}); training a regression on them "
+            "(use task=classification if they are class labels)"
+        )
 
 
 def features_as_float32(x: np.ndarray) -> np.ndarray:

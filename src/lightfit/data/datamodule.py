@@ -19,7 +19,15 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lightfit.data.arrays import check_features, check_labels, chunks, features_as_float32, read_arrays
+from lightfit.data.arrays import (
+    check_features,
+    check_labels,
+    check_targets,
+    chunks,
+    features_as_float32,
+    read_arrays,
+    warn_integer_targets,
+)
 from lightfit.data.batches import ArrayDataset, batch_loader
 from lightfit.errors import LightfitError
 
@@ -75,7 +83,8 @@ class ArrayDataModule(L.LightningDataModule):
     Give `x`/`y` (split here into train, val and test), the Keras layout
     (`x`, `y`, `x_test`, `y_test`: the test split is given, val comes from train), or a
     `path` to a `.npz` with keys `x`/`y` or `x_train`/`y_train`/`x_test`/`y_test`, or to a
-    features `.npy` (memory-mapped) with `labels` a labels `.npy`. On CUDA, `on_device`
+    features `.npy` (memory-mapped) with `labels` a labels `.npy`. `task`: classification
+    (integer class labels) or regression (float targets, (N,) or (N, k)). On CUDA, `on_device`
     and `pin_memory` (true, false or auto) decide where batches are gathered; under DDP
     each process gets its own shard (see `distribute`).
     """
@@ -98,8 +107,13 @@ class ArrayDataModule(L.LightningDataModule):
         pin_memory: bool | str = "auto",
         on_device: bool | str = "auto",
         shuffle: bool = True,
+        task: str = "classification",
     ) -> None:
         super().__init__()
+        if task not in ("classification", "regression"):
+            raise LightfitError(f"task={task} is not one of classification, regression")
+        if task == "regression" and num_classes is not None:
+            raise LightfitError(f"data.num_classes={num_classes} is for classification, not task=regression")
         if (path is None) == (x is None):
             raise LightfitError("give either arrays (x, y) or a file (data.path=...), not both or neither")
         for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
@@ -121,6 +135,7 @@ class ArrayDataModule(L.LightningDataModule):
         # False: the same training batches every epoch (debug=overfit). Lightning's own
         # overfit_batches cannot turn this shuffling off: it is in the batch sampler.
         self.shuffle = shuffle
+        self.task = task
         self.splits: dict[str, Split] = {}
         # Which process this is under DDP, and where its batches go (see `distribute`).
         self.rank, self.world_size, self.device = 0, 1, torch.device("cpu")
@@ -154,17 +169,24 @@ class ArrayDataModule(L.LightningDataModule):
         arrays = self._load()
         source = self.path or "arrays"
         pools = [("x", "y")] + ([("x_test", "y_test")] if "x_test" in arrays else [])
+        if self.task == "regression":
+            warn_integer_targets(f"{source}: y", np.asarray(arrays["y"]))
         tensors = {}
         for xk, yk in pools:
             x = np.asarray(arrays[xk]) if not isinstance(arrays[xk], np.memmap) else arrays[xk]
             check_features(f"{source}: {xk}", x)
-            y = check_labels(f"{source}: {yk}", np.asarray(arrays[yk]), len(x), self.num_classes)
+            if self.task == "regression":
+                y = check_targets(f"{source}: {yk}", np.asarray(arrays[yk]), len(x))
+            else:
+                y = check_labels(f"{source}: {yk}", np.asarray(arrays[yk]), len(x), self.num_classes)
             tensors[xk] = (_tensor(features_as_float32(x)), _tensor(y))
-        if "x_test" in tensors and tensors["x_test"][0].shape[1:] != tensors["x"][0].shape[1:]:
-            raise LightfitError(
-                f"{source}: x_test rows have shape {tuple(tensors['x_test'][0].shape[1:])} "
-                f"but x rows have {tuple(tensors['x'][0].shape[1:])}"
-            )
+        if "x_test" in tensors:
+            for i, what in ((0, "x"), (1, "y")):
+                test_shape, shape = tuple(tensors["x_test"][i].shape[1:]), tuple(tensors["x"][i].shape[1:])
+                if test_shape != shape:
+                    raise LightfitError(
+                        f"{source}: {what}_test rows have shape {test_shape} but {what} rows have {shape}"
+                    )
         x, y = tensors["x"]
         if "x_test" in tensors:
             val, train = split_rows(len(y), [self.val_fraction], self.seed)
@@ -185,17 +207,20 @@ class ArrayDataModule(L.LightningDataModule):
             raise LightfitError(
                 f"data.batch_size={self.batch_size} is larger than the training split ({len(train)} samples)"
             )
-        if self.num_classes is None:
+        if self.num_classes is None and self.task == "classification":
             self.num_classes = int(max(int(s.y.max()) for s in self.splits.values())) + 1
-        self.mean, self.std = self._feature_stats(self.splits["train"])
+        train_split = self.splits["train"]
+        self.mean, self.std = self._stats(train_split.x, train_split.rows)
+        if self.task == "regression":  # the network learns standardised targets (nets.TargetScale)
+            self.target_stats = self._stats(train_split.y, train_split.rows)
 
     @staticmethod
-    def _feature_stats(train: Split) -> tuple[Tensor, Tensor]:
-        """Per-feature mean and std over the training rows only (float64 sums, in chunks)."""
-        total = torch.zeros(train.x.shape[1:], dtype=torch.float64)
+    def _stats(data: Tensor | np.ndarray, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-column mean and std over the training `rows` only (float64 sums, in chunks)."""
+        total = torch.zeros(data.shape[1:], dtype=torch.float64)
         squares = torch.zeros_like(total)
-        rows, n = np.sort(train.rows.numpy()), len(train.rows)
-        x = train.x.numpy() if isinstance(train.x, Tensor) else train.x
+        rows, n = np.sort(rows.numpy()), len(rows)
+        x = data.numpy() if isinstance(data, Tensor) else data
         for start, chunk in chunks(x):  # the whole pool in pieces; keep the training rows of each
             first, stop = np.searchsorted(rows, [start, start + len(chunk)])
             picked = torch.from_numpy(chunk[rows[first:stop] - start].astype(np.float64))
@@ -211,6 +236,18 @@ class ArrayDataModule(L.LightningDataModule):
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.splits["train"].x.shape[1:])
+
+    @property
+    def target_shape(self) -> tuple[int, ...] | None:
+        """Regression: () for targets of shape (N,), (k,) for (N, k). Classification: None."""
+        return tuple(self.splits["train"].y.shape[1:]) if self.task == "regression" else None
+
+    @property
+    def num_outputs(self) -> int:
+        """The width of the network's output: the class count, or the number of targets."""
+        if self.target_shape is None:
+            return int(self.num_classes)
+        return int(np.prod(self.target_shape)) if self.target_shape else 1
 
     # -- processes and devices ----------------------------------------------------------------
 
@@ -287,14 +324,22 @@ class ArrayDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
 
-DIGITS = "digits.npz"
+def bundled_path(name: str) -> Path:
+    """A dataset shipped inside the package (`digits`, `diabetes`), as a file path."""
+    return Path(str(resources.files("lightfit.data").joinpath(f"{name}.npz")))
 
 
 def digits_path() -> Path:
     """The UCI handwritten digits shipped with lightfit (1797 x 8 x 8, 10 classes)."""
-    return Path(str(resources.files("lightfit.data").joinpath(DIGITS)))
+    return bundled_path("digits")
 
 
 def digits(**kwargs) -> ArrayDataModule:
     """The default dataset: the packaged digits through the same ArrayDataModule."""
     return ArrayDataModule(path=str(digits_path()), **kwargs)
+
+
+def diabetes(**kwargs) -> ArrayDataModule:
+    """Diabetes progression (Efron et al. 2004): 442 x 10 features, one target, for regression."""
+    kwargs.setdefault("task", "regression")
+    return ArrayDataModule(path=str(bundled_path("diabetes")), **kwargs)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from lightfit.loops.classifier import Classifier
+from lightfit.loops.module import TaskModule
 
 
-class AutomaticLoop(Classifier):
+class AutomaticLoop(TaskModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._common_step(batch, "train")

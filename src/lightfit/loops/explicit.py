@@ -9,7 +9,8 @@ Lightning): with the same seed all three end with the same weights.
     fabric = Fabric(accelerator="cpu")
     model, optimizer = fabric.setup(net, optimizer)       # instead of net.to(device)
     train_loader, val_loader = fabric.setup_dataloaders(train_loader, val_loader)
-    history = fit(fabric, model, optimizer, train_loader, val_loader, epochs=5, num_classes=10)
+    task = Task("classification", num_outputs=10)            # the loss and the metrics
+    history = fit(fabric, model, optimizer, train_loader, val_loader, epochs=5, task=task)
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from lightning.fabric import Fabric
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -28,8 +28,8 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
 from lightfit.checkpoint import net_weights
-from lightfit.metrics import StageMetrics
 from lightfit.resume import RNG_KEY, restore_rng_states, rng_states
+from lightfit.tasks import StageMetrics, Task, scalars
 
 EpochHook = Callable[[int, dict[str, float]], None]  # (epoch, metrics of that epoch)
 
@@ -73,6 +73,7 @@ def train_epoch(
     model: nn.Module,
     optimizer: Optimizer,
     loader: DataLoader,
+    task: Task,
     metrics: StageMetrics,
     accumulate_grad_batches: int = 1,
     gradient_clip_val: float | None = None,
@@ -87,10 +88,10 @@ def train_epoch(
         step_now = (batch_idx + 1) % accumulate_grad_batches == 0 or batch_idx + 1 == n
         # Fabric: skip the DDP gradient all-reduce while accumulating (plain PyTorch: model.no_sync()).
         with fabric.no_backward_sync(model, enabled=not step_now):
-            logits = model(x)  # (B, num_classes)
-            loss = F.cross_entropy(logits, y)
+            outputs = model(x)  # (B, num_classes) scores, or targets in the units of y
+            loss = task.loss(outputs, y)
             fabric.backward(loss / accumulate_grad_batches)  # Fabric: instead of loss.backward()
-        metrics.update(logits, y, loss)  # on the device; no .item() here, it would sync each step
+        metrics.update(outputs, y, loss)  # on the device; no .item() here, it would sync each step
         if step_now:
             if gradient_clip_val:
                 # Fabric: instead of nn.utils.clip_grad_norm_(); unscales mixed-precision grads first.
@@ -104,13 +105,14 @@ def train_epoch(
 
 @torch.no_grad()  # evaluation builds no graph: less memory, faster
 def evaluate_epoch(
-    model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], metrics: StageMetrics
+    model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], task: Task, metrics: StageMetrics
 ) -> dict[str, Tensor]:
+    """The stage's metrics over `loader`, scalars and tables (a confusion matrix) alike."""
     was_training = model.training
     model.eval()  # dropout off, batch norm uses its running statistics
     for x, y in loader:
-        logits = model(x)
-        metrics.update(logits, y, F.cross_entropy(logits, y))
+        outputs = model(x)
+        metrics.update(outputs, y, task.loss(outputs, y))
     results = metrics.compute()  # under DDP: states synced across ranks, then reduced
     metrics.reset()
     model.train(was_training)
@@ -125,7 +127,7 @@ def fit(
     val_loader: DataLoader | None = None,
     *,
     epochs: int,
-    num_classes: int,
+    task: Task,
     scheduler: LRScheduler | None = None,
     accumulate_grad_batches: int = 1,
     gradient_clip_val: float | None = None,
@@ -137,20 +139,22 @@ def fit(
 ) -> dict[str, list[float]]:
     """Train `model` (set up with `fabric.setup`) for `epochs`; return per-epoch metrics.
 
-    The history maps `train/loss`, `train/acc`, `val/loss`, `val/acc` and `time` to one
-    value per epoch. `on_epoch_end(epoch, metrics)` runs after each epoch (print, log,
-    checkpoint there). `start_epoch` continues a run restored from a checkpoint. When
-    `should_stop()` turns true, the epoch ends at the next batch and `StopTraining` is
-    raised; a NaN or infinite loss raises `NonFiniteLoss` at the end of the epoch.
+    The history maps `train/loss`, `val/loss`, `{stage}/{metric}` for each of the task's
+    metrics (`train/acc`, `val/r2`, ...) and `time` to one value per epoch.
+    `on_epoch_end(epoch, metrics)` runs after each epoch (print, log, checkpoint there).
+    `start_epoch` continues a run restored from a checkpoint. When `should_stop()` turns
+    true, the epoch ends at the next batch and `StopTraining` is raised; a NaN or infinite
+    loss raises `NonFiniteLoss` at the end of the epoch.
     """
-    train_metrics = StageMetrics("train", num_classes).to(fabric.device)
-    val_metrics = StageMetrics("val", num_classes).to(fabric.device)
+    task = fabric.to_device(task)  # Fabric: instead of task.to(device) (loss weights, y statistics)
+    train_metrics = task.stage_metrics("train").to(fabric.device)
+    val_metrics = task.stage_metrics("val").to(fabric.device)
     history: dict[str, list[float]] = {}
     for epoch in range(start_epoch, epochs):
         start = time.perf_counter()
         set_epoch(train_loader, epoch)
         batches = train_epoch(
-            fabric, model, optimizer, train_loader, train_metrics,
+            fabric, model, optimizer, train_loader, task, train_metrics,
             accumulate_grad_batches, gradient_clip_val, limit_train_batches, should_stop,
         )  # fmt: skip
         if should_stop is not None and should_stop():
@@ -160,11 +164,11 @@ def fit(
         train_metrics.reset()
         if val_loader is not None:
             val_batches = itertools.islice(val_loader, num_batches(val_loader, limit_val_batches))
-            epoch_metrics |= evaluate_epoch(model, val_batches, val_metrics)
+            epoch_metrics |= evaluate_epoch(model, val_batches, task, val_metrics)
         if scheduler is not None:
             scheduler.step()  # once per epoch, like Lightning's interval="epoch"
         # .item(): one device-to-host copy per metric per epoch, for printing and logging.
-        values = {k: v.item() for k, v in epoch_metrics.items()}
+        values = {k: v.item() for k, v in scalars(epoch_metrics).items()}
         values["time"] = time.perf_counter() - start
         for key, value in values.items():
             history.setdefault(key, []).append(value)

@@ -10,10 +10,10 @@ from typing import Any
 
 from torch import Tensor
 
-from lightfit.loops.classifier import Classifier
+from lightfit.loops.module import TaskModule
 
 
-class ManualLoop(Classifier):
+class ManualLoop(TaskModule):
     def __init__(
         self,
         *args: Any,

@@ -1,4 +1,4 @@
-"""What the automatic and manual loops share: network, loss, metrics, optimizer, checkpoint data.
+"""What the automatic and manual loops share: network, task (loss, metrics), optimizer, checkpoint data.
 
 Only `training_step` differs between `AutomaticLoop` and `ManualLoop`; everything a
 reader needs to compare them is in those two short files.
@@ -10,47 +10,47 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning as L
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from lightfit.metrics import StageMetrics
 from lightfit.resume import RNG_KEY, restore_rng_states, rng_states
+from lightfit.tasks import StageMetrics, Task, scalars
 
 OptimizerFactory = Callable[..., Optimizer]  # params -> optimizer (a Hydra `_partial_` target)
 SchedulerFactory = Callable[[Optimizer], LRScheduler]
 CHECKPOINT_KEY = "lightfit"  # where a checkpoint keeps what it takes to rebuild the network
 
 
-class Classifier(L.LightningModule):
-    """A network trained with cross-entropy, with loss and accuracy per stage."""
+class TaskModule(L.LightningModule):
+    """A network trained for a task (its loss), with the task's metrics per stage."""
 
     def __init__(
         self,
         net: nn.Module,
-        optimizer: OptimizerFactory,
-        num_classes: int,
+        task: Task,
+        optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         run_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.net = net
+        self.net, self.task = net, task
         self.make_optimizer, self.make_scheduler = optimizer, scheduler
         # Three attributes, not a ModuleDict: nn.Module already has a method called `train`.
-        self.train_metrics = StageMetrics("train", num_classes)
-        self.val_metrics = StageMetrics("val", num_classes)
-        self.test_metrics = StageMetrics("test", num_classes)
+        self.train_metrics = task.stage_metrics("train")
+        self.val_metrics = task.stage_metrics("val")
+        self.test_metrics = task.stage_metrics("test")
         self.run_config = run_config or {}
+        self.tables: dict[str, Tensor] = {}  # the last non-scalar metrics (a confusion matrix)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
     def _common_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
-        x, y = batch  # x: (B, *input_shape), y: (B,)
-        logits = self(x)  # (B, num_classes)
-        loss = F.cross_entropy(logits, y)
-        self.stage_metrics(stage).update(logits, y, loss)
+        x, y = batch  # x: (B, *input_shape), y: (B,) labels or (B,) / (B, k) targets
+        outputs = self(x)  # (B, num_classes) scores, or targets in the units of y
+        loss = self.task.loss(outputs, y)
+        self.stage_metrics(stage).update(outputs, y, loss)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -83,10 +83,14 @@ class Classifier(L.LightningModule):
     def _log_epoch(self, stage: str) -> None:
         # compute() syncs metric states across ranks itself, so no sync_dist here.
         metrics = self.stage_metrics(stage)
-        self.log_dict(metrics.compute(), on_step=False, on_epoch=True)
+        values = metrics.compute()
+        self.log_dict(scalars(values), on_step=False, on_epoch=True)
+        self.tables.update({k: v.cpu() for k, v in values.items() if v.ndim > 0})  # .cpu(): for the CSV
         metrics.reset()
 
     def configure_optimizers(self) -> Any:
+        if self.make_optimizer is None:
+            raise RuntimeError("this module was built for evaluation only (no optimizer)")
         optimizer = self.make_optimizer(self.parameters())
         if self.make_scheduler is None:
             return optimizer
