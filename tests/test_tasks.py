@@ -67,7 +67,7 @@ def test_the_three_loops_give_the_same_weights_on_regression(tmp_path, extra):
 
 
 def test_metrics_by_name_and_a_confusion_matrix(run_dir):
-    results = run_train(run_dir, "task.metrics=[acc,f1,precision,recall,auroc,confusion]", *FAST)
+    results = run_train(run_dir, "task.metrics=[acc,f1,precision,recall,auroc,confusion]", "trainer.max_epochs=2", "logger=csv")
     for name in ("acc", "f1", "precision", "recall", "auroc"):
         assert 0 < results[f"test/{name}"] <= 1, name
     assert "test/confusion" not in results  # a table, not a number
@@ -78,6 +78,11 @@ def test_metrics_by_name_and_a_confusion_matrix(run_dir):
     assert np.trace(matrix) / matrix.sum() == pytest.approx(results["test/acc"], abs=1e-6)
     recall = np.diag(matrix) / matrix.sum(1)  # macro recall from the same matrix
     assert recall.mean() == pytest.approx(results["test/recall"], abs=1e-6)
+    pytest.importorskip("matplotlib")
+    from lightfit.plot import main as plot
+
+    plot([str(run_dir)])  # make plot RUN=...: the curves, and the confusion matrix beside them
+    assert (run_dir / "confusion.png").stat().st_size > 1000
 
 
 def test_a_torchmetrics_class_by_target(run_dir):

@@ -1,6 +1,7 @@
-"""Loss and accuracy per epoch, train and val, from a run's metrics.csv, as a PNG.
+"""Every metric per epoch, train and val, from a run's metrics.csv, as a PNG; and the test
+confusion matrix, when the run wrote one (`task.metrics=[acc,confusion]`).
 
-    python -m lightfit.plot outputs/2026-11-25/19-13-30     # writes <run>/curves.png
+    python -m lightfit.plot outputs/2026-11-25/19-13-30     # writes <run>/curves.png (+ confusion.png)
     python -m lightfit.plot                                 # the latest run under outputs/
     make plot RUN=outputs/2026-11-25/19-13-30
 
@@ -20,6 +21,7 @@ from lightfit.errors import LightfitError, reported
 
 PROG = "lightfit-plot"
 METRICS = "metrics.csv"
+CONFUSION = "test_confusion.csv"  # written by the training run (rows: true class, columns: predicted)
 STAGES = ("train", "val")
 
 
@@ -82,13 +84,42 @@ def plot_run(run: Path, out: Path | None = None) -> Path:
     return out
 
 
+def plot_confusion(table: Path, out: Path | None = None) -> Path:
+    """The test confusion matrix as a heat map with its counts; returns the PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with table.open(newline="") as f:
+        counts = [[int(float(v)) for v in row] for row in csv.reader(f)]
+    n = len(counts)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.45 * n, 0.8 + 0.45 * n))
+    ax.imshow(counts, cmap="Blues")
+    most = max(max(row) for row in counts) or 1
+    for i, row in enumerate(counts):
+        for j, count in enumerate(row):
+            ax.text(j, i, count, ha="center", va="center", fontsize=8,
+                    color="white" if count > most / 2 else "black")  # fmt: skip
+    ax.set(xlabel="predicted", ylabel="true", xticks=range(n), yticks=range(n), title="test confusion matrix")
+    fig.tight_layout()
+    out = out or table.with_name("confusion.png")
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def _title(run: Path) -> str:
+    """The run's name and its headline test number: accuracy, r2, else the first metric."""
+    name = f"{run.parent.name}/{run.name}"
     results = run / "results.json"
-    if results.is_file():
-        test = json.loads(results.read_text())
-        if "test/acc" in test:
-            return f"{run.parent.name}/{run.name}: test acc {test['test/acc']:.4f}"
-    return f"{run.parent.name}/{run.name}"
+    if not results.is_file():
+        return name
+    test = {k: v for k, v in json.loads(results.read_text()).items() if k.startswith("test/")}
+    for key in ("test/acc", "test/r2", *sorted(test)):
+        if key in test:
+            return f"{name}: test {key.split('/', 1)[1]} {test[key]:.4f}"
+    return name
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -97,7 +128,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="PNG to write (default: <run>/curves.png)")
     args = parser.parse_args(argv)
     with reported(PROG):
-        print(plot_run(args.run or latest_run(), args.out))
+        run = args.run or latest_run()
+        print(plot_run(run, args.out))
+        table = (run.parent if run.suffix == ".csv" else run) / CONFUSION
+        if table.is_file():
+            print(plot_confusion(table))
 
 
 if __name__ == "__main__":
