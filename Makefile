@@ -1,7 +1,7 @@
 # lightfit: `make train` and `make test` work as the first command on a fresh clone.
 # They create .venv, install PyTorch and lightfit once (stamp files), then run.
 #
-#   make train ARGS="loop=manual trainer.max_epochs=3"    Hydra overrides go in ARGS
+#   make train ARGS="loop=manual trainer.max_epochs=3"    Hydra overrides go in ARGS (= lightfit train ...)
 #   make bench ARGS="--quick"                              a short benchmark run (see scripts/bench.py)
 #   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu   pick a PyTorch build
 #   make plot RUN=outputs/<date>/<time>                   loss and accuracy curves as a PNG
@@ -61,19 +61,20 @@ install: $(STAMP_RUN) ## install PyTorch and lightfit into .venv (once)
 
 install-dev: $(STAMP_DEV) ## install lightfit with the test and lint tools
 
-train: $(STAMP_RUN) ## train with Hydra overrides: make train ARGS="loop=manual"
-	$(PY) -m lightfit.train $(ARGS)
+train: $(STAMP_RUN) ## train with Hydra overrides: make train ARGS="loop=manual task=regression"
+	$(PY) -m lightfit train $(ARGS)
 
 # Empty CKPT/INPUT/OUTPUT are left out, so that Hydra names the missing value.
 eval: $(STAMP_RUN) ## test metrics of a checkpoint: make eval CKPT=outputs/.../checkpoints/best.ckpt
-	$(PY) -m lightfit.evaluate $(if $(CKPT),ckpt_path=$(CKPT)) $(ARGS)
+	$(PY) -m lightfit evaluate $(if $(CKPT),ckpt_path=$(CKPT)) $(ARGS)
 
 predict: $(STAMP_RUN) ## predictions for a .npy: make predict CKPT=... INPUT=x.npy OUTPUT=probs.npy
-	$(PY) -m lightfit.predict $(if $(CKPT),ckpt_path=$(CKPT)) $(if $(INPUT),input=$(INPUT)) $(if $(OUTPUT),output=$(OUTPUT)) $(ARGS)
+	$(PY) -m lightfit predict $(if $(CKPT),ckpt_path=$(CKPT)) $(if $(INPUT),input=$(INPUT)) $(if $(OUTPUT),output=$(OUTPUT)) $(ARGS)
 
-plot: $(STAMP_PLOT) ## loss/accuracy curves of a run: make plot RUN=outputs/<date>/<time> (default: latest)
-	$(PY) -m lightfit.plot $(RUN)
+plot: $(STAMP_PLOT) ## curves (+ confusion matrix) of a run: make plot RUN=outputs/<date>/<time> (default: latest)
+	$(PY) -m lightfit plot $(RUN)
 
+# No install needed: `lightfit new` runs the same script, which needs nothing but Python and git.
 new-project: ## copy this template as a new project: make new-project NAME=<package> DEST=<folder>
 	$(PYTHON) scripts/new_project.py --name "$(NAME)" --dest "$(DEST)"
 

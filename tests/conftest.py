@@ -15,14 +15,14 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from lightfit import config
+from lightfit.cli import config
 
-config.register()  # as lightfit.train.main() does before Hydra composes
+config.register()  # as lightfit.cli.train.main() does before Hydra composes
 FAST = ["trainer.max_epochs=2", "logger=none"]
 
 
 def compose_config(*overrides: str, run_dir: Path | None = None, hydra: bool = False) -> DictConfig:
-    """Compose conf/train.yaml as `python -m lightfit.train` would, with the run dir set.
+    """Compose conf/train.yaml as `python -m lightfit.cli.train` would, with the run dir set.
 
     `hydra=True` keeps the `hydra` node (launcher settings and the like).
     """
@@ -41,7 +41,7 @@ def compose_config(*overrides: str, run_dir: Path | None = None, hydra: bool = F
 
 def run_train(run_dir: Path, *overrides: str) -> dict:
     """A real training run in this process; returns results.json."""
-    from lightfit.train import train
+    from lightfit.cli.train import train
 
     run_dir.mkdir(parents=True, exist_ok=True)
     train(compose_config(*overrides, run_dir=run_dir))
@@ -60,14 +60,14 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 
 def cli(
-    *args: str, cwd: Path | None = None, module: str = "lightfit.train", timeout: float = 240
+    *args: str, cwd: Path | None = None, module: str = "lightfit.cli.train", timeout: float = 240
 ) -> subprocess.CompletedProcess:
-    """Run an entry point as a user would, in a fresh process."""
+    """Run an entry point as a user would, in a fresh process (`module="lightfit evaluate"`: a subcommand)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("LIGHTFIT_TRACEBACK", None)
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(
-        [sys.executable, "-m", module, *args],
+        [sys.executable, "-m", *module.split(), *args],  # module: "lightfit.train" or "lightfit predict"
         cwd=cwd,
         env=env,
         capture_output=True,

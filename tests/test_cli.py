@@ -13,7 +13,7 @@ from conftest import cli
 
 def test_fast_dev_run_from_the_command_line(tmp_path):
     run = tmp_path / "run"
-    proc = cli("trainer.fast_dev_run=true", f"hydra.run.dir={run}")
+    proc = cli("train", "trainer.fast_dev_run=true", f"hydra.run.dir={run}", module="lightfit")
     assert proc.returncode == 0, proc.stderr
     assert "epoch 1/" in proc.stdout and "test/acc" in proc.stdout
     results = json.loads((run / "results.json").read_text())
@@ -26,6 +26,28 @@ def test_console_script_runs_the_same_entry_point(tmp_path):
     assert exe.is_file(), "lightfit-train is not installed"
     proc = subprocess.run([exe, "--cfg", "job"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0 and "loop:" in proc.stdout
+
+
+def test_one_command_lists_its_subcommands(tmp_path):
+    exe = Path(sys.executable).parent / "lightfit"  # the console script, installed beside this Python
+    proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    for command in ("train", "evaluate", "predict", "new", "plot", "compare"):
+        assert f"\n  {command} " in proc.stdout, command
+    unknown = cli("fit", module="lightfit")
+    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1
+    assert "lightfit: error: unknown command 'fit'; choose from train, evaluate" in unknown.stderr
+    bare = cli(module="lightfit")
+    assert bare.returncode == 2 and "usage: lightfit <command>" in bare.stdout
+
+
+def test_hydra_flags_work_after_the_subcommand(tmp_path):
+    proc = cli("train", "--cfg", "job", "data=diabetes", module="lightfit", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "name: regression" in proc.stdout and "loss: mse" in proc.stdout  # data=diabetes chose the task
+    proc = cli("train", "--help", module="lightfit", cwd=tmp_path)
+    assert proc.returncode == 0 and "task: classification, regression" in proc.stdout
+    assert not list(tmp_path.iterdir())  # nothing ran, nothing written
 
 
 def assert_one_line_error(proc, *needles):

@@ -19,10 +19,10 @@ import torch
 from conftest import cli, compose_config, state_dict
 from hydra.utils import instantiate
 
-from lightfit.checkpoint import load_checkpoint, rebuild_network
-from lightfit.distributed import processes_to_start, rank_command
 from lightfit.errors import LightfitError
 from lightfit.loops.explicit import evaluate_epoch
+from lightfit.run.checkpoint import load_checkpoint, rebuild_network
+from lightfit.run.distributed import processes_to_start, rank_command
 from lightfit.tasks import StageMetrics, build_task
 
 DDP = ["trainer=ddp_cpu", "trainer.max_epochs=1"]
@@ -86,7 +86,7 @@ def test_each_rank_runs_the_jobs_overrides_in_the_jobs_directory(tmp_path):
     cfg = compose_config("trainer=ddp_cpu", "optimizer.lr=0.01", "hydra.job.chdir=false", hydra=True)
     run_dir = tmp_path / "a b,c=d"  # spaces, commas and '=' must survive the override grammar
     command = rank_command(cfg.hydra, run_dir)
-    assert command[:3] == ["-m", "lightfit.train", "--config-name=train"]
+    assert command[:3] == ["-m", "lightfit.cli.train", "--config-name=train"]
     assert command[3:6] == ["trainer=ddp_cpu", "optimizer.lr=0.01", "hydra.job.chdir=false"]
     assert f"hydra.run.dir='{run_dir}'" in command and "hydra.output_subdir=null" in command
     parsed = compose_config(*command[3:], hydra=True)  # what a rank composes
@@ -227,7 +227,7 @@ def test_sigterm_stops_every_rank_at_one_batch_and_saves(tmp_path, loop):
     args = ["trainer=ddp_cpu", f"loop={loop}", "trainer.max_epochs=1000", "logger=none"]
     args.append(f"hydra.run.dir={run}")
     job = subprocess.Popen(
-        [sys.executable, "-m", "lightfit.train", *args],
+        [sys.executable, "-m", "lightfit.cli.train", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

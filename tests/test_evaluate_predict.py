@@ -15,11 +15,11 @@ from conftest import cli, run_train
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-from lightfit.checkpoint import load_checkpoint, rebuild_network
+from lightfit.cli.evaluate import evaluate
+from lightfit.cli.predict import predict
 from lightfit.data import digits, digits_path
 from lightfit.errors import LightfitError
-from lightfit.evaluation import evaluate
-from lightfit.prediction import predict
+from lightfit.run.checkpoint import load_checkpoint, rebuild_network
 
 
 def compose_entry(name: str, *overrides: str):
@@ -92,7 +92,7 @@ def test_predict_writes_probabilities_and_labels(tiny, features, tmp_path):
     np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
 
     proc = cli(
-        ckpt, f"input={features}", f"output={tmp_path / 'l.npy'}", "kind=labels", module="lightfit.predict"
+        ckpt, f"input={features}", f"output={tmp_path / 'l.npy'}", "kind=labels", module="lightfit predict"
     )
     assert proc.returncode == 0, proc.stderr
     labels = np.load(tmp_path / "l.npy")
@@ -118,8 +118,8 @@ def test_the_keras_style_functions_are_not_shadowed():
     # Importing a submodule sets it as an attribute of the package: lightfit.evaluate and
     # lightfit.predict must stay the functions while the command-line modules are loaded.
     import lightfit
-    import lightfit.evaluation
-    import lightfit.prediction  # noqa: F401
+    import lightfit.cli.evaluate
+    import lightfit.cli.predict  # noqa: F401
 
     assert callable(lightfit.evaluate) and callable(lightfit.predict)
 
@@ -173,7 +173,7 @@ def test_bad_inputs_get_one_line_and_leave_no_output(tiny, features, tmp_path):
         )
 
     torch.save({"state_dict": {}, "x": Payload(tmp_path / "pwned")}, tmp_path / "evil.ckpt")
-    proc = cli(f"ckpt_path={tmp_path / 'evil.ckpt'}", module="lightfit.evaluate")
+    proc = cli(f"ckpt_path={tmp_path / 'evil.ckpt'}", module="lightfit evaluate")
     assert_one_line_error(proc, "lightfit-evaluate", "evil.ckpt was refused", "not a plain weights file")
     assert not (tmp_path / "pwned").exists()
 
@@ -188,6 +188,6 @@ def assert_one_line_error(proc, prog, *needles):
 
 def test_prediction_imports_no_lightning():
     """A forward pass needs none of Lightning; its import would add seconds to every prediction."""
-    code = "import sys, lightfit.prediction; print(sorted(m for m in sys.modules if 'lightning' in m))"
+    code = "import sys, lightfit.cli.predict; print(sorted(m for m in sys.modules if 'lightning' in m))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from lightfit import History, evaluate, fit, predict
+from lightfit.api.keras_style import as_tensor
 from lightfit.data import digits_path
 from lightfit.errors import LightfitError
-from lightfit.keras_style import as_tensor
 
 
 @pytest.fixture(scope="module")

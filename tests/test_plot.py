@@ -1,4 +1,4 @@
-"""`python -m lightfit.plot`: curves from the metrics.csv of a real run."""
+"""`python -m lightfit.cli.plot`: curves from the metrics.csv of a real run."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import compose_config, run_train
 from hydra.utils import instantiate
 
-from lightfit.progress import StdoutHandler, progress_callbacks
+from lightfit.run.progress import StdoutHandler, progress_callbacks
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PRESETS = [

@@ -16,7 +16,7 @@ import torch
 from conftest import assert_same_weights, run_train
 
 from lightfit.errors import LightfitError
-from lightfit.resume import AtomicCheckpointIO, resolve_ckpt_path
+from lightfit.run.resume import AtomicCheckpointIO, resolve_ckpt_path
 
 # Small batches make an epoch long enough (~0.3 s) to be killed in the middle of one.
 SLOW = [
@@ -32,7 +32,7 @@ METRICS = ("test/acc", "test/loss", "val/acc", "val/loss")
 def start(run_dir: Path, *overrides: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "lightfit.train", f"hydra.run.dir={run_dir}", *overrides],
+        [sys.executable, "-m", "lightfit.cli.train", f"hydra.run.dir={run_dir}", *overrides],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -103,7 +103,7 @@ def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, loop)
         [
             sys.executable,
             "-m",
-            "lightfit.train",
+            "lightfit.cli.train",
             f"hydra.run.dir={run_dir}",
             "trainer.max_epochs=3",
             *overrides,
@@ -181,7 +181,13 @@ def test_resume_refuses_a_hostile_checkpoint(tmp_path):
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "epoch": 0, "payload": Payload(marker)}, path)
     proc = subprocess.run(
-        [sys.executable, "-m", "lightfit.train", f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'run'}"],
+        [
+            sys.executable,
+            "-m",
+            "lightfit.cli.train",
+            f"ckpt_path={path}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from conftest import cli
 
-from lightfit.sweep import job_rows
+from lightfit.run.sweep import job_rows
 
 TINY = ["debug=fast", "logger=none"]  # one batch per stage: the sweep is what is tested
 

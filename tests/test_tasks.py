@@ -10,10 +10,10 @@ import pytest
 import torch
 from conftest import FAST, assert_same_weights, cli, compose_config, run_train
 
-from lightfit.best import BestScore
-from lightfit.checkpoint import load_checkpoint, rebuild_network
 from lightfit.data import bundled_path
 from lightfit.errors import LightfitError
+from lightfit.run.best import BestScore
+from lightfit.run.checkpoint import load_checkpoint, rebuild_network
 from lightfit.tasks import Task, check_task_config
 
 LOOPS = ("automatic", "manual", "explicit")
@@ -67,7 +67,12 @@ def test_the_three_loops_give_the_same_weights_on_regression(tmp_path, extra):
 
 
 def test_metrics_by_name_and_a_confusion_matrix(run_dir):
-    results = run_train(run_dir, "task.metrics=[acc,f1,precision,recall,auroc,confusion]", "trainer.max_epochs=2", "logger=csv")
+    results = run_train(
+        run_dir,
+        "task.metrics=[acc,f1,precision,recall,auroc,confusion]",
+        "trainer.max_epochs=2",
+        "logger=csv",
+    )
     for name in ("acc", "f1", "precision", "recall", "auroc"):
         assert 0 < results[f"test/{name}"] <= 1, name
     assert "test/confusion" not in results  # a table, not a number
@@ -79,7 +84,7 @@ def test_metrics_by_name_and_a_confusion_matrix(run_dir):
     recall = np.diag(matrix) / matrix.sum(1)  # macro recall from the same matrix
     assert recall.mean() == pytest.approx(results["test/recall"], abs=1e-6)
     pytest.importorskip("matplotlib")
-    from lightfit.plot import main as plot
+    from lightfit.cli.plot import main as plot
 
     plot([str(run_dir)])  # make plot RUN=...: the curves, and the confusion matrix beside them
     assert (run_dir / "confusion.png").stat().st_size > 1000
@@ -189,7 +194,7 @@ def test_multi_output_regression_and_predict_in_raw_units(tmp_path):
         f"ckpt_path={run}/checkpoints/best.ckpt",
         f"input={features}",
         f"output={out}",
-        module="lightfit.predict",
+        module="lightfit predict",
     )
     assert proc.returncode == 0, proc.stderr
     predicted = np.load(out)
@@ -200,7 +205,7 @@ def test_multi_output_regression_and_predict_in_raw_units(tmp_path):
     refused = tmp_path / "labels.npy"
     proc = cli(
         f"ckpt_path={run}/checkpoints/best.ckpt", f"input={features}", f"output={refused}", "kind=labels",
-        module="lightfit.predict",
+        module="lightfit predict",
     )  # fmt: skip
     assert proc.returncode == 2 and "kind=labels: a regression checkpoint predicts values" in proc.stderr
     assert not refused.exists() and not list(tmp_path.glob("*.partial"))
@@ -209,7 +214,7 @@ def test_multi_output_regression_and_predict_in_raw_units(tmp_path):
 def test_evaluate_reproduces_a_regression_run(tmp_path):
     run = tmp_path / "run"
     results = run_train(run, "data=diabetes", *FAST)
-    proc = cli(f"ckpt_path={run}/checkpoints/best.ckpt", module="lightfit.evaluate")
+    proc = cli(f"ckpt_path={run}/checkpoints/best.ckpt", module="lightfit evaluate")
     assert proc.returncode == 0, proc.stderr
     evaluated = json.loads((run / "eval.json").read_text())
     for name in ("loss", "mae", "rmse", "r2"):

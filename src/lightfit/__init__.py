@@ -1,7 +1,7 @@
 """lightfit: one network, three training loops, NumPy in and tensors out.
 
 `from lightfit import fit, evaluate, predict` gives the Keras-style API (keras_style.py).
-They are imported on first use, so `python -m lightfit.train` does not pay for them.
+They are imported on first use, so `lightfit train` does not pay for them.
 """
 
 from typing import Any
@@ -12,7 +12,7 @@ __all__ = ["History", "evaluate", "fit", "predict"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from lightfit import keras_style
+        from lightfit.api import keras_style
 
         return getattr(keras_style, name)
     raise AttributeError(f"module 'lightfit' has no attribute {name!r}")

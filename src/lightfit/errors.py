@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 EXIT_USAGE = 2
-LAUNCHER_PID = "LIGHTFIT_LAUNCHER_PID"  # set in the DDP ranks that lightfit.distributed starts
+LAUNCHER_PID = "LIGHTFIT_LAUNCHER_PID"  # set in the DDP ranks that lightfit.run.distributed starts
 
 
 class LightfitError(ValueError):

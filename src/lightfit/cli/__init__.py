@@ -15,10 +15,16 @@ import sys
 COMMANDS = {
     "train": ("lightfit.cli.train", "train with Hydra overrides: lightfit train loop=manual task=regression"),
     "evaluate": ("lightfit.cli.evaluate", "test metrics of a checkpoint: lightfit evaluate ckpt_path=..."),
-    "predict": ("lightfit.cli.predict", "predictions for a .npy: lightfit predict ckpt_path=... input=... output=..."),
+    "predict": (
+        "lightfit.cli.predict",
+        "predictions for a .npy: lightfit predict ckpt_path=... input=... output=...",
+    ),
     "new": ("lightfit.cli.new", "copy this template as a new project: lightfit new NAME DEST"),
     "plot": ("lightfit.cli.plot", "curves (and confusion matrix) of a run as PNG: lightfit plot [RUN]"),
-    "compare": ("lightfit.cli.compare", "rank runs or a sweep by the monitored metric: lightfit compare DIR..."),
+    "compare": (
+        "lightfit.cli.compare",
+        "rank runs or a sweep by the monitored metric: lightfit compare DIR...",
+    ),
 }
 
 
@@ -45,7 +51,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(0 if args else 2)
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
-        print(f"lightfit: error: unknown command '{name}'; choose from {', '.join(COMMANDS)}", file=sys.stderr)
+        print(
+            f"lightfit: error: unknown command '{name}'; choose from {', '.join(COMMANDS)}", file=sys.stderr
+        )
         raise SystemExit(2)
     module = importlib.import_module(COMMANDS[name][0])
     sys.argv = [f"lightfit {name}", *rest]  # Hydra and argparse read the command line from here

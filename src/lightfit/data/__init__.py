@@ -1,7 +1,9 @@
 """Data: NumPy arrays and files in, batches of tensors out.
 
-The names below load on first use, so that `lightfit.data.arrays` (NumPy only) can be
-imported without Lightning: `python -m lightfit.predict` reads its input through it.
+arrays.py reads and checks files and arrays (NumPy only), splits.py and batches.py make
+index splits and whole-batch loaders, datamodule.py the LightningDataModule, bundled.py
+the shipped data sets. Imports errors only. The names below load on first use, so that
+`lightfit predict` reads its input through arrays.py without importing Lightning.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ _WHERE = {
     "IndexBatchSampler": "batches",
     "batch_loader": "batches",
     "ArrayDataModule": "datamodule",
-    "bundled_path": "datamodule",
-    "diabetes": "datamodule",
-    "digits": "datamodule",
-    "digits_path": "datamodule",
+    "bundled_path": "bundled",
+    "diabetes": "bundled",
+    "digits": "bundled",
+    "digits_path": "bundled",
 }
 __all__ = sorted(_WHERE)
 

@@ -9,10 +9,6 @@ prediction time and the statistics travel inside every checkpoint.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
-
 import lightning as L
 import numpy as np
 import torch
@@ -23,58 +19,17 @@ from lightfit.data.arrays import (
     check_features,
     check_labels,
     check_targets,
-    chunks,
     features_as_float32,
     read_arrays,
     warn_integer_targets,
 )
-from lightfit.data.batches import ArrayDataset, batch_loader
+from lightfit.data.batches import batch_loader
+from lightfit.data.splits import Split, column_stats, copy_to_device, shared_tensor, split_rows
 from lightfit.errors import LightfitError
 
 # data.on_device=auto puts the data on the GPU when they take at most this share of its free
 # memory: the rest is for the network, its activations and the optimizer.
 ON_DEVICE_FRACTION = 0.25
-
-
-@dataclass
-class Split:
-    x: Tensor | np.ndarray  # all rows of the pool this split draws from (tensor, or memmap)
-    y: Tensor
-    rows: Tensor  # the rows that belong to this split
-
-    def dataset(self) -> ArrayDataset:
-        return ArrayDataset(self.x, self.y, self.rows)
-
-
-def split_rows(n: int, fractions: list[float], seed: int) -> list[Tensor]:
-    """Cut a seeded permutation of range(n) into len(fractions)+1 parts (the rest last)."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    parts, start = [], 0
-    for fraction in fractions:
-        size = int(round(n * fraction))
-        parts.append(order[start : start + size].sort().values)
-        start += size
-    parts.append(order[start:].sort().values)
-    return parts
-
-
-def _to_device(data: Tensor | np.ndarray, device: torch.device) -> Tensor:
-    """A copy of `data` on `device`; a memory-mapped array goes in chunks, never whole through RAM."""
-    if isinstance(data, Tensor):
-        return data.to(device)
-    out = torch.empty(data.shape, dtype=torch.float32, device=device)
-    for start, chunk in chunks(data):
-        out[start : start + len(chunk)] = torch.from_numpy(chunk.astype(np.float32, copy=False))
-    return out
-
-
-def _tensor(array: np.ndarray) -> Tensor | np.ndarray:
-    if isinstance(array, np.memmap):
-        return array  # stays on disk; ArrayDataset reads the rows of each batch
-    # from_numpy shares memory with the array: no copy. It needs a writable array.
-    if not array.flags.writeable:
-        array = array.copy()
-    return torch.from_numpy(array)
 
 
 class ArrayDataModule(L.LightningDataModule):
@@ -179,7 +134,7 @@ class ArrayDataModule(L.LightningDataModule):
                 y = check_targets(f"{source}: {yk}", np.asarray(arrays[yk]), len(x))
             else:
                 y = check_labels(f"{source}: {yk}", np.asarray(arrays[yk]), len(x), self.num_classes)
-            tensors[xk] = (_tensor(features_as_float32(x)), _tensor(y))
+            tensors[xk] = (shared_tensor(features_as_float32(x)), shared_tensor(y))
         if "x_test" in tensors:
             for i, what in ((0, "x"), (1, "y")):
                 test_shape, shape = tuple(tensors["x_test"][i].shape[1:]), tuple(tensors["x"][i].shape[1:])
@@ -210,26 +165,9 @@ class ArrayDataModule(L.LightningDataModule):
         if self.num_classes is None and self.task == "classification":
             self.num_classes = int(max(int(s.y.max()) for s in self.splits.values())) + 1
         train_split = self.splits["train"]
-        self.mean, self.std = self._stats(train_split.x, train_split.rows)
+        self.mean, self.std = column_stats(train_split.x, train_split.rows)
         if self.task == "regression":  # the network learns standardised targets (nets.TargetScale)
-            self.target_stats = self._stats(train_split.y, train_split.rows)
-
-    @staticmethod
-    def _stats(data: Tensor | np.ndarray, rows: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-column mean and std over the training `rows` only (float64 sums, in chunks)."""
-        total = torch.zeros(data.shape[1:], dtype=torch.float64)
-        squares = torch.zeros_like(total)
-        rows, n = np.sort(rows.numpy()), len(rows)
-        x = data.numpy() if isinstance(data, Tensor) else data
-        for start, chunk in chunks(x):  # the whole pool in pieces; keep the training rows of each
-            first, stop = np.searchsorted(rows, [start, start + len(chunk)])
-            picked = torch.from_numpy(chunk[rows[first:stop] - start].astype(np.float64))
-            total += picked.sum(0)
-            squares += (picked * picked).sum(0)
-        mean = total / n
-        std = (squares / n - mean * mean).clamp_min(0).sqrt()
-        std = torch.where(std > 1e-6, std, torch.ones_like(std))  # constant features: leave unscaled
-        return mean.float(), std.float()
+            self.target_stats = column_stats(train_split.y, train_split.rows)
 
     # -- what the network needs to know --------------------------------------------------------
 
@@ -274,7 +212,7 @@ class ArrayDataModule(L.LightningDataModule):
                 for name in ("x", "y", "rows"):
                     data = getattr(split, name)
                     if id(data) not in moved:
-                        moved[id(data)] = _to_device(data, self.device)
+                        moved[id(data)] = copy_to_device(data, self.device)
                     setattr(split, name, moved[id(data)])
 
     def _data_on_device(self) -> bool:
@@ -322,24 +260,3 @@ class ArrayDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
-
-
-def bundled_path(name: str) -> Path:
-    """A dataset shipped inside the package (`digits`, `diabetes`), as a file path."""
-    return Path(str(resources.files("lightfit.data").joinpath(f"{name}.npz")))
-
-
-def digits_path() -> Path:
-    """The UCI handwritten digits shipped with lightfit (1797 x 8 x 8, 10 classes)."""
-    return bundled_path("digits")
-
-
-def digits(**kwargs) -> ArrayDataModule:
-    """The default dataset: the packaged digits through the same ArrayDataModule."""
-    return ArrayDataModule(path=str(digits_path()), **kwargs)
-
-
-def diabetes(**kwargs) -> ArrayDataModule:
-    """Diabetes progression (Efron et al. 2004): 442 x 10 features, one target, for regression."""
-    kwargs.setdefault("task", "regression")
-    return ArrayDataModule(path=str(bundled_path("diabetes")), **kwargs)

@@ -27,8 +27,8 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
-from lightfit.checkpoint import net_weights
-from lightfit.resume import RNG_KEY, restore_rng_states, rng_states
+from lightfit.run.checkpoint import net_weights
+from lightfit.run.resume import RNG_KEY, restore_rng_states, rng_states
 from lightfit.tasks import StageMetrics, Task, scalars
 
 EpochHook = Callable[[int, dict[str, float]], None]  # (epoch, metrics of that epoch)

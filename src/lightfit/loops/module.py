@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from lightfit.resume import RNG_KEY, restore_rng_states, rng_states
+from lightfit.run.resume import RNG_KEY, restore_rng_states, rng_states
 from lightfit.tasks import StageMetrics, Task, scalars
 
 OptimizerFactory = Callable[..., Optimizer]  # params -> optimizer (a Hydra `_partial_` target)

@@ -1,4 +1,4 @@
-"""Predictions for a `.npy` of raw inputs: `python -m lightfit.prediction ckpt_path=... input=... output=...`.
+"""Predictions for a `.npy` of raw inputs: `lightfit predict ckpt_path=... input=... output=...`.
 
 (Named `prediction`, not `predict`: `lightfit.predict` is the Keras-style function, and an
 imported submodule of that name would replace it as an attribute of the package.)
@@ -53,7 +53,7 @@ def device_for(accelerator: str):
 
 def output_shape(kind: str, n: int, stored: dict) -> tuple[tuple[int, ...], type]:
     """The shape and dtype of the predictions: (N, C) float32, (N,) int64, or (N,)/(N, k) float32."""
-    from lightfit.checkpoint import num_outputs
+    from lightfit.run.checkpoint import num_outputs
 
     if kind == "labels":
         return (n,), np.int64
@@ -88,7 +88,13 @@ def write_predictions(
 def predict(cfg: DictConfig) -> Path:
     """Write `cfg.output`: class probabilities (N, C) float32 or labels (N,) int64 for a
     classifier, values (N,) or (N, k) float32 in the units of y for a regression; returns its path."""
-    from lightfit.checkpoint import CHECKPOINT_KEY, load_checkpoint, num_outputs, rebuild_network, task_config
+    from lightfit.run.checkpoint import (
+        CHECKPOINT_KEY,
+        load_checkpoint,
+        num_outputs,
+        rebuild_network,
+        task_config,
+    )
     from lightfit.tasks import build_task
 
     if cfg.kind is not None and cfg.kind not in KINDS:

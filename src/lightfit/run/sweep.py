@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 SUMMARY = "summary.csv"
-RESULTS = "results.json"  # as lightfit.train writes it (not imported: that would import it per job)
+RESULTS = "results.json"  # as lightfit.cli.train writes it (not imported: that would import it per job)
 LEFT_OUT = ("best_checkpoint",)  # a long path; the job directory says where it is
 
 

@@ -1,6 +1,6 @@
-"""Test metrics of a checkpoint: `python -m lightfit.evaluation ckpt_path=... [data=...]`.
+"""Test metrics of a checkpoint: `lightfit evaluate ckpt_path=... [data=...]`.
 
-The network comes from the checkpoint alone (`lightfit.checkpoint`). So do the data, unless
+The network comes from the checkpoint alone (`lightfit.run.checkpoint`). So do the data, unless
 the command line says otherwise: the data config stored in the checkpoint, seed included,
 gives the same test split the run was tested on. The numbers come from the code that tested
 the run, `Trainer.test` on the `AutomaticLoop`, so they match its results.json.
@@ -48,7 +48,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test the checkpoint `cfg.ckpt_path`; writes and returns test/loss and the task's metrics."""
     from hydra.utils import instantiate
 
-    from lightfit.checkpoint import (
+    from lightfit.run.checkpoint import (
         CHECKPOINT_KEY,
         check_targets,
         load_checkpoint,
@@ -70,11 +70,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     import lightning as L
 
-    from lightfit.console import metrics_line
     from lightfit.loops import AutomaticLoop
-    from lightfit.train import _quiet_lightning, write_json_atomic
+    from lightfit.run.console import metrics_line, quiet_lightning
+    from lightfit.run.results import write_json_atomic
 
-    _quiet_lightning()
+    quiet_lightning()
     datamodule = instantiate(data, task=task.name)
     datamodule.setup("test")
     if tuple(datamodule.input_shape) != tuple(stored["input_shape"]):
@@ -108,7 +108,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    from lightfit import config
+    from lightfit.cli import config
 
     config.register()  # the data/ and trainer/ groups extend the typed schemas
     run_hydra_entry(PROG, _hydra_main)

@@ -1,8 +1,8 @@
 """Every metric per epoch, train and val, from a run's metrics.csv, as a PNG; and the test
 confusion matrix, when the run wrote one (`task.metrics=[acc,confusion]`).
 
-    python -m lightfit.plot outputs/2026-11-25/19-13-30     # writes <run>/curves.png (+ confusion.png)
-    python -m lightfit.plot                                 # the latest run under outputs/
+    lightfit plot outputs/2026-11-25/19-13-30     # writes <run>/curves.png (+ confusion.png)
+    lightfit plot                                 # the latest run under outputs/
     make plot RUN=outputs/2026-11-25/19-13-30
 
 Needs the `plot` extra (`pip install -e ".[plot]"`, or `make plot` installs it): matplotlib

@@ -9,9 +9,9 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback, Checkpoint
 
-from lightfit.best import BestScore
-from lightfit.console import epoch_line
-from lightfit.resume import StopRequest
+from lightfit.run.best import BestScore
+from lightfit.run.console import epoch_line
+from lightfit.run.resume import StopRequest
 
 log = logging.getLogger("lightfit")
 

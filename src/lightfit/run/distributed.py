@@ -6,7 +6,7 @@ several processes and nothing outside created them (torchrun, SLURM's srun), the
 job process launches them with torch's elastic launcher, the engine behind `torchrun`:
 
     Hydra job (writes .hydra/, waits)
-      ├─ rank 0: python -m lightfit.train <this job's overrides> hydra.run.dir=<job dir>
+      ├─ rank 0: python -m lightfit.cli.train <this job's overrides> hydra.run.dir=<job dir>
       └─ rank 1: the same command; Lightning gives it no checkpoints, logs or results.json
 
 The ranks get the environment torchrun gives (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR,
@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 
 from lightfit.errors import LAUNCHER_PID, LightfitError
 
-ENTRY_POINT = "lightfit.train"  # what each rank runs: python -m lightfit.train
+ENTRY_POINT = "lightfit.cli.train"  # what each rank runs: python -m lightfit.cli.train
 # Hydra overrides that shape the job process (sweeps, launchers, where it writes), not the ranks.
 JOB_ONLY = (
     "hydra.mode",

@@ -29,3 +29,20 @@ def epoch_line(epoch: int, max_epochs: int, metrics: Mapping[str, Any], seconds:
 
 def metrics_line(prefix: str, metrics: Mapping[str, Any]) -> str:
     return prefix + "  ".join(f"{k} {float(v):.4f}" for k, v in sorted(metrics.items()))
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's warnings that do not apply to how lightfit runs it."""
+    import warnings
+
+    # We log metrics once per epoch, so Lightning's hint about log_every_n_steps does not apply.
+    warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # The CSV logger writes into the run directory, which Hydra has already created.
+    warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
+    # Resuming into the same run directory finds its checkpoints there, as it should.
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+    # Metrics are summed across ranks by StageMetrics.compute() before they are logged.
+    warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
+    # Lightning 2.6 on torch >= 2.10 (upstream deprecation, harmless).
+    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")

@@ -28,12 +28,12 @@ from lightning.fabric import Fabric
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightfit.console import epoch_line
 from lightfit.data.arrays import check_features, check_labels, check_targets, warn_integer_targets
 from lightfit.data.batches import ArrayDataset, batch_loader
 from lightfit.errors import LightfitError
 from lightfit.loops.explicit import evaluate_epoch
 from lightfit.loops.explicit import fit as fit_loop
+from lightfit.run.console import epoch_line
 from lightfit.tasks import CLASSIFICATION, REGRESSION, Task, scalars
 from lightfit.tasks.task import LOSSES
 
@@ -155,6 +155,22 @@ def evaluate(
     return {keras_name(key): value.item() for key, value in results.items()}  # .item(): tensor -> float
 
 
+def _split(
+    task: Task, inputs: Tensor, labels: Tensor, validation_data: Any, validation_split: float
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Training and validation tensors: `validation_data`, or the last `validation_split` of x, y."""
+    if validation_data is not None:
+        val_inputs = _features(validation_data[0], "validation x")
+        return inputs, labels, val_inputs, _targets(task, validation_data[1], len(val_inputs), "validation y")
+    if not validation_split:
+        return inputs, labels, None, None
+    if not 0 < validation_split < 1:
+        raise LightfitError(f"validation_split={validation_split} must be between 0 and 1")
+    cut = len(inputs) - int(len(inputs) * validation_split)
+    # Slices of a tensor are views: the split costs no copy.
+    return inputs[:cut], labels[:cut], inputs[cut:], labels[cut:]
+
+
 def fit(
     model: nn.Module,
     x: np.ndarray,
@@ -183,25 +199,16 @@ def fit(
     torchmetrics objects' configs (`{"_target_": ...}`); default acc for classification,
     mae, rmse and r2 for regression. `task`: classification or regression, when `loss` does
     not say. The model trains on y as given (no target scaling: that is build_network's
-    TargetScale, in `python -m lightfit.train`).
+    TargetScale, in `lightfit train`).
 
     `validation_split` holds out the last fraction of `x`, `y` (before shuffling), as
     Keras does. `optimizer` is a name (adam, sgd, adamw) or a factory `params -> Optimizer`.
     """
     inputs = _features(x)
     the_task = _task(loss, metrics, task, _num_outputs(model, inputs))
-    labels = _targets(the_task, y, len(inputs))
-    if validation_data is not None:
-        val_inputs = _features(validation_data[0], "validation x")
-        val_labels = _targets(the_task, validation_data[1], len(val_inputs), "validation y")
-    elif validation_split:
-        if not 0 < validation_split < 1:
-            raise LightfitError(f"validation_split={validation_split} must be between 0 and 1")
-        cut = len(inputs) - int(len(inputs) * validation_split)
-        # Slices of a tensor are views: the split costs no copy.
-        inputs, val_inputs, labels, val_labels = inputs[:cut], inputs[cut:], labels[:cut], labels[cut:]
-    else:
-        val_inputs = val_labels = None
+    inputs, labels, val_inputs, val_labels = _split(
+        the_task, inputs, _targets(the_task, y, len(inputs)), validation_data, validation_split
+    )
     fabric = Fabric(accelerator=accelerator, devices=1, precision=precision)
     make_optimizer = OPTIMIZERS[optimizer] if isinstance(optimizer, str) else optimizer
     model, opt = fabric.setup(model, make_optimizer(model.parameters(), lr=lr))  # model moves to the device

@@ -1,0 +1,84 @@
+"""How loop=automatic and loop=manual run: a LightningModule, a Trainer, then validate and test.
+
+The run's checkpoints (best and last), its epoch line and its stop on a signal are
+callbacks (run/callbacks.py); the explicit loop does the same things in run_explicit.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from lightfit.errors import LightfitError
+from lightfit.loops import LIGHTNING_LOOPS
+from lightfit.run.callbacks import EpochLine, RunCheckpoints, StopOnSignal
+from lightfit.run.context import Run, checkpoint_config, load_net_weights
+from lightfit.run.progress import progress_callbacks
+from lightfit.run.resume import INTERRUPTED, AtomicCheckpointIO, TrainingInterrupted
+
+
+def trainer(cfg: DictConfig, run_dir: Path, callbacks: list, logger: Any, **loop_kwargs: Any) -> L.Trainer:
+    """A Trainer with the config's settings; a progress bar only on a terminal."""
+    interactive = sys.stdout.isatty()
+    return L.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        **loop_kwargs,
+        callbacks=[*callbacks, *progress_callbacks(interactive)],  # rich bar and summary on a terminal
+        logger=logger,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=run_dir,
+        enable_progress_bar=interactive,  # CI logs get one line per epoch instead
+        enable_model_summary=interactive,
+        use_distributed_sampler=False,  # under DDP the data module shards itself, without padding
+    )
+
+
+def train_lightning(run: Run) -> dict[str, Any]:
+    """Fit, then validate and test the best weights; returns the metrics for results.json."""
+    cfg, loop = run.cfg, run.cfg.loop
+    if loop.name not in LIGHTNING_LOOPS:
+        raise LightfitError(f"loop={loop.name} is not a Lightning loop")
+    knobs = {
+        "accumulate_grad_batches": loop.accumulate_grad_batches,
+        "gradient_clip_val": loop.gradient_clip_val,
+    }
+    module = LIGHTNING_LOOPS[loop.name](
+        run.net,
+        run.task,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        run_config=checkpoint_config(cfg, run.datamodule),
+        # manual: the module does accumulation and clipping itself; Trainer flags would raise.
+        **(knobs if loop.name == "manual" else {}),
+    )
+    checkpoints = RunCheckpoints(run.checkpoints, run.best)
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    run.resume.keep_metrics(logger)
+    stopper = StopOnSignal(run.stop, run.checkpoints / INTERRUPTED)
+    callbacks = [checkpoints, EpochLine(), stopper]
+    fitter = trainer(cfg, run.run_dir, callbacks, logger, **(knobs if loop.name == "automatic" else {}))
+    try:
+        fitter.fit(module, datamodule=run.datamodule, ckpt_path=run.resume.path, weights_only=True)
+    except BaseException:  # SIGTERMException and SystemExit included: Lightning raises those on a stop
+        if run.stop.signum is None:
+            raise
+        raise TrainingInterrupted(run.stop.signum, stopper.where, stopper.saved, run.run_dir) from None
+    best_path = checkpoints.best_path  # None after fast_dev_run: test the current weights
+    if best_path:
+        load_net_weights(run.net, best_path)
+    # A second Trainer without logger for the final evaluation: metrics.csv keeps one row
+    # per epoch and stage, and results.json gets the numbers.
+    evaluator = trainer(cfg, run.run_dir, [], False, enable_checkpointing=False)
+    results: dict[str, Any] = {}
+    for evaluate in (evaluator.validate, evaluator.test):
+        metrics = evaluate(module, datamodule=run.datamodule, verbose=False)[0]
+        results.update({k: float(v) for k, v in metrics.items()})
+    results["tables"] = module.tables
+    results["best_checkpoint"] = str(best_path) if best_path else None
+    results["epochs"] = fitter.current_epoch
+    return results
