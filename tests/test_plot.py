@@ -7,7 +7,7 @@ import csv
 import pytest
 from conftest import run_train
 
-from lightfit import plot
+from lightfit.cli import plot
 
 pytest.importorskip("matplotlib")
 
