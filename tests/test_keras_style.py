@@ -129,3 +129,25 @@ def test_predict_output_does_not_alias_model_or_input():
 def test_bad_arrays_are_named(x, y, message):
     with pytest.raises(LightfitError, match=message):
         fit(mlp(), x, y, verbose=False)
+
+
+def test_regression_with_keras_names_any_loss_and_metrics():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 5)).astype(np.float32)
+    y = (x @ np.arange(1.0, 6.0) + 100).astype(np.float32)  # (N,): the model's (N, 1) is matched
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 1))
+    history = fit(
+        model, x, y, loss="mse", metrics=["mae", "r2"], epochs=3, validation_split=0.2, verbose=False
+    )
+    assert set(history.history) == {"loss", "mae", "r2", "val_loss", "val_mae", "val_r2"}
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    results = evaluate(model, x, y, loss="mse", metrics=["mae"])
+    assert set(results) == {"loss", "mae"} and results["mae"] > 0
+    assert predict(model, x[:4]).shape == (4, 1)
+    with pytest.raises(
+        LightfitError, match=r"y has 2 target\(s\) per sample \(shape \(400, 2\)\) but the model outputs 1"
+    ):
+        fit(model, x, np.c_[y, y], loss="mse", verbose=False)
+    with pytest.raises(LightfitError, match="'acc' is a classification metric"):
+        fit(model, x, y, loss="huber", metrics=["acc"], verbose=False)

@@ -63,9 +63,10 @@ def test_every_spelling_of_the_package_is_renamed(project):
                 leftovers.append(f"{path.relative_to(project)}: {token}")
     assert not leftovers
     pyproject = (project / "pyproject.toml").read_text()
-    assert f'name = "{NAME}"' in pyproject and f'{NAME}-train = "{NAME}.train:main"' in pyproject
+    assert f'name = "{NAME}"' in pyproject and f'{NAME} = "{NAME}.cli:main"' in pyproject
+    assert f'{NAME}-train = "{NAME}.cli.train:main"' in pyproject
     assert f'"{NAME}.conf" = "conf"' in pyproject
-    assert f"pkg://{NAME}.conf" in (project / "src" / NAME / "train.py").read_text()
+    assert f"pkg://{NAME}.conf" in (project / "src" / NAME / "cli" / "train.py").read_text()
     errors = (project / "src" / NAME / "errors.py").read_text()
     assert f"class {camel(NAME)}Error" in errors and f"{NAME.upper()}_TRACEBACK" in errors
     assert (project / "README.md").read_text().startswith(f"# {NAME}\n")
@@ -126,7 +127,7 @@ def test_outside_git_the_tree_is_walked_without_outputs_and_a_git_user_is_set(pr
     assert proc.returncode == 0, proc.stderr
     assert not (dest / "outputs").exists() and not (dest / ".venv").exists()
     assert not list(dest.rglob("__pycache__"))
-    assert (dest / "src" / f"{PACKAGE}_again" / "nets.py").is_file()
+    assert (dest / "src" / f"{PACKAGE}_again" / "nets" / "models.py").is_file()
     assert git(dest, "config", "--local", "user.name").stdout.strip()
     assert len(git(dest, "log", "--oneline", env=nobody).stdout.splitlines()) == 1
 

@@ -57,4 +57,5 @@ def test_optuna_search_with_two_trials(tmp_path):
     assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
     assert len({r["optimizer.lr"] for r in rows}) == 2  # the sampler chose two learning rates
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    assert best["best_value"] == max(float(r["val/acc"]) for r in rows)  # optimized_metric: val/acc
+    # The task's monitor (val/loss) and its mode (min): the sweeper minimized it.
+    assert best["best_value"] == min(float(r["val/loss"]) for r in rows)

@@ -106,20 +106,36 @@ def test_a_torchmetrics_class_by_target(run_dir):
         ),
         (["task.monitor=val/f1"], "monitor=val/f1 is not a metric this run computes; choose one of"),
         (["task.loss=mse"], "task.loss=mse is not a classification loss"),
-        (["task=regression"], "y has dtype"),
+        (["model.dropout=1.5"], "model.dropout=1.5 must be in [0, 1)"),
+        (["model.hidden=[0]"], "model.hidden=[0]: every width must be a positive integer"),
+        (
+            ["optimizer=sgd", "optimizer.momentum=-0.5"],
+            "optimizer.momentum=-0.5: Invalid momentum value: -0.5",
+        ),
     ],
-    ids=["unknown", "wrong-task", "monitor", "loss", "labels-as-targets"],
+    ids=["unknown", "wrong-task", "monitor", "loss", "dropout", "width", "momentum"],
 )
-def test_task_mistakes_stop_before_training(tmp_path, overrides, message):
-    if overrides == ["task=regression"]:  # integer labels under regression: allowed, warned once
-        proc = cli("task=regression", "trainer.fast_dev_run=true", "logger=none", f"hydra.run.dir={tmp_path}")
-        assert proc.returncode == 0, proc.stderr
-        assert proc.stdout.count("holds integers (int64); training a regression on them") == 1
-        return
-    proc = cli(*overrides, f"hydra.run.dir={tmp_path}")
-    assert proc.returncode == 2
-    assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
-    assert not (tmp_path / "results.json").exists() and "epoch 1" not in proc.stdout
+def test_mistakes_stop_before_training(run_dir, overrides, message):
+    with pytest.raises(LightfitError) as error:
+        run_train(run_dir, *overrides)
+    assert message in str(error.value)
+    assert not (run_dir / "results.json").exists() and not (run_dir / "checkpoints").exists()
+
+
+def test_one_line_and_exit_2_from_the_command_line(tmp_path):
+    """A value torch rejects while the optimizer is built: one line naming the override."""
+    proc = cli("optimizer.lr=-1", "task.metrics=[acc,f1]", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "lightfit-train: error: optimizer.lr=-1.0: Invalid learning rate: -1.0" in proc.stderr
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_integer_targets_under_regression_are_warned_once(run_dir, caplog):
+    results = run_train(run_dir, "task=regression", "trainer.fast_dev_run=true", "logger=none")
+    warned = [
+        r for r in caplog.records if "holds integers (int64); training a regression on them" in r.message
+    ]
+    assert len(warned) == 1 and results["task"] == "regression"
 
 
 def test_monitor_mode_follows_the_metric():
@@ -222,37 +238,26 @@ def test_evaluate_reproduces_a_regression_run(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("y", "message"),
+    ("task", "y", "message"),
     [
-        (np.linspace(0, 1, 100), "labels that are not integers (e.g. 0.0101"),  # classification
-        (np.where(np.arange(100) == 5, np.nan, 1.0), "1 targets that are NaN or infinite (first at row 5)"),
+        ("classification", np.linspace(0, 1, 100), "98 labels that are not integers (e.g. 0.010101)"),
+        (
+            "regression",
+            np.where(np.arange(100) == 5, np.nan, 1.0),
+            "1 targets that are NaN or infinite (first at row 5)",
+        ),
     ],
     ids=["float-labels", "nan-targets"],
 )
-def test_bad_targets_are_one_line(tmp_path, y, message):
+def test_bad_targets_are_named(tmp_path, task, y, message):
     path = tmp_path / "d.npz"
     np.savez(path, x=np.random.default_rng(0).random((100, 3), dtype=np.float32), y=y)
-    task = "task=regression" if "NaN" in message else "task=classification"
-    proc = cli(task, "data=npz", f"data.path={path}", f"hydra.run.dir={tmp_path / 'run'}")
-    assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
-    if "integers" in message:
-        assert "use task=regression" in proc.stderr
+    with pytest.raises(LightfitError) as error:
+        run_train(tmp_path / "run", f"task={task}", "data=npz", f"data.path={path}")
+    assert message in str(error.value)
+    if task == "classification":
+        assert str(error.value).endswith("for real-valued targets use task=regression")
     assert not (tmp_path / "run" / "results.json").exists()
-
-
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        ("model.dropout=1.5", "model.dropout=1.5 must be in [0, 1)"),
-        ("optimizer.lr=-1", "optimizer.lr=-1.0: Invalid learning rate: -1.0"),
-        ("model.hidden=[0]", "model.hidden=[0]: every width must be a positive integer"),
-        ("optimizer=sgd optimizer.momentum=-0.5", "optimizer.momentum=-0.5: Invalid momentum value: -0.5"),
-    ],
-)
-def test_values_torch_rejects_are_one_line_naming_the_override(tmp_path, override, message):
-    proc = cli(*override.split(), f"hydra.run.dir={tmp_path}")
-    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
-    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
 
 
 def test_task_checks_in_python():

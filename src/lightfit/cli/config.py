@@ -161,8 +161,13 @@ def register() -> None:
             ArrayDataModule, skip=(*bundled, "num_classes"), name="lightfit.data.diabetes"
         ),
         "data/npz": schema_of(ArrayDataModule, skip=arrays),
-        "model/mlp": schema_of(nets.MLP, partial=True, skip=("input_shape", "num_outputs")),
-        "model/cnn": schema_of(nets.CNN, partial=True, skip=("input_shape", "num_outputs")),
+        # The public names (lightfit.nets.MLP), not the defining module's: checkpoints store them.
+        "model/mlp": schema_of(
+            nets.MLP, partial=True, skip=("input_shape", "num_outputs"), name="lightfit.nets.MLP"
+        ),
+        "model/cnn": schema_of(
+            nets.CNN, partial=True, skip=("input_shape", "num_outputs"), name="lightfit.nets.CNN"
+        ),
         "optimizer/adam": schema_of(torch.optim.Adam, partial=True, skip=("params",)),
         "optimizer/sgd": schema_of(torch.optim.SGD, partial=True, skip=("params",)),
         "scheduler/step": schema_of(torch.optim.lr_scheduler.StepLR, partial=True, skip=("optimizer",)),
