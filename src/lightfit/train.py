@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lightfit import config, distributed
+from lightfit import config, distributed, slurm
 from lightfit.errors import LightfitError, reported_in_job, run_hydra_entry
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ def _trainer(cfg: DictConfig, run_dir: Path, callbacks: list, logger: Any, **loo
         **loop_kwargs,
         callbacks=[*callbacks, *progress_callbacks(interactive)],  # rich bar and summary on a terminal
         logger=logger,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(), *slurm.lightning_plugins()],  # lightfit requeues, not Lightning
         default_root_dir=run_dir,
         enable_progress_bar=interactive,  # CI logs get one line per epoch instead
         enable_model_summary=interactive,
@@ -81,7 +81,7 @@ def train_lightning(
 
     from lightfit.callbacks import EpochLine, StopOnSignal
     from lightfit.loops import LIGHTNING_LOOPS
-    from lightfit.resume import INTERRUPTED, TrainingInterrupted
+    from lightfit.resume import INTERRUPTED, CheckpointWriteFailed, TrainingInterrupted
 
     loop = cfg.loop
     if loop.name not in LIGHTNING_LOOPS:
@@ -114,8 +114,8 @@ def train_lightning(
     )
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume.path, weights_only=True)
-    except BaseException:  # SIGTERMException and SystemExit included: Lightning raises those on a stop
-        if stop.signum is None:
+    except BaseException as exc:  # SIGTERMException and SystemExit included: Lightning raises those on a stop
+        if stop.signum is None or isinstance(exc, CheckpointWriteFailed):  # nothing saved: say why
             raise
         raise TrainingInterrupted(stop.signum, stopper.where, stopper.saved, run_dir) from None
     best = checkpoints.best_model_path or None  # None after fast_dev_run: test the current weights
@@ -223,7 +223,8 @@ def train_explicit(
         )  # fmt: skip
     except StopTraining as stopped:  # every rank stopped at the same batch: all take part in the save
         saved = run_dir / "checkpoints" / INTERRUPTED
-        fabric.save(saved, checkpoint_state(model, optimizer, scheduler, stopped.epoch, 0, extra))
+        step = stopped.epoch * steps_per_epoch + math.ceil(stopped.batch / loop.accumulate_grad_batches)
+        fabric.save(saved, checkpoint_state(model, optimizer, scheduler, stopped.epoch, step, extra))
         raise TrainingInterrupted(stop.signum, str(stopped), saved, run_dir) from None
     if logger:
         logger.finalize("success")
@@ -261,10 +262,9 @@ def train(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
 
-    from lightfit.checkpoint import load_checkpoint
     from lightfit.console import metrics_line
     from lightfit.nets import build_network
-    from lightfit.resume import Resume, StopRequest, check_compatible, resolve_ckpt_path
+    from lightfit.resume import AUTO, StopRequest, TrainingInterrupted, load_resume
 
     _quiet_lightning()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -287,14 +287,16 @@ def train(cfg: DictConfig) -> float | None:
     # Training's randomness (dropout) starts from the seed in every loop and strategy:
     # Lightning's DDP strategy re-seeds this way when fit starts, Fabric and one device do not.
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    resume = resolve_ckpt_path(cfg.ckpt_path, run_dir)
-    checkpoint = None
-    if resume is not None:
-        checkpoint = load_checkpoint(resume)  # weights only: a hostile pickle is refused, not run
-        check_compatible(checkpoint, net, resume)
+    resume = load_resume(cfg.ckpt_path, run_dir, net, OmegaConf.to_container(cfg, resolve=True))
     run = train_explicit if cfg.loop.name == "explicit" else train_lightning
     with StopRequest() as stop:
-        results = run(cfg, datamodule, net, run_dir, Resume(resume, checkpoint), stop)
+        try:
+            results = run(cfg, datamodule, net, run_dir, resume, stop)
+        except TrainingInterrupted as stopped:  # saved: rank 0 may now requeue the SLURM job
+            rank_zero = L.fabric.utilities.rank_zero.rank_zero_only.rank == 0
+            if rank_zero and (note := slurm.requeue(stopped.signum, resumes=cfg.ckpt_path == AUTO)):
+                stopped.instead_of_hint(note)
+            raise
     results["loop"] = cfg.loop.name
     if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
         write_json_atomic(run_dir / RESULTS, results)
