@@ -223,6 +223,40 @@ def test_scanning_a_memory_mapped_file_does_not_keep_it_in_memory(tmp_path):
     torch.testing.assert_close(dm.std, in_memory.std)
 
 
+def _resident_bytes_of(path: Path) -> int:
+    """This process's resident bytes of the mappings of `path` (from /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if "-" in line.split(" ")[0] and len(line.split()) >= 5:  # a mapping's header line
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads Linux /proc")
+def test_batches_of_a_memory_mapped_file_are_read_without_the_map(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16384, 1024), dtype=np.float32)  # 64 MiB
+    y = rng.integers(0, 3, len(x))
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    dm = ArrayDataModule(path=str(tmp_path / "x.npy"), labels=str(tmp_path / "y.npy"), batch_size=64)
+    dm.setup()
+    loader = dm.train_dataloader()
+    for i, positions in enumerate(loader.batch_sampler):  # shuffled: rows from all over the file
+        xb, yb = loader.dataset.__getitems__(positions)
+        rows = loader.dataset.rows[positions].numpy()  # in the batch's order
+        assert np.array_equal(xb.numpy(), x[rows]) and np.array_equal(yb.numpy(), y[rows])
+        if i == 100:
+            break
+    xb, yb = next(iter(dm.val_dataloader()))  # in order: one read for the whole batch
+    rows = dm.splits["val"].rows[:64].numpy()
+    assert np.array_equal(xb.numpy(), x[rows]) and np.array_equal(yb.numpy(), y[rows])
+    # Pages read through a map stay in the process's RSS while the map is open; none here.
+    assert _resident_bytes_of(tmp_path / "x.npy") == 0
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -137,17 +137,23 @@ class TrainSchema:
     trainer: TrainerSchema = field(default_factory=TrainerSchema)
     logger: Any = None
     seed: int = 0
-    ckpt_path: Optional[str] = None  # noqa: UP045 - a checkpoint file, or "last"
+    ckpt_path: Optional[str] = None  # noqa: UP045 - a checkpoint file, "last", or "auto" (newest, or fresh)
     monitor: str = "${task.monitor}"  # kept at the top level too: monitor=val/acc still works
     optimized_metric: Optional[str] = None  # noqa: UP045 - what `train` returns to a sweeper; null: monitor
 
 
 def register() -> None:
-    """Store every schema under `schema/` in Hydra's ConfigStore (idempotent)."""
+    """Store every schema under `schema/` in Hydra's ConfigStore, and the resolvers (idempotent)."""
     import torch
+    from omegaconf import OmegaConf
 
     from lightfit import nets
     from lightfit.data import ArrayDataModule
+    from lightfit.run import slurm
+
+    # hydra.run.dir: outputs/slurm-<job id> in a SLURM batch job, so that a requeued job finds
+    # its run again; else the time. Cached like Hydra's ${now:}: one value per composed config.
+    OmegaConf.register_new_resolver("run_name", slurm.run_name, use_cache=True, replace=True)
 
     arrays = ("x", "y", "x_test", "y_test", "task")  # task: from the task group, at run time
     bundled = (*arrays, "path", "labels")

@@ -13,11 +13,11 @@ import logging
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lightfit.cli import config
 from lightfit.errors import reported_in_job, run_hydra_entry
-from lightfit.run import distributed
+from lightfit.run import distributed, slurm
 
 log = logging.getLogger("lightfit")
 PROG = "lightfit-train"
@@ -32,11 +32,10 @@ def train(cfg: DictConfig) -> float | None:
     from lightfit.loops.run_explicit import train_explicit
     from lightfit.loops.run_lightning import train_lightning
     from lightfit.run.best import BestScore
-    from lightfit.run.checkpoint import load_checkpoint
     from lightfit.run.console import metrics_line, quiet_lightning
     from lightfit.run.context import Run, build_network_and_task
     from lightfit.run.results import RESULTS, write_json_atomic, write_tables
-    from lightfit.run.resume import Resume, StopRequest, check_compatible, resolve_ckpt_path
+    from lightfit.run.resume import AUTO, StopRequest, TrainingInterrupted, load_resume
     from lightfit.tasks import check_task_config
 
     quiet_lightning()
@@ -55,15 +54,19 @@ def train(cfg: DictConfig) -> float | None:
     # Training's randomness (dropout) starts from the seed in every loop and strategy:
     # Lightning's DDP strategy re-seeds this way when fit starts, Fabric and one device do not.
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    resume_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
-    checkpoint = None
-    if resume_path is not None:
-        checkpoint = load_checkpoint(resume_path)  # weights only: a hostile pickle is refused, not run
-        check_compatible(checkpoint, net, resume_path)
+    # ckpt_path: a file, last, or auto (the newest readable one of this run dir, or a fresh start)
+    resume = load_resume(cfg.ckpt_path, run_dir, net, OmegaConf.to_container(cfg, resolve=True))
     runner = train_explicit if cfg.loop.name == "explicit" else train_lightning
     with StopRequest() as stop:
-        best, resume = BestScore(cfg.monitor, mode), Resume(resume_path, checkpoint)
-        results = runner(Run(cfg, run_dir, datamodule, net, task, best, resume, stop))
+        try:
+            results = runner(
+                Run(cfg, run_dir, datamodule, net, task, BestScore(cfg.monitor, mode), resume, stop)
+            )
+        except TrainingInterrupted as stopped:  # saved: rank 0 may now requeue the SLURM job
+            rank_zero = L.fabric.utilities.rank_zero.rank_zero_only.rank == 0
+            if rank_zero and (note := slurm.requeue(stopped.signum, resumes=cfg.ckpt_path == AUTO)):
+                stopped.instead_of_hint(note)
+            raise
     tables = results.pop("tables")
     results |= {"loop": cfg.loop.name, "task": task.name, "monitor": cfg.monitor, "mode": mode}
     if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:

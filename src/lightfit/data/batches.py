@@ -21,6 +21,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
+from lightfit.data.arrays import read_rows
+
 
 class ArrayDataset(Dataset):
     """Rows `rows` of features `x` and labels `y`; `x` is a tensor or a (memory-mapped) array.
@@ -42,8 +44,9 @@ class ArrayDataset(Dataset):
         y = self.y.index_select(0, rows)
         if isinstance(self.x, Tensor):
             return self.x.index_select(0, rows), y
-        # Memory-mapped file: read just these rows, then wrap them without another copy.
-        batch = np.asarray(self.x[rows.numpy()], dtype=np.float32)
+        # Memory-mapped file: read just these rows (plain reads, see read_rows), then wrap
+        # them without another copy.
+        batch = read_rows(self.x, rows.numpy()).astype(np.float32, copy=False)
         return torch.from_numpy(batch), y
 
     def __getitem__(self, position: int) -> tuple[Tensor, Tensor]:

@@ -110,10 +110,9 @@ class ExplicitRun:
             )  # fmt: skip
         except StopTraining as stopped:  # every rank stopped at the same batch: all take part in the save
             saved = run.checkpoints / INTERRUPTED
-            self.fabric.save(
-                saved,
-                checkpoint_state(self.model, self.optimizer, self.scheduler, stopped.epoch, 0, self.extra),
-            )
+            steps = math.ceil(stopped.batch / loop.accumulate_grad_batches)  # optimizer steps this epoch
+            step = stopped.epoch * self.steps_per_epoch + steps
+            self.fabric.save(saved, self.state(stopped.epoch, step))  # the best score too, for ckpt_path=auto
             raise TrainingInterrupted(run.stop.signum, str(stopped), saved, run.run_dir) from None
         if self.logger:
             self.logger.finalize("success")

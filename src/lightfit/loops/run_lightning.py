@@ -16,10 +16,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightfit.errors import LightfitError
 from lightfit.loops import LIGHTNING_LOOPS
+from lightfit.run import slurm
 from lightfit.run.callbacks import EpochLine, RunCheckpoints, StopOnSignal
 from lightfit.run.context import Run, checkpoint_config, load_net_weights
 from lightfit.run.progress import progress_callbacks
-from lightfit.run.resume import INTERRUPTED, AtomicCheckpointIO, TrainingInterrupted
+from lightfit.run.resume import INTERRUPTED, AtomicCheckpointIO, CheckpointWriteFailed, TrainingInterrupted
 
 
 def trainer(cfg: DictConfig, run_dir: Path, callbacks: list, logger: Any, **loop_kwargs: Any) -> L.Trainer:
@@ -30,7 +31,7 @@ def trainer(cfg: DictConfig, run_dir: Path, callbacks: list, logger: Any, **loop
         **loop_kwargs,
         callbacks=[*callbacks, *progress_callbacks(interactive)],  # rich bar and summary on a terminal
         logger=logger,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(), *slurm.lightning_plugins()],  # lightfit requeues, not Lightning
         default_root_dir=run_dir,
         enable_progress_bar=interactive,  # CI logs get one line per epoch instead
         enable_model_summary=interactive,
@@ -64,8 +65,8 @@ def train_lightning(run: Run) -> dict[str, Any]:
     fitter = trainer(cfg, run.run_dir, callbacks, logger, **(knobs if loop.name == "automatic" else {}))
     try:
         fitter.fit(module, datamodule=run.datamodule, ckpt_path=run.resume.path, weights_only=True)
-    except BaseException:  # SIGTERMException and SystemExit included: Lightning raises those on a stop
-        if run.stop.signum is None:
+    except BaseException as exc:  # SIGTERMException and SystemExit included: Lightning raises those on a stop
+        if run.stop.signum is None or isinstance(exc, CheckpointWriteFailed):  # nothing saved: say why
             raise
         raise TrainingInterrupted(run.stop.signum, stopper.where, stopper.saved, run.run_dir) from None
     best_path = checkpoints.best_path  # None after fast_dev_run: test the current weights

@@ -47,7 +47,7 @@ class StopOnSignal(Callback):
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         if not isinstance(exception, StopRequested):
             return  # a real error, not a stop: nothing to save
-        batch = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        batch = trainer.fit_loop.epoch_loop.batch_progress.current.completed + 1  # counted after this hook
         self.where = f"epoch {trainer.current_epoch + 1}, batch {batch}"
         trainer.save_checkpoint(self.path, weights_only=False)  # every rank: rank 0 writes, all wait
         self.saved = self.path
@@ -55,6 +55,9 @@ class StopOnSignal(Callback):
 
 class EpochLine(Callback):
     """Prints `epoch_line` at the end of each training epoch (rank 0 only)."""
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self.start = time.perf_counter()  # a run resumed mid-epoch gets no on_train_epoch_start for it
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self.start = time.perf_counter()

@@ -48,7 +48,9 @@ JOB_ONLY = (
     "hydra.job.id",
     "hydra.job.num",
 )
-HANDLED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")  # what torch's launcher forwards
+# What torch's launcher passes on to the ranks; SIGUSR1 (SLURM's time-limit warning) stops
+# them like SIGTERM, where torch's launcher takes a list (LaunchConfig.signals_to_handle).
+HANDLED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1")
 
 
 def processes_to_start(trainer: DictConfig) -> int:
@@ -125,6 +127,8 @@ def launch(nprocs: int, run_dir: Path) -> None:
             max_restarts=0,  # a failed rank fails the job; Hydra or SLURM decide about retries
             logs_specs=DefaultLogsSpecs(log_dir=scratch),  # output is not redirected: ranks print here
         )
+        if hasattr(config, "signals_to_handle"):
+            config.signals_to_handle = ",".join(n for n in HANDLED_SIGNALS if hasattr(signal, n))
         try:
             elastic_launch(config, sys.executable)(*args)
         except ChildFailedError as exc:

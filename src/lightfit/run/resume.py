@@ -5,15 +5,23 @@ weights as a run that was never interrupted: the model, optimizer, scheduler and
 are in the checkpoint, the data order depends only on seed and epoch
 (`EpochShuffleSampler`), and the random number generators (dropout) are saved here.
 
-SIGTERM (what SLURM sends before preemption) and Ctrl-C stop training at the next batch
-boundary (the same batch on every DDP rank) and save `checkpoints/interrupted.ckpt`, the
-state at that moment. `last.ckpt` is left alone, so `ckpt_path=last` still resumes exactly
-from the last complete epoch.
+SIGTERM (what SLURM sends before preemption), SIGUSR1 (what `#SBATCH --signal=USR1@90`
+sends before the time limit) and Ctrl-C stop training at the next batch boundary (the
+same batch on every DDP rank) and save `checkpoints/interrupted.ckpt`, the state at that
+moment. `last.ckpt` is left alone, so `ckpt_path=last` still resumes exactly from the
+last complete epoch. `ckpt_path=auto` takes the newest readable checkpoint of the run
+directory, whichever it is, or starts fresh: the same command continues after any stop.
+
+A checkpoint write that fails (a full disk, a file-size limit, a read-only folder) stops
+the run with one line naming the file and the OS error, and leaves the previous
+checkpoint as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import logging
 import os
 import random
 import signal
@@ -28,8 +36,29 @@ from lightning.fabric.plugins import TorchCheckpointIO
 
 from lightfit.errors import LightfitError
 
+log = logging.getLogger("lightfit")
 RNG_KEY = "rng_states"
 INTERRUPTED = "interrupted.ckpt"
+AUTO = "auto"  # ckpt_path=auto
+# What ckpt_path=auto chooses from, in checkpoints/ (best.ckpt is never ahead of last.ckpt).
+RESUMABLE = (INTERRUPTED, "last.ckpt")
+# Config keys that may differ when ckpt_path=auto continues a run: they change no number
+# of the epochs already trained (max_epochs extends a run; with a scheduler that reads it,
+# such as cosine's T_max, set that explicitly).
+MAY_DIFFER = ("ckpt_path", "trainer.max_epochs", "logger")
+# SIGUSR1: SLURM's warning before the time limit (`#SBATCH --signal=USR1@90`; see slurm.py).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, *([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else []))
+
+
+class CheckpointWriteFailed(LightfitError):
+    """Writing a checkpoint failed with an OS error; the previous file under its name is unchanged."""
+
+    exit_code = 1
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        reason = f"[Errno {error.errno}] {error.strerror}" if error.strerror else str(error)
+        kept = f"; the previous {path.name} is unchanged" if path.is_file() else ""
+        super().__init__(f"could not write checkpoint {path}: {reason}{kept}")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -42,17 +71,29 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = None
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
             with os.fdopen(fd, "wb") as f:
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+        except BaseException as exc:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    Path(tmp).unlink(missing_ok=True)
+            if (error := _os_error(exc)) is not None:
+                raise CheckpointWriteFailed(path, error) from None
             raise
+
+
+def _os_error(exc: BaseException | None) -> OSError | None:
+    """The OSError behind `exc`: torch.save turns a failed write() into a RuntimeError without errno."""
+    while exc is not None and not isinstance(exc, OSError):
+        exc = exc.__cause__ or exc.__context__
+    return exc
 
 
 def rng_states() -> dict[str, Any]:
@@ -96,6 +137,90 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> Path | None:
     if not path.is_file():
         raise LightfitError(f"checkpoint not found: {path}")
     return path
+
+
+def newest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The run's most advanced checkpoint that loads, and its contents; None if there is none.
+
+    "Most advanced" by the training progress stored in it (epoch, then step), the file's
+    modification time on a tie. One that does not load (truncated, not a checkpoint) is
+    skipped with a warning naming it, and the next one is tried.
+    """
+    from lightfit.run.checkpoint import load_checkpoint
+
+    found = []
+    for name in RESUMABLE:
+        path = run_dir / "checkpoints" / name
+        if not path.is_file():
+            continue
+        try:
+            checkpoint = load_checkpoint(path)
+        except LightfitError as exc:
+            _say(f"warning: ckpt_path=auto skips an unreadable checkpoint: {exc}", logging.WARNING)
+            continue
+        progress = (int(checkpoint.get("epoch", -1)), int(checkpoint.get("global_step", -1)))
+        found.append((progress, path.stat().st_mtime, path, checkpoint))
+    if not found:
+        return None
+    *_, path, checkpoint = max(found, key=lambda item: item[:2])
+    return path, checkpoint
+
+
+def _say(message: str, level: int = logging.INFO) -> None:
+    """Log once per run, not once per DDP rank."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank == 0:
+        log.log(level, message)
+
+
+def load_resume(ckpt_path: str | None, run_dir: Path, net: torch.nn.Module, config: dict[str, Any]) -> Resume:
+    """What `ckpt_path` resumes from, checked against this run's network and `config` (resolved).
+
+    `auto`: the newest checkpoint of `run_dir` (or a fresh start), which must have been
+    written with the same config but for `MAY_DIFFER`. `last`, or a path: that file, and
+    a file that does not load is an error.
+    """
+    from lightfit.run.checkpoint import CHECKPOINT_KEY, load_checkpoint
+
+    if ckpt_path != AUTO:
+        path = resolve_ckpt_path(ckpt_path, run_dir)
+        if path is None:
+            return Resume()
+        checkpoint = load_checkpoint(path)  # weights only: a hostile pickle is refused, not run
+        check_compatible(checkpoint, net, path)
+        return Resume(path, checkpoint)
+    found = newest_checkpoint(run_dir)
+    if found is None:
+        _say(f"ckpt_path=auto: no checkpoint in {run_dir / 'checkpoints'}, starting fresh")
+        return Resume()
+    path, checkpoint = found
+    check_compatible(checkpoint, net, path)
+    if difference := first_difference(checkpoint[CHECKPOINT_KEY].get("config", {}), config):
+        key, theirs, ours = difference
+        raise LightfitError(
+            f"ckpt_path=auto: {path} was written with {key}={theirs}, this run has {key}={ours}; "
+            f"run the command that wrote it, or resume from it on purpose with ckpt_path={path}"
+        )
+    epoch, step = checkpoint["epoch"] + 1, checkpoint["global_step"]
+    _say(f"ckpt_path=auto: resuming from {path} (saved in epoch {epoch}, at step {step})")
+    return Resume(path, checkpoint)
+
+
+def first_difference(theirs: Any, ours: Any, key: str = "") -> tuple[str, Any, Any] | None:
+    """The first config key (dotted) whose value differs, but for `MAY_DIFFER`; None if none does."""
+    if key in MAY_DIFFER:
+        return None
+    if isinstance(theirs, dict) and isinstance(ours, dict):
+        for name in sorted(theirs.keys() | ours.keys()):
+            missing = "(absent)"
+            found = first_difference(
+                theirs.get(name, missing), ours.get(name, missing), f"{key}.{name}" if key else name
+            )
+            if found:
+                return found
+        return None
+    return None if theirs == ours else (key, theirs, ours)
 
 
 def check_compatible(checkpoint: dict[str, Any], net: torch.nn.Module, path: Path) -> None:
@@ -144,21 +269,27 @@ def replay_metrics(logger: Any, csv_path: Path, up_to_epoch: int) -> None:
 
 
 class TrainingInterrupted(LightfitError):
-    """Training stopped on SIGTERM or Ctrl-C after saving `interrupted.ckpt`."""
+    """Training stopped on a signal (SIGTERM, SIGUSR1, Ctrl-C) after saving `interrupted.ckpt`."""
 
     def __init__(self, signum: int, where: str, saved: Path | None, run_dir: Path) -> None:
         name = signal.Signals(signum).name
         kept = f"saved {saved}; " if saved else ""
-        if (run_dir / "checkpoints" / "last.ckpt").is_file():
-            hint = f"resume from the last complete epoch with ckpt_path=last hydra.run.dir={run_dir}"
+        self.head = f"stopped by {name} at {where}; {kept}"
+        if saved or (run_dir / "checkpoints" / "last.ckpt").is_file():
+            hint = f"continue with ckpt_path=auto hydra.run.dir={run_dir}"
         else:
             hint = "no epoch had completed, so there is nothing to resume"
-        super().__init__(f"stopped by {name} at {where}; {kept}{hint}")
+        super().__init__(self.head + hint)
+        self.signum = signum
         self.exit_code = 128 + signum
+
+    def instead_of_hint(self, note: str) -> None:
+        """Say `note` (what happens next, e.g. the job was requeued) instead of how to resume."""
+        self.args = (self.head + note,)
 
 
 class StopRequest:
-    """While active, SIGTERM and a first Ctrl-C only set `signum`; the loop stops at a batch boundary.
+    """While active, SIGTERM, SIGUSR1 and a first Ctrl-C only set `signum`; the loop stops at a batch end.
 
     A second Ctrl-C interrupts at once, as usual. Outside the main thread (where signal
     handlers cannot be set) this does nothing.
@@ -179,7 +310,7 @@ class StopRequest:
 
     def __enter__(self) -> StopRequest:
         try:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
         except ValueError:  # not the main thread
             pass
