@@ -80,6 +80,7 @@ def train_lightning(
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from lightfit.callbacks import EpochLine, StopOnSignal
+    from lightfit.loggers import build_loggers
     from lightfit.loops import LIGHTNING_LOOPS
     from lightfit.resume import INTERRUPTED, TrainingInterrupted
 
@@ -102,14 +103,15 @@ def train_lightning(
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor=cfg.monitor, mode="max", save_last=True
     )
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    resume.keep_metrics(logger)
+    loggers = build_loggers(cfg)
+    for logger in loggers:
+        resume.keep_metrics(logger)
     stopper = StopOnSignal(stop, run_dir / "checkpoints" / INTERRUPTED)
     trainer = _trainer(
         cfg,
         run_dir,
         [checkpoints, EpochLine(), stopper],
-        logger,
+        loggers or False,
         **(knobs if loop.name == "automatic" else {}),
     )
     try:
@@ -144,6 +146,7 @@ def train_explicit(
     from lightning.fabric import Fabric
 
     from lightfit.console import epoch_line
+    from lightfit.loggers import build_loggers
     from lightfit.loops.classifier import CHECKPOINT_KEY
     from lightfit.loops.explicit import (
         StopTraining,
@@ -181,7 +184,7 @@ def train_explicit(
     limits = {s: fast or t.get(f"limit_{s}_batches") for s in ("train", "val", "test")}
     epochs = 1 if fast else t.max_epochs
     steps_per_epoch = math.ceil(num_batches(train_loader, limits["train"]) / loop.accumulate_grad_batches)
-    logger = instantiate(cfg.logger) if cfg.get("logger") else None
+    loggers = build_loggers(cfg)
     extra = {CHECKPOINT_KEY: checkpoint_config(cfg, datamodule)}
     best_path, last_path = run_dir / "checkpoints" / "best.ckpt", run_dir / "checkpoints" / "last.ckpt"
     best = {"score": -math.inf}
@@ -189,13 +192,14 @@ def train_explicit(
     if resume.checkpoint is not None:
         start_epoch = restore_state(resume.checkpoint, net, optimizer, scheduler)
         best["score"] = resume.checkpoint.get("best_score", -math.inf)
-    resume.keep_metrics(logger)
+    for logger in loggers:
+        resume.keep_metrics(logger)
 
     def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
         step = (epoch + 1) * steps_per_epoch
         if fabric.is_global_zero:
             log.info(epoch_line(epoch + 1, epochs, metrics, metrics["time"]))
-            if logger:
+            for logger in loggers:
                 logger.log_metrics(
                     {k: v for k, v in metrics.items() if "/" in k} | {"epoch": epoch}, step - 1
                 )
@@ -225,7 +229,7 @@ def train_explicit(
         saved = run_dir / "checkpoints" / INTERRUPTED
         fabric.save(saved, checkpoint_state(model, optimizer, scheduler, stopped.epoch, 0, extra))
         raise TrainingInterrupted(stop.signum, str(stopped), saved, run_dir) from None
-    if logger:
+    for logger in loggers:
         logger.finalize("success")
     if best_path.is_file():  # test the best weights, as the Lightning loops do
         load_net_weights(net, best_path)
