@@ -15,6 +15,7 @@ import csv
 import json
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from lightfit.errors import LightfitError, reported
 
@@ -55,12 +56,7 @@ def plot_run(run: Path, out: Path | None = None) -> Path:
     if not csv_path.is_file():
         raise LightfitError(f"no {METRICS} in {run} (was it trained with logger=csv?)")
     series = read_epochs(csv_path)
-    try:
-        import matplotlib
-    except ImportError:
-        raise LightfitError('matplotlib is not installed: pip install -e ".[plot]" (or make plot)') from None
-    matplotlib.use("Agg")  # files only, no display needed
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     names = sorted({k.split("/", 1)[1] for k in series}, key=lambda n: (n != "loss", n != "acc", n))
@@ -80,6 +76,18 @@ def plot_run(run: Path, out: Path | None = None) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot, drawing into files; one line, not a traceback, without the plot extra."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise LightfitError('matplotlib is not installed: pip install -e ".[plot]" (or make plot)') from None
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _title(run: Path) -> str:
