@@ -260,7 +260,8 @@ def compare(
         write_csv(output, rows)
         print(f"table: {output}")
     if png is not None:
-        legend = {run: ", ".join([names[run], *(f"{k}={run.setting(k)}" for k in differing)]) for run in runs}
+        settings = {run: ", ".join(f"{key}={run.setting(key)}" for key in differing) for run in runs}
+        legend = {run: f"{names[run]}: {settings[run]}" if differing else names[run] for run in runs}
         drawn = plot_curves(runs, monitor, legend, png)
         print(f"curves: {drawn}" if drawn else f"curves: no run has {monitor} per epoch in a {METRICS}")
     return rows
