@@ -53,7 +53,7 @@ def mixed(tmp_path) -> Path:
         {**regression, "val/mae": 0.2, "val/loss": 0.1, "test/mae": 0.25, "epochs": 3},
         ["task=regression"],
         curve=("val/mae", [0.8, 0.3, 0.2]),
-        config={"optimizer": {"lr": 0.001}, "task": {"name": "regression"}},
+        config={"optimizer": {"lr": "${lr}"}, "lr": 0.001, "task": {"name": "regression"}},
         choices={"loop": "automatic", "task": "regression"},
     )
     (runs / "unfinished" / ".hydra").mkdir(parents=True)  # killed before results.json
@@ -121,10 +121,17 @@ def test_a_real_sweep(tmp_path):
     sweep = tmp_path / "sweep"
     trained = cli("-m", "optimizer.lr=0.01,0.0003", "debug=limit", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr[-2000:]
-    proc = cli(str(sweep), "--output", str(tmp_path / "t.csv"), module="lightfit.compare", cwd=tmp_path)
+    results = {job: json.loads((sweep / job / "results.json").read_text()) for job in ("0", "1")}
+    # The runs' own monitor: results.json names it since the task group; before, conf/train.yaml did.
+    own = results["0"].get("monitor", "val/acc")
+    proc = cli(str(sweep), "--no-png", module="lightfit.compare", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"2 runs of task classification, ranked by {own} (" in proc.stdout
+    proc = cli(
+        str(sweep), "--monitor", "val/acc", "--output", str(tmp_path / "t.csv"), module="lightfit.compare"
+    )
     assert proc.returncode == 0, proc.stderr
     assert "2 runs of task classification, ranked by val/acc (highest first)" in proc.stdout
-    results = {job: json.loads((sweep / job / "results.json").read_text()) for job in ("0", "1")}
     best = max(results, key=lambda job: results[job]["val/acc"])
     with (tmp_path / "t.csv").open() as f:
         rows = list(csv.DictReader(f))

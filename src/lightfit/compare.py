@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import DictConfig, OmegaConf
 
 from lightfit.errors import LightfitError, reported
 from lightfit.plot import METRICS, pyplot, read_epochs
@@ -53,7 +54,7 @@ class Run:
     path: Path
     results: dict[str, Any]
     overrides: dict[str, str]
-    config: dict[str, Any]  # .hydra/config.yaml
+    config: DictConfig  # .hydra/config.yaml, as composed (interpolations such as ${seed} unresolved)
     choices: dict[str, Any]  # the option each config group ran with, from .hydra/hydra.yaml
 
     def __str__(self) -> str:  # what progress lines show
@@ -61,11 +62,11 @@ class Run:
 
     @property
     def task(self) -> str:
-        return self.results.get("task") or lookup(self.config, "task.name") or DEFAULT_TASK
+        return self.results.get("task") or self.value("task.name") or DEFAULT_TASK
 
     @property
     def monitor(self) -> str:
-        return self.results.get("monitor") or self.config.get("monitor") or DEFAULT_MONITOR
+        return self.results.get("monitor") or self.value("monitor") or DEFAULT_MONITOR
 
     def setting(self, key: str) -> str:
         """What this run had for an override key: its own override, else its group option or value."""
@@ -74,17 +75,12 @@ class Run:
         for prefix in ("+", "++", "~"):  # +key=value adds a key, ~key deletes it
             if prefix + key in self.overrides:
                 return self.overrides[prefix + key]
-        value = self.choices.get(key, lookup(self.config, key))
-        return "-" if value is None or isinstance(value, dict) else str(value)
+        value = self.choices.get(key, self.value(key))
+        return "-" if value is None or isinstance(value, DictConfig) else str(value)
 
-
-def lookup(config: dict[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
+    def value(self, key: str) -> Any:
+        """`key` of the composed config, interpolations resolved (None where that needs Hydra)."""
+        return OmegaConf.select(self.config, key, default=None, throw_on_resolution_failure=False)
 
 
 def _yaml(path: Path) -> dict[str, Any]:
@@ -115,8 +111,8 @@ def read_run(path: Path) -> Run | None:
             path=path,
             results=results,
             overrides=read_overrides(path),
-            config=_yaml(path / ".hydra" / "config.yaml"),
-            choices=lookup(hydra, "hydra.runtime.choices") or {},
+            config=OmegaConf.create(_yaml(path / ".hydra" / "config.yaml")),
+            choices=hydra.get("hydra", {}).get("runtime", {}).get("choices") or {},
         )
     except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError: a broken results.json
         raise LightfitError(f"{path}: cannot read this run: {str(exc).splitlines()[0]}") from None
@@ -153,7 +149,7 @@ def chosen_monitor(runs: list[Run], monitor: str | None) -> str:
 def mode_of(monitor: str, runs: list[Run]) -> str:
     """ "max" or "min": as the runs say for their own monitor, else from the metric's name."""
     for run in runs:
-        mode = run.results.get("mode") or lookup(run.config, "task.mode")
+        mode = run.results.get("mode") or run.value("task.mode")
         if run.monitor == monitor and mode in ("min", "max"):
             return mode
     return "min" if monitor.endswith(LOWER_IS_BETTER) else "max"
