@@ -101,13 +101,10 @@ def test_update_brings_template_changes_and_keeps_edits(template, tmp_path):
 
     # Commit B in the template, under the template's own names.
     package = template / "src" / PACKAGE
-    edit(
-        package / "nets.py",
-        '"""',
-        f'"""{PACKAGE} B: ',
-    )
+    edit(package / "errors.py", '"""', f'"""{PACKAGE} B: ')
     (package / "extra.py").write_text(f'"""New in B, imports {PACKAGE}."""\n\nimport {PACKAGE}\n')
-    edit(template / "conf" / "train.yaml", "# `python -m", "# B: `python -m")  # far from the seed line
+    train_yaml = template / "conf" / "train.yaml"
+    train_yaml.write_text("# B\n" + train_yaml.read_text())  # far from the seed line
     edit(template / "conf" / "optimizer" / "adam.yaml", "lr=0.001 by default", "lr=0.001 unless set")
     (template / "conf" / "scheduler" / "step.yaml").unlink()
     git(template, "add", "-A")
@@ -117,14 +114,14 @@ def test_update_brings_template_changes_and_keeps_edits(template, tmp_path):
     answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
     assert answers["_commit"] == git(template, "rev-parse", "--short", "HEAD").strip()
     # B's changes arrive renamed; the project's edits stay; both edits of one file merge.
-    assert (project / "src" / NAME / "nets.py").read_text().startswith(f'"""{NAME} B: ')
+    assert (project / "src" / NAME / "errors.py").read_text().startswith(f'"""{NAME} B: ')
     assert (project / "src" / NAME / "extra.py").read_text().endswith(f"import {NAME}\n")
     assert (
         not (project / "src" / PACKAGE).exists()
         and not (project / "conf" / "scheduler" / "step.yaml").exists()
     )
     train = (project / "conf" / "train.yaml").read_text()
-    assert train.startswith("# B: `python -m") and "\nseed: 7 " in train
+    assert train.startswith("# B\n# ") and "\nseed: 7 " in train
     assert (project / "README.md").read_text().endswith("\nOur own notes.\n")
     # The same line changed on both sides: marked the way copier marks it, and unmerged for git.
     adam = (project / "conf" / "optimizer" / "adam.yaml").read_text()
