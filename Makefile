@@ -6,6 +6,7 @@
 #   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu   pick a PyTorch build
 #   make plot RUN=outputs/<date>/<time>                   loss and accuracy curves as a PNG
 #   make new-project NAME=<package> DEST=<folder>         this template under a new name
+#   make compare RUNS="multirun/<date>/<time>"             runs ranked side by side, their curves in one PNG
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,6 +17,7 @@ CKPT ?=
 INPUT ?=
 OUTPUT ?=
 RUN ?=
+RUNS ?=
 NAME ?=
 DEST ?=
 
@@ -26,7 +28,7 @@ STAMP_DEV := $(VENV)/.installed-dev
 STAMP_PLOT := $(VENV)/.installed-plot
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev train eval predict plot new-project test bench lint format clean
+.PHONY: help install install-dev train eval predict plot compare mlflow-ui new-project test bench lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -73,6 +75,14 @@ predict: $(STAMP_RUN) ## predictions for a .npy: make predict CKPT=... INPUT=x.n
 
 plot: $(STAMP_PLOT) ## curves (+ confusion matrix) of a run: make plot RUN=outputs/<date>/<time> (default: latest)
 	$(PY) -m lightfit plot $(RUN)
+
+compare: $(STAMP_PLOT) ## rank runs, with what differed: make compare RUNS="multirun/<date>/<time>" ARGS="--output t.csv"
+	$(PY) -m lightfit compare $(RUNS) $(ARGS)
+
+# The store that logger=mlflow writes by default: mlflow.db in the folder you train from.
+mlflow-ui: $(STAMP_RUN) ## the MLflow UI on the runs of logger=mlflow (pip install -e ".[mlflow]"), port 5000
+	@$(PY) -c "import mlflow" 2>/dev/null || { echo 'MLflow is not installed: $(PIP) install -e ".[mlflow]"'; exit 2; }
+	$(PY) -m mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" $(ARGS)
 
 # No install needed: `lightfit new` runs the same script, which needs nothing but Python and git.
 new-project: ## copy this template as a new project: make new-project NAME=<package> DEST=<folder>

@@ -15,11 +15,16 @@ contents and paths, in three spellings:
 The name is used as it is, underscores included (`my_project-train`, `import my_project`);
 only pip shows the distribution as `my-project`. Needs nothing but Python and, for the fresh
 history, git.
+
+copier runs this script too (`_tasks` in copier.yml), with `--copier copy` or `--copier update`:
+it then writes the renamed files into copier's destination, the project itself or a scratch
+copy that copier compares it with; `--title` and `--author` go into README.md and pyproject.toml.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import keyword
 import os
 import re
@@ -33,9 +38,12 @@ TEMPLATE = Path(__file__).resolve().parents[1]
 OLD = "lightfit"  # the package name this copy of the template carries
 PROG = "new_project"
 
-# Never copied, even when tracked: run outputs, caches, build products, checkpoints.
+COPIER_ANSWERS = ".copier-answers.yml"  # copier writes it into the destination before this script runs
+
+# Never copied, even when tracked: run outputs, caches, build products, checkpoints, and the
+# copier answers of a project made from this one (they describe that project, not a new one).
 SKIP_PARTS = {".git", ".venv", "outputs", "multirun", "lightning_logs", "build", "dist", "__pycache__"}
-SKIP_PARTS |= {".pytest_cache", ".ruff_cache", ".mypy_cache", ".ipynb_checkpoints"}
+SKIP_PARTS |= {".pytest_cache", ".ruff_cache", ".mypy_cache", ".ipynb_checkpoints", COPIER_ANSWERS}
 SKIP_SUFFIXES = (".ckpt", ".pyc", ".egg-info")
 
 # What the template imports or runs. The project's own name must not hide any of them;
@@ -108,8 +116,12 @@ def read_text(path: Path) -> str | None:
         return None  # binary (digits.npz, a PNG): copied byte for byte
 
 
-def refusal(name: str, dest: Path, files: list[Path]) -> str | None:
-    """Why `name` or `dest` cannot be used, or None."""
+def refusal(name: str, dest: Path, files: list[Path], update: bool = False) -> str | None:
+    """Why `name` or `dest` cannot be used, or None.
+
+    `update`: DEST is the project (or copier's scratch copy of it) that was checked when it
+    was created; the project may be installed by now, and its folder is not empty.
+    """
     if not name.isidentifier() or not name.isascii():
         return f"'{name}' is not a valid Python package name (letters, digits, underscores; no leading digit)"
     if keyword.iskeyword(name) or keyword.issoftkeyword(name):
@@ -118,7 +130,7 @@ def refusal(name: str, dest: Path, files: list[Path]) -> str | None:
         return f"the template is already called '{OLD}'"
     if name in sys.stdlib_module_names:
         return f"'{name}' would shadow the standard library module of that name"
-    if name in DEPENDENCIES or name in installed_modules():
+    if name in DEPENDENCIES or (not update and name in installed_modules()):
         return f"'{name}' would shadow the installed package '{name}'"
     # The new project is a template too (its own tests rename it again), so the name must not
     # already stand for something else in the code: `data` or `train` would be renamed along
@@ -129,7 +141,8 @@ def refusal(name: str, dest: Path, files: list[Path]) -> str | None:
         text = None if prose else read_text(TEMPLATE / rel)
         if text and any(p.search(text) for p in patterns):
             return f"'{name}' already occurs in the template ({rel}); pick a name of its own"
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+    occupied = dest.exists() and (not dest.is_dir() or any(p.name != COPIER_ANSWERS for p in dest.iterdir()))
+    if occupied and not update:
         return f"destination {dest} exists and is not an empty folder"
     if dest.resolve().is_relative_to(TEMPLATE):
         return f"destination {dest} is inside the template; pick a folder outside it"
@@ -155,6 +168,26 @@ def copy_renamed(files: list[Path], name: str, staging: Path) -> None:
         shutil.copymode(src, dst)  # keeps .ci/run executable
 
 
+def personalize(dest: Path, title: str | None, author: str | None) -> None:
+    """The project's title as the README's heading, its author in pyproject.toml."""
+    readme, pyproject = dest / "README.md", dest / "pyproject.toml"
+    if title and readme.is_file():
+        heading, _, rest = readme.read_text(encoding="utf-8").partition("\n")
+        if heading.startswith("# "):
+            readme.write_text(f"# {title}\n{rest}", encoding="utf-8")
+    if author and pyproject.is_file():
+        text = pyproject.read_text(encoding="utf-8")
+        authors = f"authors = [{{ name = {json.dumps(author)} }}]"  # a JSON string is a TOML string
+        pyproject.write_text(re.sub(r"^(license = .*)$", rf"\1\n{authors}", text, count=1, flags=re.M))
+
+
+def inside_git_work_tree(path: Path) -> bool:
+    if shutil.which("git") is None:
+        return False
+    out = subprocess.run(["git", "-C", path, "rev-parse", "--is-inside-work-tree"], capture_output=True)
+    return out.stdout.strip() == b"true"
+
+
 def git_init(dest: Path, name: str) -> str:
     """A fresh history with one commit; returns what happened, for the summary."""
     if shutil.which("git") is None:
@@ -174,11 +207,29 @@ def git_init(dest: Path, name: str) -> str:
     return "git: fresh history, one commit"
 
 
-def create(name: str, dest: Path) -> tuple[list[Path], int]:
+def checked_files(name: str, dest: Path, update: bool = False) -> tuple[list[Path], int]:
+    """The template's files (and the count of untracked ones), once `name` and `dest` pass `refusal`."""
     files, untracked = template_files(TEMPLATE)
-    reason = refusal(name, dest, files)
+    reason = refusal(name, dest, files, update=update)
     if reason:
         raise Refused(reason)
+    return files, untracked
+
+
+def write_over(name: str, dest: Path, update: bool) -> tuple[list[Path], int]:
+    """copier's destination: the renamed template written into it, replacing what is there.
+
+    On `copier copy` DEST holds only copier's answers file; on `copier update` it is the
+    project, or one of the scratch copies copier renders the old and the new template into
+    and compares; copier then merges the project's own changes back (see README).
+    """
+    files, untracked = checked_files(name, dest, update)
+    copy_renamed(files, name, dest)
+    return files, untracked
+
+
+def create(name: str, dest: Path) -> tuple[list[Path], int]:
+    files, untracked = checked_files(name, dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the destination, then move it in one step: a failure leaves nothing behind.
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
@@ -207,17 +258,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dest", nargs="?", help="the new project folder (must not exist, or be empty)")
     parser.add_argument("--name", dest="name_opt", metavar="NAME", help="same as the first argument")
     parser.add_argument("--dest", dest="dest_opt", metavar="DEST", help="same as the second argument")
+    parser.add_argument("--title", help="the project's name for people: the README's heading")
+    parser.add_argument("--author", help="the author in pyproject.toml")
+    parser.add_argument(
+        "--copier", choices=("copy", "update"), help="run by copier (copier.yml): write into its destination"
+    )
     args = parser.parse_args(argv)
     name, dest = args.name_opt or args.name, args.dest_opt or args.dest
     try:
         if not name or not dest:
             raise Refused("give a NAME and a DEST: new_project.py my_project ../my-project")
         dest_path = Path(dest).expanduser()
-        files, untracked = create(name, dest_path)
+        if args.copier:
+            files, untracked = write_over(name, dest_path, update=args.copier == "update")
+        else:
+            files, untracked = create(name, dest_path)
     except Refused as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    history = git_init(dest_path, name)
+    personalize(dest_path, args.title, args.author)
+    if args.copier == "update":
+        return 0  # copier says what it did
+    if args.copier and inside_git_work_tree(dest_path):
+        history = "inside a git repository: nothing committed"
+    else:
+        history = git_init(dest_path, name)
+    dest_path = dest_path.resolve() if args.copier else dest_path  # copier gives "."
     if untracked:
         print(f"note: {untracked} untracked template file(s) not copied (git add them to copy them)")
     print(f"created {dest_path} from {OLD}: package {name}, {len(files)} files; {history}")

@@ -16,6 +16,7 @@ import csv
 import json
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from lightfit.errors import LightfitError, reported
 
@@ -57,12 +58,7 @@ def plot_run(run: Path, out: Path | None = None) -> Path:
     if not csv_path.is_file():
         raise LightfitError(f"no {METRICS} in {run} (was it trained with logger=csv?)")
     series = read_epochs(csv_path)
-    try:
-        import matplotlib
-    except ImportError:
-        raise LightfitError('matplotlib is not installed: pip install -e ".[plot]" (or make plot)') from None
-    matplotlib.use("Agg")  # files only, no display needed
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     names = sorted({k.split("/", 1)[1] for k in series}, key=lambda n: (n != "loss", n != "acc", n))
@@ -84,13 +80,21 @@ def plot_run(run: Path, out: Path | None = None) -> Path:
     return out
 
 
-def plot_confusion(table: Path, out: Path | None = None) -> Path:
-    """The test confusion matrix as a heat map with its counts; returns the PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def pyplot() -> Any:
+    """matplotlib.pyplot, drawing into files; one line, not a traceback, without the plot extra."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise LightfitError('matplotlib is not installed: pip install -e ".[plot]" (or make plot)') from None
+    matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_confusion(table: Path, out: Path | None = None) -> Path:
+    """The test confusion matrix as a heat map with its counts; returns the PNG."""
+    plt = pyplot()
     with table.open(newline="") as f:
         counts = [[int(float(v)) for v in row] for row in csv.reader(f)]
     n = len(counts)

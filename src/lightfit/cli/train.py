@@ -35,7 +35,8 @@ def train(cfg: DictConfig) -> float | None:
     from lightfit.run.console import metrics_line, quiet_lightning
     from lightfit.run.context import Run, build_network_and_task
     from lightfit.run.results import RESULTS, write_json_atomic, write_tables
-    from lightfit.run.resume import AUTO, StopRequest, TrainingInterrupted, load_resume
+    from lightfit.run.resume import AUTO, load_resume
+    from lightfit.run.signals import StopRequest, TrainingInterrupted
     from lightfit.tasks import check_task_config
 
     quiet_lightning()

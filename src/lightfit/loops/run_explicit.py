@@ -27,7 +27,9 @@ from lightfit.loops.module import CHECKPOINT_KEY
 from lightfit.run.best import BEST_KEY
 from lightfit.run.console import epoch_line
 from lightfit.run.context import Run, checkpoint_config, load_net_weights
-from lightfit.run.resume import INTERRUPTED, AtomicCheckpointIO, TrainingInterrupted
+from lightfit.run.loggers import build_loggers
+from lightfit.run.resume import INTERRUPTED, AtomicCheckpointIO
+from lightfit.run.signals import TrainingInterrupted
 
 log = logging.getLogger("lightfit")
 STAGES = ("train", "val", "test")
@@ -67,7 +69,7 @@ class ExplicitRun:
         self.epochs = 1 if self.fast else t.max_epochs
         batches = num_batches(self.loaders["train"], self.limits["train"])
         self.steps_per_epoch = math.ceil(batches / cfg.loop.accumulate_grad_batches)
-        self.logger = instantiate(cfg.logger) if cfg.get("logger") else None
+        self.loggers = build_loggers(cfg)  # logger=csv, tensorboard, mlflow, none, or a list of them
         self.extra = {CHECKPOINT_KEY: checkpoint_config(cfg, dm)}
 
     def state(self, epoch: int, step: int) -> dict[str, Any]:
@@ -80,11 +82,11 @@ class ExplicitRun:
         step = (epoch + 1) * self.steps_per_epoch
         if self.fabric.is_global_zero:
             log.info(epoch_line(epoch + 1, self.epochs, metrics, metrics["time"]))
-            if self.logger:
-                self.logger.log_metrics(
+            for logger in self.loggers:
+                logger.log_metrics(
                     {k: v for k, v in metrics.items() if "/" in k} | {"epoch": epoch}, step - 1
                 )
-                self.logger.save()  # to disk every epoch: a killed run keeps its metrics
+                logger.save()  # to disk every epoch: a killed run keeps its metrics
         if self.fast:
             return
         if self.run.best.update(metrics, epoch):  # ties: the lower val/loss, then the later epoch
@@ -97,7 +99,8 @@ class ExplicitRun:
         if run.resume.checkpoint is not None:
             start_epoch = restore_state(run.resume.checkpoint, run.net, self.optimizer, self.scheduler)
             run.best.load_state_dict(run.resume.checkpoint.get(BEST_KEY, {}))
-        run.resume.keep_metrics(self.logger)
+        for logger in self.loggers:
+            run.resume.keep_metrics(logger)
         try:
             fit(
                 self.fabric, self.model, self.optimizer, self.loaders["train"], self.loaders["val"],
@@ -114,8 +117,8 @@ class ExplicitRun:
             step = stopped.epoch * self.steps_per_epoch + steps
             self.fabric.save(saved, self.state(stopped.epoch, step))  # the best score too, for ckpt_path=auto
             raise TrainingInterrupted(run.stop.signum, str(stopped), saved, run.run_dir) from None
-        if self.logger:
-            self.logger.finalize("success")
+        for logger in self.loggers:
+            logger.finalize("success")
 
     def test(self) -> dict[str, Any]:
         """Validation and test metrics of the best weights (as the Lightning loops do)."""

@@ -19,8 +19,10 @@ from lightfit.loops import LIGHTNING_LOOPS
 from lightfit.run import slurm
 from lightfit.run.callbacks import EpochLine, RunCheckpoints, StopOnSignal
 from lightfit.run.context import Run, checkpoint_config, load_net_weights
+from lightfit.run.loggers import build_loggers
 from lightfit.run.progress import progress_callbacks
-from lightfit.run.resume import INTERRUPTED, AtomicCheckpointIO, CheckpointWriteFailed, TrainingInterrupted
+from lightfit.run.resume import INTERRUPTED, AtomicCheckpointIO, CheckpointWriteFailed
+from lightfit.run.signals import TrainingInterrupted
 
 
 def trainer(cfg: DictConfig, run_dir: Path, callbacks: list, logger: Any, **loop_kwargs: Any) -> L.Trainer:
@@ -58,11 +60,14 @@ def train_lightning(run: Run) -> dict[str, Any]:
         **(knobs if loop.name == "manual" else {}),
     )
     checkpoints = RunCheckpoints(run.checkpoints, run.best)
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    run.resume.keep_metrics(logger)
+    loggers = build_loggers(cfg)  # logger=csv, tensorboard, mlflow, none, or a list of them
+    for logger in loggers:
+        run.resume.keep_metrics(logger)
     stopper = StopOnSignal(run.stop, run.checkpoints / INTERRUPTED)
     callbacks = [checkpoints, EpochLine(), stopper]
-    fitter = trainer(cfg, run.run_dir, callbacks, logger, **(knobs if loop.name == "automatic" else {}))
+    fitter = trainer(
+        cfg, run.run_dir, callbacks, loggers or False, **(knobs if loop.name == "automatic" else {})
+    )
     try:
         fitter.fit(module, datamodule=run.datamodule, ckpt_path=run.resume.path, weights_only=True)
     except BaseException as exc:  # SIGTERMException and SystemExit included: Lightning raises those on a stop

@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback, Checkpoint
 
 from lightfit.run.best import BestScore
 from lightfit.run.console import epoch_line
-from lightfit.run.resume import StopRequest
+from lightfit.run.signals import StopRequest
 
 log = logging.getLogger("lightfit")
 

@@ -18,7 +18,8 @@ from torch import nn
 
 from lightfit.errors import LightfitError
 from lightfit.run.best import BestScore
-from lightfit.run.resume import Resume, StopRequest
+from lightfit.run.resume import Resume
+from lightfit.run.signals import StopRequest
 from lightfit.tasks import Task
 
 T = TypeVar("T")

@@ -3,7 +3,7 @@
 On an interactive terminal Lightning draws a progress bar and a model summary; with `rich`
 installed (`pip install rich`) they are its nicer versions. Redirected to a file or a CI
 log, bars would be a wall of carriage returns, so there are none: `EpochLine` prints one
-line per epoch instead.
+line per epoch instead. `track` does the same for other long work (reading many runs).
 """
 
 from __future__ import annotations
@@ -11,7 +11,10 @@ from __future__ import annotations
 import importlib.util
 import logging
 import sys
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, TextIO, TypeVar
+
+T = TypeVar("T")
 
 
 def progress_callbacks(interactive: bool) -> list[Any]:
@@ -44,3 +47,21 @@ class StdoutHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value: Any) -> None:  # StreamHandler.__init__ sets it; the property decides
         pass
+
+
+def track(items: Sequence[T], description: str, stream: TextIO | None = None) -> Iterator[T]:
+    """Yield `items` and show how far along they are, on stderr unless `stream` says otherwise.
+
+    On a terminal with rich installed: a progress bar that disappears when done. Anywhere
+    else: one line per item, `reading runs 3/20: multirun/.../2`, so a log shows where it was.
+    """
+    stream = stream or sys.stderr
+    if stream.isatty() and importlib.util.find_spec("rich") is not None:
+        from rich.console import Console
+        from rich.progress import track as rich_track
+
+        yield from rich_track(items, description=description, console=Console(file=stream), transient=True)
+        return
+    for number, item in enumerate(items, 1):
+        print(f"{description} {number}/{len(items)}: {item}", file=stream, flush=True)
+        yield item

@@ -4,7 +4,7 @@
     srun lightfit train ckpt_path=auto ...
 
 On SIGUSR1 the run stops at the next batch end and saves `checkpoints/interrupted.ckpt`
-(resume.StopRequest); then rank 0 runs `scontrol requeue $SLURM_JOB_ID`, as Lightning's
+(signals.StopRequest); then rank 0 runs `scontrol requeue $SLURM_JOB_ID`, as Lightning's
 `SLURMEnvironment(auto_requeue=True)` does. The requeued job keeps its job id, so its
 default run directory, `outputs/slurm-<job id>` (`run_name`), is the same, and
 `ckpt_path=auto` continues from the newest checkpoint there.

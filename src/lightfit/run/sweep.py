@@ -22,27 +22,40 @@ from omegaconf import DictConfig, OmegaConf
 
 SUMMARY = "summary.csv"
 RESULTS = "results.json"  # as lightfit.cli.train writes it (not imported: that would import it per job)
+OVERRIDES = ".hydra/overrides.yaml"  # Hydra writes it into every run directory
 LEFT_OUT = ("best_checkpoint",)  # a long path; the job directory says where it is
 
 
-def _natural(path: Path) -> list[Any]:
+def natural_key(path: Path) -> list[Any]:
     """Sort key: job 10 after job 9."""
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path.as_posix())]
+
+
+def read_overrides(job_dir: Path) -> dict[str, str]:
+    """A job's command-line overrides, `{"optimizer.lr": "0.01", "model": "cnn"}`; {} if it has none."""
+    overrides_file = job_dir / OVERRIDES
+    if not overrides_file.is_file():
+        return {}
+    pairs = (str(o).partition("=") for o in OmegaConf.to_container(OmegaConf.load(overrides_file)))
+    return {key: value for key, _, value in pairs}
+
+
+def read_results(job_dir: Path) -> dict[str, Any] | None:
+    """A job's results.json, or None if it did not finish."""
+    results_file = job_dir / RESULTS
+    return json.loads(results_file.read_text()) if results_file.is_file() else None
 
 
 def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per job directory under `sweep_dir` (those with a .hydra/overrides.yaml)."""
     rows = []
-    for overrides_file in sorted(sweep_dir.glob("**/.hydra/overrides.yaml"), key=_natural):
+    for overrides_file in sorted(sweep_dir.glob(f"**/{OVERRIDES}"), key=natural_key):
         job_dir = overrides_file.parent.parent
+        results = read_results(job_dir)
         row: dict[str, Any] = {"job": job_dir.relative_to(sweep_dir).as_posix()}
-        results_file = job_dir / RESULTS
-        row["status"] = "ok" if results_file.is_file() else "failed"
-        for override in OmegaConf.to_container(OmegaConf.load(overrides_file)):
-            key, _, value = str(override).partition("=")
-            row[key] = value
-        if results_file.is_file():
-            results = json.loads(results_file.read_text())
+        row["status"] = "ok" if results is not None else "failed"
+        row.update(read_overrides(job_dir))
+        if results is not None:
             row.update({k: v for k, v in sorted(results.items()) if k not in LEFT_OUT})
         rows.append(row)
     return rows

@@ -1,0 +1,125 @@
+"""The loggers a run writes its metrics to: `logger=csv` (default), `tensorboard`, `mlflow`, `none`,
+or several at once: `logger=[csv,mlflow]`.
+
+Each file in conf/logger/ holds one logger under its own name (`csv:`, `mlflow:`), so a list
+of options composes into one node with a key per logger, and `build_loggers` instantiates
+them all. The Lightning loops hand the list to the Trainer; the explicit loop calls
+`log_metrics`, `save` and `finalize` on each, as the Trainer does.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import MLFlowLogger as LightningMLFlowLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from lightfit.errors import LightfitError
+
+BEST_CHECKPOINT = Path("checkpoints", "best.ckpt")  # where train.py keeps it, in every loop
+HYDRA_FLAGS = ("_partial_", "_convert_")  # how to call a target, not a setting: left out of the params
+
+
+def build_loggers(cfg: DictConfig) -> list[Logger]:
+    """The loggers under `cfg.logger`: none, one or several; MLflow also gets the config as params."""
+    nodes = cfg.get("logger") or {}
+    if "_target_" in nodes:  # one logger written without a name as its key (a config of your own)
+        nodes = {"logger": nodes}
+    loggers = [instantiate(node) for node in nodes.values() if node]
+    for logger in loggers:
+        # CSV and TensorBoard write beside .hydra/config.yaml already; MLflow keeps runs elsewhere.
+        if isinstance(logger, LightningMLFlowLogger):
+            logger.log_hyperparams(flat_params(cfg))
+    return loggers
+
+
+def flat_params(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config, one entry per value, named as an override would name it: `optimizer.lr`."""
+    params: dict[str, Any] = {}
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            elif key not in HYDRA_FLAGS:
+                params[prefix + str(key)] = value
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return params
+
+
+class MLFlowLogger(LightningMLFlowLogger):
+    """Lightning's MLFlowLogger, with the run named after its run directory and the best checkpoint
+    logged the same way in every loop.
+
+    `log_model=True` logs `checkpoints/best.ckpt`, and only that file, when training ends
+    well. (Lightning's own `log_model` logs last.ckpt too, and only through a ModelCheckpoint
+    callback, which `loop=explicit` does not have.) Other keyword arguments go to Lightning's
+    logger unchanged: `artifact_location`, `run_id` (log into an existing run), `prefix`, ...
+    """
+
+    def __init__(
+        self,
+        run_dir: str,
+        tracking_uri: str,
+        experiment_name: str = "lightfit",
+        tags: dict[str, str] | None = None,
+        log_model: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if importlib.util.find_spec("mlflow") is None:
+            raise LightfitError('logger=mlflow needs MLflow: pip install -e ".[mlflow]"')
+        run = Path(run_dir)
+        with sqlite_store_lock(tracking_uri):  # the client opens the store here, on every rank
+            super().__init__(
+                experiment_name=experiment_name,
+                run_name=run_name(run),
+                tracking_uri=tracking_uri,
+                tags={**(tags or {}), "run_dir": str(run)},
+                **kwargs,
+            )
+        self.best_checkpoint = run / BEST_CHECKPOINT if log_model else None
+
+    @rank_zero_only
+    def finalize(self, status: str = "success") -> None:
+        if self.best_checkpoint is not None and status == "success" and self.best_checkpoint.is_file():
+            self.experiment.log_artifact(self.run_id, str(self.best_checkpoint), "checkpoints")
+        super().finalize(status)
+
+
+def run_name(run_dir: Path) -> str:
+    """`outputs/2026-11-25/19-13-30`, `multirun/.../3`: the run directory as the command line shows it."""
+    try:
+        return run_dir.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:  # outside the current folder
+        return str(run_dir)
+
+
+@contextmanager
+def sqlite_store_lock(tracking_uri: str) -> Iterator[None]:
+    """One process at a time while MLflow opens a SQLite store.
+
+    A client creates the tables of a new store, and two processes doing so at once (the
+    ranks of a DDP run, the jobs of a parallel sweep) leave it broken ("table
+    _alembic_tmp_latest_metrics already exists"). The lock is a file beside the store.
+    """
+    prefix = "sqlite:///"
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; start DDP or parallel jobs once the store exists
+        fcntl = None
+    if not tracking_uri.startswith(prefix) or fcntl is None:
+        yield
+        return
+    lock = Path(tracking_uri[len(prefix) :] + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed
+        yield

@@ -1,0 +1,103 @@
+"""Stopping on a signal: SIGTERM, SIGUSR1 or Ctrl-C end training at a batch end, on every rank.
+
+`StopRequest` turns the signals into a flag that the loops check once per batch (under DDP
+the ranks agree on the batch); `TrainingInterrupted` is the one-line error a stopped run
+exits with, after `interrupted.ckpt` was saved.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lightfit.errors import LightfitError
+
+# SIGUSR1: SLURM's warning before the time limit (`#SBATCH --signal=USR1@90`; see slurm.py).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, *([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else []))
+
+
+class TrainingInterrupted(LightfitError):
+    """Training stopped on a signal (SIGTERM, SIGUSR1, Ctrl-C) after saving `interrupted.ckpt`."""
+
+    def __init__(self, signum: int, where: str, saved: Path | None, run_dir: Path) -> None:
+        name = signal.Signals(signum).name
+        kept = f"saved {saved}; " if saved else ""
+        self.head = f"stopped by {name} at {where}; {kept}"
+        if saved or (run_dir / "checkpoints" / "last.ckpt").is_file():
+            hint = f"continue with ckpt_path=auto hydra.run.dir={run_dir}"
+        else:
+            hint = "no epoch had completed, so there is nothing to resume"
+        super().__init__(self.head + hint)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+    def instead_of_hint(self, note: str) -> None:
+        """Say `note` (what happens next, e.g. the job was requeued) instead of how to resume."""
+        self.args = (self.head + note,)
+
+
+class StopRequest:
+    """While active, SIGTERM, SIGUSR1 and a first Ctrl-C only set `signum`; the loop stops at a batch end.
+
+    A second Ctrl-C interrupts at once, as usual. Outside the main thread (where signal
+    handlers cannot be set) this does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+        # Under DDP (`agreed`): the process group for the flag, and the exchange in flight.
+        self._group: Any = None
+        self._pending: torch.Tensor | None = None
+        self._work: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> StopRequest:
+        try:
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        except ValueError:  # not the main thread
+            pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def reclaim_sigterm(self) -> None:
+        """Point SIGTERM back here after a library (Lightning's Trainer) installed its own handler."""
+        if signal.SIGTERM in self._previous:
+            signal.signal(signal.SIGTERM, self._handle)
+
+    def agreed(self, distributed: bool = False) -> bool:
+        """Whether to stop now; under DDP (`distributed`) every rank gets the same answer.
+
+        The ranks must stop at the same batch, or the ones still training wait forever for
+        the others in their next gradient all-reduce, and saving the checkpoint (a collective
+        too) never finishes. So each rank's request is reduced with max across ranks: a
+        signal seen by any rank stops all of them, one batch later. The flag travels on the
+        CPU in a gloo group of its own, started at one batch end and read at the next: the
+        GPU is never waited for, and the exchange overlaps a training step.
+        """
+        if not distributed:
+            return self.signum is not None
+        dist = torch.distributed
+        if self._group is None:  # every rank gets here at its first batch end: a collective
+            self._group = dist.new_group(backend="gloo")
+        pending, work = self._pending, self._work
+        self._pending = torch.tensor([self.signum or 0])
+        self._work = dist.all_reduce(self._pending, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
+        if pending is None:
+            return False
+        work.wait()
+        signum = int(pending)
+        if signum and self.signum is None:
+            self.signum = signum  # another rank got the signal first
+        return signum != 0
