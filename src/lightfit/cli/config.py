@@ -153,7 +153,7 @@ def register() -> None:
 
     # hydra.run.dir: outputs/slurm-<job id> in a SLURM batch job, so that a requeued job finds
     # its run again; else the time. Cached like Hydra's ${now:}: one value per composed config.
-    OmegaConf.register_new_resolver("run_name", slurm.run_name, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("lightfit.run_name", slurm.run_name, use_cache=True, replace=True)
 
     arrays = ("x", "y", "x_test", "y_test", "task")  # task: from the task group, at run time
     bundled = (*arrays, "path", "labels")

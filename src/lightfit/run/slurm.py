@@ -52,7 +52,7 @@ def batch_job_id() -> str | None:
 def run_name(pattern: str) -> str:
     """`slurm-<job id>` in a SLURM batch job (the same after a requeue), else the time as `pattern`.
 
-    The OmegaConf resolver `${run_name:%Y-%m-%d/%H-%M-%S}` of conf/train.yaml's `hydra.run.dir`.
+    The OmegaConf resolver `${lightfit.run_name:%Y-%m-%d/%H-%M-%S}` of conf/train.yaml's `hydra.run.dir`.
     """
     found = batch_job_id()
     return f"slurm-{found}" if found else datetime.now().strftime(pattern)
