@@ -66,7 +66,7 @@ def test_runs_of_two_tasks_are_not_ranked_together(mixed, capsys):
         compare.main([str(mixed), "--no-png"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("lightfit-compare: error: these runs are of 2 tasks")
+    assert err.startswith("lightfit compare: error: these runs are of 2 tasks")
     assert "classification: 2 runs, regression: 2 runs" in err and "--task" in err
 
 
@@ -113,7 +113,7 @@ def test_bad_input_gets_one_line(tmp_path, capsys, make, message):
     with pytest.raises(SystemExit) as exit_:
         compare.main(args)
     err = capsys.readouterr().err.strip().splitlines()
-    assert exit_.value.code == 2 and err[-1].startswith("lightfit-compare: error: ")
+    assert exit_.value.code == 2 and err[-1].startswith("lightfit compare: error: ")
     assert message.split(": ")[-1] in err[-1]
 
 

@@ -32,7 +32,7 @@ def test_a_run_in_mlflow_and_metrics_csv(tmp_path, monkeypatch, loop):
     monkeypatch.chdir(tmp_path)  # the run is named after its run directory, from here
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     overrides = [f"loop={loop}", "debug=limit", "logger=[csv,mlflow]", f"logger.mlflow.tracking_uri={uri}"]
-    overrides.append(f"logger.mlflow.log_model={loop == 'explicit'}")
+    overrides.append(f"logger.log_model={loop == 'explicit'}")  # the short form of logger.mlflow.log_model
     results = run_train(tmp_path / "run", *overrides)
     client, run = only_run(uri)
 
@@ -53,7 +53,7 @@ def test_a_run_in_mlflow_and_metrics_csv(tmp_path, monkeypatch, loop):
     assert len(rows) == 2 and run.data.metrics["val/acc"] == pytest.approx(float(rows[-1]["val/acc"]))
     assert max(float(r["val/acc"]) for r in rows) == pytest.approx(results["val/acc"])
 
-    # The best checkpoint only when asked for (logger.mlflow.log_model=true), and only that one.
+    # The best checkpoint only when asked for (logger.log_model=true), and only that one.
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]
     if loop == "explicit":
         assert artifacts == ["checkpoints/best.ckpt"]

@@ -39,7 +39,7 @@ from lightfit.run.sweep import (
     write_csv,
 )
 
-PROG = "lightfit-compare"
+PROG = "lightfit compare"
 DEFAULT_TASK = "classification"  # runs from before the task config group
 DEFAULT_MONITOR = "val/loss"
 LOWER_IS_BETTER = ("loss", "mae", "mse", "rmse", "mape")

@@ -29,9 +29,13 @@ HYDRA_FLAGS = ("_partial_", "_convert_")  # how to call a target, not a setting:
 
 def build_loggers(cfg: DictConfig) -> list[Logger]:
     """The loggers under `cfg.logger`: none, one or several; MLflow also gets the config as params."""
-    nodes = cfg.get("logger") or {}
+    node = cfg.get("logger")
+    nodes = OmegaConf.to_container(node, resolve=True) if node else {}
     if "_target_" in nodes:  # one logger written without a name as its key (a config of your own)
         nodes = {"logger": nodes}
+    log_model = nodes.pop("log_model", None)  # logger.log_model=true: the MLflow logger's setting
+    if log_model is not None and "mlflow" in nodes:
+        nodes["mlflow"]["log_model"] = bool(log_model)
     loggers = [instantiate(node) for node in nodes.values() if node]
     for logger in loggers:
         # CSV and TensorBoard write beside .hydra/config.yaml already; MLflow keeps runs elsewhere.
