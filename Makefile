@@ -2,7 +2,7 @@
 # They create .venv, install PyTorch and lightfit once (stamp files), then run.
 #
 #   make train ARGS="loop=manual trainer.max_epochs=3"    Hydra overrides go in ARGS (= lightfit train ...)
-#   make bench ARGS="--quick"                              a short benchmark run (see scripts/bench.py)
+#   make bench ARGS="--quick"                              a short benchmark run (see bench/__init__.py)
 #   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu   pick a PyTorch build
 #   make plot RUN=outputs/<date>/<time>                   loss and accuracy curves as a PNG
 #   make new-project NAME=<package> DEST=<folder>         this template under a new name
@@ -92,7 +92,7 @@ test: $(STAMP_DEV) ## run the test suite
 	$(PY) -m pytest $(ARGS)
 
 bench: $(STAMP_RUN) $(VENV)/.installed-bench ## benchmark, writes bench/results.md: make bench ARGS="--quick"
-	$(PY) scripts/bench.py $(ARGS)
+	$(PY) -m bench $(ARGS)
 
 lint: $(STAMP_DEV) ## ruff lint and format check
 	$(PY) -m ruff check .

@@ -1,4 +1,4 @@
-"""The benchmark script runs end to end on a tiny workload and writes both reports.
+"""The benchmark (`python -m bench`) runs end to end on a tiny workload and writes both reports.
 
 Only a smoke run: the numbers of a run this small mean nothing. `make bench` is the benchmark.
 """
@@ -10,15 +10,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
-CASES = ["floor", "loader", "automatic", "naive-lightning"]
+ROOT = Path(__file__).resolve().parents[1]  # `python -m bench` runs from the repository root
+CASES = ["floor", "loader", "automatic", "naive-lightning", "metrics"]
+
+
+def bench(*args: str, script: list[str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    command = [sys.executable, *(script or ["-m", "bench"]), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=cwd)
 
 
 def test_bench_writes_json_and_markdown_for_each_case(tmp_path):
     out = tmp_path / "bench"
     args = ["--workloads", "b", "--rows", "2000", "--epochs", "3", "--cases", ",".join(CASES)]
-    args += ["--startup-runs", "0", "--mmap-gb", "0", "--out", str(out)]
-    proc = subprocess.run([sys.executable, str(BENCH), *args], capture_output=True, text=True, timeout=120)
+    proc = bench(*args, "--startup-runs", "0", "--mmap-gb", "0", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
 
     report = json.loads((out / "results.json").read_text())
@@ -31,7 +35,44 @@ def test_bench_writes_json_and_markdown_for_each_case(tmp_path):
         assert len(result["epochs"]) == 3, (case, result)  # 3 measured epochs after the warm-up
         assert result["epoch_seconds"] > 0 and result["samples_per_second"] > 0
     assert workload["cases"]["loader"]["speedup"] > 0
+    metrics = workload["cases"]["metrics"]
+    assert metrics["steps_per_epoch"] == 16 and metrics["num_classes"] == 10  # 1960 rows, batch 128
+    assert set(metrics["us_per_step"]) == {
+        "hand-written sums (loss, accuracy)",
+        "classification default [acc]",
+        "classification [acc,f1,auroc]",
+        "regression default [mae,rmse,r2]",
+    }
+    assert all(us > 0 for us in metrics["us_per_step"].values())
 
     table = (out / "results.md").read_text()
     assert "| floor |" in table and "| automatic |" in table and "| naive-lightning |" in table
-    assert "Loader alone" in table and "## Targets" in table
+    assert "Loader alone" in table and "| classification default [acc] |" in table and "## Targets" in table
+    # Not on a terminal: one progress line per case, as training prints one line per epoch.
+    shown = [line for line in proc.stdout.splitlines() if line.startswith("(b) ")]
+    assert [line.split(":")[0] for line in shown] == [f"(b) {case}" for case in CASES]
+
+
+def test_the_old_script_runs_the_package(tmp_path):
+    proc = bench("--help", script=[str(ROOT / "scripts" / "bench.py")], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("usage: python -m bench")
+
+
+def test_the_reference_sums_agree_with_lightfit_metrics():
+    """The metrics case compares like with like: the hand-written sums give lightfit's loss and acc."""
+    code = (
+        "import torch; from bench.metrics import HandSums, fake_steps; from bench.workloads import Workload\n"
+        "from lightfit.data import digits; from lightfit.tasks import Task\n"
+        "dm = digits(batch_size=64); dm.setup('fit')\n"
+        "w = Workload('a', '', dm, 64, [8], 0.0, 'sgd', 2)\n"
+        "cpu = torch.device('cpu')\n"
+        "ours, ref = Task('classification', num_outputs=10).stage_metrics('train'), HandSums(cpu)\n"
+        "for step in fake_steps('classification', w, cpu):\n"
+        "    ours.update(*step); ref.update(*step)\n"
+        "a, b = ours.compute(), ref.compute()\n"
+        "assert torch.allclose(a['train/loss'], b['loss'].float()), (a, b)\n"
+        "assert torch.allclose(a['train/acc'], b['acc'].float()), (a, b)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,0 +1,136 @@
+"""`python -m bench [options]`, from the repository root: run the cases, write results.json and .md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import bench
+from bench import cases, report, runs
+from bench.metrics import case_metrics
+from bench.progress import Progress, headline
+from bench.workloads import Workload, workloads
+
+CASES = ("floor", "plain-loop", *runs.LOOPS, "lightning-barebones", "naive-lightning", "keras", "loader",
+         "metrics")  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    raw = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(prog="python -m bench", description=bench.__doc__, formatter_class=raw)
+    p.add_argument("--out", type=Path, default=Path("bench"), help="folder for results.md and results.json")
+    p.add_argument("--workloads", default="abc", help="a: digits, b: synthetic batch 128, c: batch 1024")
+    p.add_argument("--cases", default=",".join(CASES), help="a comma-separated subset of the cases")
+    p.add_argument("--epochs", type=int, default=5, help="measured epochs for b and c, after one warm-up")
+    p.add_argument("--digits-epochs", type=int, default=20, help="epochs in all for a (default run: 20)")
+    p.add_argument("--rows", type=int, default=60000, help="synthetic samples for b and c")
+    p.add_argument("--startup-runs", type=int, default=3, help="fast_dev_run timings (0: skip)")
+    p.add_argument("--mmap-gb", type=float, default=4.0, help="size of the memory-mapped .npy (0: skip)")
+    p.add_argument("--mmap-devices", default="1,2", help="processes of the memory-mapped runs (2: DDP)")
+    p.add_argument("--lightfit-args", default="", help="more overrides for each lightfit run, e.g. "
+                   "'trainer.precision=bf16-mixed'")  # fmt: skip
+    p.add_argument("--quick", action="store_true", help="6000 rows, 3 epochs, 1 start-up run, no memmap run")
+    if p.parse_known_args(argv)[0].quick:  # smaller defaults; options given still win
+        p.set_defaults(rows=6000, epochs=3, digits_epochs=4, startup_runs=1, mmap_gb=0)
+    args = p.parse_args(argv)
+    if args.epochs < 3 or args.digits_epochs < 4:
+        p.error("measure at least 3 epochs after the warm-up (--epochs 3, --digits-epochs 4)")
+    args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    if unknown := set(args.cases) - set(CASES):
+        p.error(f"unknown cases {', '.join(sorted(unknown))}; choose from {', '.join(CASES)}")
+    return args
+
+
+def quiet_lightning() -> None:
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no "GPU available: ..." per fit
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # torch 2.13 vs Lightning's pytree use
+
+
+def case_runners(args: argparse.Namespace, tmp: Path) -> dict[str, Callable[[Workload], dict[str, Any]]]:
+    extra = shlex.split(args.lightfit_args)
+    return {
+        "floor": cases.case_floor,
+        "plain-loop": cases.case_plain_loop,
+        **{loop: partial(runs.case_lightfit, loop=loop, tmp=tmp, extra=extra) for loop in runs.LOOPS},
+        "lightning-barebones": cases.case_lightning_barebones,
+        "naive-lightning": cases.case_naive_lightning,
+        "keras": cases.case_keras,
+        "loader": cases.case_loader,
+        "metrics": case_metrics,
+    }
+
+
+def run_workloads(args: argparse.Namespace, tmp: Path, progress: Progress) -> list[dict[str, Any]]:
+    """Every chosen case of every chosen workload, in order; one entry of results.json per workload."""
+    run, entries = case_runners(args, tmp), []
+    for w in workloads(args, tmp):
+        val_samples = len(w.datamodule.splits["val"].rows)
+        entry = {"name": w.name, "title": w.title, "batch_size": w.batch_size, "epochs": w.epochs}
+        entry |= {"train_samples": w.train_samples, "val_samples": val_samples, "cases": {}}
+        entries.append(entry)
+        for case in args.cases:
+            progress.start(f"({w.name}) {case}")
+            result = entry["cases"][case] = run[case](w)
+            progress.done(f"({w.name}) {case}: {headline(result)}")
+    return entries
+
+
+def run_extras(args: argparse.Namespace, tmp: Path, progress: Progress, results: dict[str, Any]) -> None:
+    """Start-up time and the memory of memory-mapped runs, into `results`."""
+    if args.startup_runs:
+        progress.start("start-up")
+        results["startup"] = runs.startup(args.startup_runs, tmp)
+        progress.done(f"start-up: {headline(results['startup'])}")
+    if args.mmap_gb:
+        results["mmap"] = []
+        for n in args.mmap_devices.split(","):
+            item = f"memory-mapped {args.mmap_gb} GB features, {n} process(es)"
+            progress.start(item)
+            results["mmap"].append(runs.mmap_memory(args.mmap_gb, tmp, int(n)))
+            progress.done(f"{item}: {headline(results['mmap'][-1])}")
+
+
+def items(args: argparse.Namespace) -> int:
+    """How many items the progress bar counts."""
+    chosen = sum(name in args.workloads for name in "abc")
+    mmap = len(args.mmap_devices.split(",")) if args.mmap_gb else 0
+    return chosen * len(args.cases) + bool(args.startup_runs) + mmap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    quiet_lightning()
+    results: dict[str, Any] = {
+        "command": "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "date": datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "machine": report.machine(),
+    }
+    if results["machine"]["load_average_at_start"] > 0.5:
+        print(f"note: load average {os.getloadavg()[0]:.2f}: other work on this machine skews the timings")
+    with tempfile.TemporaryDirectory(prefix="lightfit-bench-") as tmp_name, Progress(items(args)) as progress:
+        results["workloads"] = run_workloads(args, Path(tmp_name), progress)
+        run_extras(args, Path(tmp_name), progress, results)
+    results["machine"]["load_average_at_end"] = os.getloadavg()[0]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    text = report.markdown(results)
+    (args.out / "results.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
