@@ -6,6 +6,7 @@
 #   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu   pick a PyTorch build
 #   make plot RUN=outputs/<date>/<time>                   loss and accuracy curves as a PNG
 #   make new-project NAME=<package> DEST=<folder>         this template under a new name
+#   make docs                                             the documentation site, into site/
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -24,9 +25,12 @@ PIP := $(PY) -m pip
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 STAMP_PLOT := $(VENV)/.installed-plot
+STAMP_DOCS := $(VENV)/.installed-docs
+# MkDocs 1.6 prints a notice about MkDocs 2 on every build; it says nothing about this site.
+export NO_MKDOCS_2_WARNING := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev train eval predict plot new-project test bench lint format clean
+.PHONY: help install install-dev train eval predict plot new-project test bench docs docs-serve lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -57,6 +61,11 @@ $(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed-torch
 	$(PIP) install -e ".[bench]" || echo "Keras not installed: make bench will skip its case"
 	@touch $@
 
+# The docs extra: MkDocs Material and mkdocstrings, which reads the source without importing it.
+$(STAMP_DOCS): pyproject.toml $(STAMP_RUN)
+	$(PIP) install -e ".[docs]"
+	@touch $@
+
 install: $(STAMP_RUN) ## install PyTorch and lightfit into .venv (once)
 
 install-dev: $(STAMP_DEV) ## install lightfit with the test and lint tools
@@ -84,6 +93,12 @@ test: $(STAMP_DEV) ## run the test suite
 bench: $(STAMP_RUN) $(VENV)/.installed-bench ## benchmark, writes bench/results.md: make bench ARGS="--quick"
 	$(PY) scripts/bench.py $(ARGS)
 
+docs: $(STAMP_DOCS) ## build the documentation site into site/ (a warning fails the build)
+	$(PY) -m mkdocs build --strict
+
+docs-serve: $(STAMP_DOCS) ## serve the documentation at http://127.0.0.1:8000, rebuilt on every change
+	$(PY) -m mkdocs serve
+
 lint: $(STAMP_DEV) ## ruff lint and format check
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
@@ -93,5 +108,5 @@ format: $(STAMP_DEV) ## fix what ruff can fix, format the code
 	$(PY) -m ruff format .
 
 clean: ## remove caches and run outputs (keeps .venv)
-	rm -rf outputs multirun lightning_logs .pytest_cache .ruff_cache build dist src/*.egg-info
+	rm -rf outputs multirun site lightning_logs .pytest_cache .ruff_cache build dist src/*.egg-info
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
