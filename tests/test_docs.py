@@ -126,6 +126,7 @@ def test_the_site_builds_without_warnings(tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=ROOT,  # mkdocs.yml's paths (docs/, src/) are relative to it
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
