@@ -7,6 +7,7 @@
 #   make plot RUN=outputs/<date>/<time>                   loss and accuracy curves as a PNG
 #   make new-project NAME=<package> DEST=<folder>         this template under a new name
 #   make compare RUNS="multirun/<date>/<time>"             runs ranked side by side, their curves in one PNG
+#   make docs                                             the documentation site, into site/
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -26,9 +27,12 @@ PIP := $(PY) -m pip
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 STAMP_PLOT := $(VENV)/.installed-plot
+STAMP_DOCS := $(VENV)/.installed-docs
+# MkDocs 1.6 prints a notice about MkDocs 2 on every build; it says nothing about this site.
+export NO_MKDOCS_2_WARNING := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev train eval predict plot compare mlflow-ui new-project test bench lint format clean
+.PHONY: help install install-dev train eval predict plot compare mlflow-ui new-project test bench docs docs-serve lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -57,6 +61,11 @@ $(STAMP_PLOT): pyproject.toml $(STAMP_RUN)
 # The benchmark's optional extra (Keras 3, for its fit() case); the bench skips Keras without it.
 $(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed-torch
 	$(PIP) install -e ".[bench]" || echo "Keras not installed: make bench will skip its case"
+	@touch $@
+
+# The docs extra: MkDocs Material and mkdocstrings, which reads the source without importing it.
+$(STAMP_DOCS): pyproject.toml $(STAMP_RUN)
+	$(PIP) install -e ".[docs]"
 	@touch $@
 
 install: $(STAMP_RUN) ## install PyTorch and lightfit into .venv (once)
@@ -94,6 +103,12 @@ test: $(STAMP_DEV) ## run the test suite
 bench: $(STAMP_RUN) $(VENV)/.installed-bench ## benchmark, writes bench/results.md: make bench ARGS="--quick"
 	$(PY) -m bench $(ARGS)
 
+docs: $(STAMP_DOCS) ## build the documentation site into site/ (a warning fails the build)
+	$(PY) -m mkdocs build --strict
+
+docs-serve: $(STAMP_DOCS) ## serve the documentation at http://127.0.0.1:8000, rebuilt on every change
+	$(PY) -m mkdocs serve
+
 lint: $(STAMP_DEV) ## ruff lint and format check
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
@@ -103,5 +118,5 @@ format: $(STAMP_DEV) ## fix what ruff can fix, format the code
 	$(PY) -m ruff format .
 
 clean: ## remove caches and run outputs (keeps .venv)
-	rm -rf outputs multirun lightning_logs .pytest_cache .ruff_cache build dist src/*.egg-info
+	rm -rf outputs multirun site lightning_logs .pytest_cache .ruff_cache build dist src/*.egg-info
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -11,6 +11,7 @@ import pytest
 from conftest import compose_config, run_train
 from hydra.utils import instantiate
 
+from lightfit.run import progress
 from lightfit.run.progress import StdoutHandler, progress_callbacks
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -83,10 +84,49 @@ def test_tensorboard_events_are_written_and_readable(run_dir):
 
 
 def test_rich_progress_only_on_a_terminal():
+    from lightning.pytorch.callbacks import RichModelSummary, RichProgressBar
+
     assert progress_callbacks(interactive=False) == []
     pytest.importorskip("rich")
-    names = {type(c).__name__ for c in progress_callbacks(interactive=True)}
-    assert names == {"RichProgressBar", "RichModelSummary"}
+    bar, summary = progress_callbacks(interactive=True)
+    assert isinstance(bar, RichProgressBar) and isinstance(summary, RichModelSummary)
+
+
+@pytest.mark.parametrize("make_bar", [progress._rich_bar, progress._tqdm_bar], ids=["rich", "tqdm"])
+def test_progress_bars_count_epochs_from_one(make_bar):
+    # Lightning's own bars label the second of 2 epochs "Epoch 1/1" (rich) or "Epoch 1" (TQDM).
+    import lightning as L
+    import torch
+
+    from lightfit.data import digits
+    from lightfit.loops import AutomaticLoop
+    from lightfit.nets import MLP, build_network
+    from lightfit.tasks import Task
+
+    if make_bar is progress._rich_bar:
+        pytest.importorskip("rich")
+    datamodule = digits()
+    datamodule.setup("fit")
+    net = build_network(MLP, datamodule.input_shape, 10, datamodule.mean, datamodule.std)
+    module = AutomaticLoop(net, Task(num_outputs=10), optimizer=lambda params: torch.optim.Adam(params))
+    bar = make_bar()
+    trainer = L.Trainer(
+        max_epochs=2,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=[bar],
+    )
+    trainer.fit(module, datamodule=datamodule)
+    if make_bar is progress._rich_bar:
+        description = bar.progress.tasks[bar.train_progress_bar_id].description
+    else:
+        description = bar.train_progress_bar.desc
+    assert description.rstrip(": ") == "Epoch 2/2"
+    assert progress.epoch_label(0, None) == "Epoch 1"
 
 
 def test_console_log_lines_follow_stdout_redirects():

@@ -1,6 +1,6 @@
 """lightfit: one network, three training loops, NumPy in and tensors out.
 
-`from lightfit import fit, evaluate, predict` gives the Keras-style API (keras_style.py).
+`from lightfit import fit, evaluate, predict` gives the Keras-style API (api/keras_style.py).
 They are imported on first use, so `lightfit train` does not pay for them.
 """
 

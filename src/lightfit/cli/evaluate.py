@@ -4,9 +4,6 @@ The network comes from the checkpoint alone (`lightfit.run.checkpoint`). So do t
 the command line says otherwise: the data config stored in the checkpoint, seed included,
 gives the same test split the run was tested on. The numbers come from the code that tested
 the run, `Trainer.test` on the `AutomaticLoop`, so they match its results.json.
-
-(Named `evaluation`, not `evaluate`: `lightfit.evaluate` is the Keras-style function, and an
-imported submodule of that name would replace it as an attribute of the package.)
 """
 
 from __future__ import annotations

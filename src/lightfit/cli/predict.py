@@ -1,8 +1,5 @@
 """Predictions for a `.npy` of raw inputs: `lightfit predict ckpt_path=... input=... output=...`.
 
-(Named `prediction`, not `predict`: `lightfit.predict` is the Keras-style function, and an
-imported submodule of that name would replace it as an attribute of the package.)
-
 The checkpoint alone rebuilds the network, its `Standardize` layer included, so the inputs
 are raw features as in training. The input is memory-mapped and read one batch at a time,
 and the output is written batch by batch into a memory-mapped `.npy`, so neither has to

@@ -4,6 +4,14 @@ On an interactive terminal Lightning draws a progress bar and a model summary; w
 installed (`pip install rich`) they are its nicer versions. Redirected to a file or a CI
 log, bars would be a wall of carriage returns, so there are none: `EpochLine` prints one
 line per epoch instead. `track` does the same for other long work (reading many runs).
+
+Epochs are counted from 1 on screen, as in the epoch line and the plots: Lightning's bars
+label the last of 300 epochs "Epoch 299" (TQDM) or "Epoch 299/299" (rich), the bars here
+"Epoch 300/300". Lightning's own counter (`trainer.current_epoch`, the `epoch` column of
+metrics.csv) stays 0-based.
+
+Lightning is imported inside the functions: Hydra's logging config imports this module
+for `StdoutHandler` before every command, and `--help` should not wait for Lightning.
 """
 
 from __future__ import annotations
@@ -17,16 +25,51 @@ from typing import Any, TextIO, TypeVar
 T = TypeVar("T")
 
 
+def epoch_label(current_epoch: int, max_epochs: int | None) -> str:
+    """`Epoch 3/20` for Lightning's 0-based `current_epoch` 2; `Epoch 3` without a known end."""
+    label = f"Epoch {current_epoch + 1}"
+    return f"{label}/{max_epochs}" if max_epochs is not None and max_epochs > 0 else label
+
+
 def progress_callbacks(interactive: bool) -> list[Any]:
-    """Rich progress bar and model summary on a terminal when rich is installed; else none
-    (Lightning then uses its TQDM bar and plain summary, if the Trainer enables them)."""
-    if not interactive or importlib.util.find_spec("rich") is None:
+    """On a terminal: the rich bar and model summary when rich is installed, else the TQDM
+    bar (Lightning adds its plain summary); nothing elsewhere."""
+    if not interactive:
         return []
-    from lightning.pytorch.callbacks import RichModelSummary, RichProgressBar
+    if importlib.util.find_spec("rich") is None:
+        return [_tqdm_bar()]
+    from lightning.pytorch.callbacks import RichModelSummary
 
     # A redraw every 10 batches, not Lightning's default of every batch: a small network's
     # step takes about a millisecond on the CPU, and the bar needs far fewer redraws than that.
-    return [RichProgressBar(refresh_rate=10), RichModelSummary()]
+    return [_rich_bar(refresh_rate=10), RichModelSummary()]
+
+
+def _rich_bar(**kwargs: Any) -> Any:
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    class RichBar(RichProgressBar):
+        """Lightning's rich bar, with epochs counted from 1."""
+
+        def _get_train_description(self, current_epoch: int) -> str:
+            label = epoch_label(current_epoch, self.trainer.max_epochs)
+            # Padded to the validation bar's label, as Lightning does, so the bars do not jump.
+            return f"{label:{len(self.validation_description)}}"
+
+    return RichBar(**kwargs)
+
+
+def _tqdm_bar(**kwargs: Any) -> Any:
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    class TQDMBar(TQDMProgressBar):
+        """Lightning's TQDM bar, with epochs counted from 1."""
+
+        def on_train_epoch_start(self, trainer: Any, *args: Any) -> None:
+            super().on_train_epoch_start(trainer, *args)
+            self.train_progress_bar.set_description(epoch_label(trainer.current_epoch, trainer.max_epochs))
+
+    return TQDMBar(**kwargs)
 
 
 class StdoutHandler(logging.StreamHandler):
