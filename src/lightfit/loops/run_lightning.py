@@ -7,6 +7,7 @@ callbacks (run/callbacks.py); the explicit loop does the same things in run_expl
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,14 @@ def train_lightning(run: Run) -> dict[str, Any]:
         # manual: the module does accumulation and clipping itself; Trainer flags would raise.
         **(knobs if loop.name == "manual" else {}),
     )
-    checkpoints = RunCheckpoints(run.checkpoints, run.best)
+    checkpoints = RunCheckpoints(run.checkpoints, run.best, cfg.checkpoint.every_n_train_steps)
+    if run.resume.mid_epoch:
+        # The train loader skips the batches trained before the checkpoint (IndexBatchSampler),
+        # so Lightning's warning that a mid-epoch resume replays data does not apply.
+        run.datamodule.resume_train_at(*run.resume.mid_epoch)
+        warnings.filterwarnings(
+            "ignore", message=".*resuming from a checkpoint that ended before the epoch.*"
+        )
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     run.resume.keep_metrics(logger)
     stopper = StopOnSignal(run.stop, run.checkpoints / INTERRUPTED)

@@ -1,14 +1,24 @@
-"""Nothing lost: atomic checkpoint writes, RNG state in checkpoints, graceful stops.
+"""Nothing lost: atomic checkpoint writes, exact resumes from any batch, graceful stops.
 
-Resuming from `checkpoints/last.ckpt` (written at the end of every epoch) gives the same
-weights as a run that was never interrupted: the model, optimizer, scheduler and counters
-are in the checkpoint, the data order depends only on seed and epoch
-(`EpochShuffleSampler`), and the random number generators (dropout) are saved here.
+Resuming from any checkpoint of a run, written at an epoch end (`last.ckpt`), every N
+optimizer steps (`checkpoint.every_n_train_steps=N`, also `last.ckpt`) or on a stop
+(`interrupted.ckpt`), gives the same weights, results.json and metrics.csv rows as a run
+that was never interrupted (tests/test_kill.py kills runs at random moments to check it).
+A checkpoint holds the model, optimizer, scheduler and loop counters, and under
+`EPOCH_KEY` where in its epoch it was written (`epoch_position`): the batches already
+trained (the data order depends only on seed and epoch, `EpochShuffleSampler`, so the
+resumed run skips exactly those), and for each DDP rank every RNG (dropout) and the
+training metrics accumulated so far in the epoch (`StageMetrics.epoch_state`). Lightning
+saves from rank 0 only, so the ranks' states are gathered to it first.
 
-SIGTERM (what SLURM sends before preemption) and Ctrl-C stop training at the next batch
-boundary (the same batch on every DDP rank) and save `checkpoints/interrupted.ckpt`, the
-state at that moment. `last.ckpt` is left alone, so `ckpt_path=last` still resumes exactly
-from the last complete epoch.
+A mid-epoch checkpoint is only ever written after an optimizer step (at an accumulation
+boundary, never with gradients half accumulated) and never at an epoch's last batch (the
+epoch-end `last.ckpt` follows a moment later): a stop requested elsewhere carries on to
+the next such boundary.
+
+SIGTERM (what SLURM sends before preemption) and Ctrl-C stop training there (the same
+batch on every DDP rank) and save `checkpoints/interrupted.ckpt`. `last.ckpt` is left
+alone, so `ckpt_path=last` still resumes from the last epoch end or step checkpoint.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightfit.errors import LightfitError
 
 RNG_KEY = "rng_states"
+EPOCH_KEY = "epoch_position"  # where in its epoch a checkpoint was written (see epoch_position)
 INTERRUPTED = "interrupted.ckpt"
 
 
@@ -81,6 +92,37 @@ def restore_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def gathered(obj: Any) -> list[Any]:
+    """`obj` of every DDP rank, in rank order, on every rank (a collective); `[obj]` in one process."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    objects: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(objects, obj)
+    return objects
+
+
+def epoch_position(epoch: int, batches: int, epoch_done: bool, train_metrics: Any) -> dict[str, Any]:
+    """Where in `epoch` (0-based) a checkpoint is written: `batches` trained, and per rank the
+    RNG states and the training metrics so far. Under DDP every rank must call it (a gather)."""
+    mine = {RNG_KEY: rng_states(), "train_metrics": train_metrics.epoch_state()}
+    return {"epoch": epoch, "batches": batches, "epoch_done": epoch_done, "ranks": gathered(mine)}
+
+
+def restore_position(position: dict[str, Any], rank: int, train_metrics: Any) -> None:
+    """Give this rank back its RNG states and, mid-epoch, its training metrics so far."""
+    ranks = position["ranks"]
+    if len(ranks) != max(len(gathered(None)), rank + 1) and not position["epoch_done"]:
+        raise LightfitError(
+            f"this checkpoint was written mid-epoch by {len(ranks)} process(es); resume it with as many "
+            "(the batches of an epoch depend on the number of processes), or from an epoch-end last.ckpt"
+        )
+    mine = ranks[min(rank, len(ranks) - 1)]
+    restore_rng_states(mine[RNG_KEY])
+    if not position["epoch_done"]:
+        train_metrics.load_epoch_state(mine["train_metrics"])
+
+
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> Path | None:
     """`ckpt_path=last` means this run directory's last checkpoint; anything else is a path."""
     if ckpt_path is None:
@@ -120,9 +162,18 @@ class Resume:
     path: Path | None = None
     checkpoint: dict[str, Any] | None = None
 
+    @property
+    def mid_epoch(self) -> tuple[int, int] | None:
+        """(epoch, batches trained in it) when the checkpoint was written inside an epoch."""
+        position = (self.checkpoint or {}).get(EPOCH_KEY)
+        if position is None or position["epoch_done"]:
+            return None
+        return position["epoch"], position["batches"]
+
     def keep_metrics(self, logger: Any) -> None:
         if self.checkpoint is not None and logger and getattr(logger, "log_dir", None):
-            replay_metrics(logger, Path(logger.log_dir) / "metrics.csv", self.checkpoint["epoch"])
+            done = self.checkpoint["epoch"] - (1 if self.mid_epoch else 0)  # the last epoch with its rows
+            replay_metrics(logger, Path(logger.log_dir) / "metrics.csv", done)
 
 
 def replay_metrics(logger: Any, csv_path: Path, up_to_epoch: int) -> None:
