@@ -3,6 +3,7 @@
 #
 #   make train ARGS="loop=manual trainer.max_epochs=3"    Hydra overrides go in ARGS (= lightfit train ...)
 #   make bench ARGS="--quick"                              a short benchmark run (see scripts/bench.py)
+#   make kill-test ARGS="--loops explicit --kills 8"       kill, resume, compare (see scripts/kill_test.py)
 #   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu   pick a PyTorch build
 #   make plot RUN=outputs/<date>/<time>                   loss and accuracy curves as a PNG
 #   make new-project NAME=<package> DEST=<folder>         this template under a new name
@@ -26,7 +27,7 @@ STAMP_DEV := $(VENV)/.installed-dev
 STAMP_PLOT := $(VENV)/.installed-plot
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev train eval predict plot new-project test bench lint format clean
+.PHONY: help install install-dev train eval predict plot new-project test bench kill-test lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -83,6 +84,9 @@ test: $(STAMP_DEV) ## run the test suite
 
 bench: $(STAMP_RUN) $(VENV)/.installed-bench ## benchmark, writes bench/results.md: make bench ARGS="--quick"
 	$(PY) scripts/bench.py $(ARGS)
+
+kill-test: $(STAMP_RUN) ## kill training at random moments, resume, compare: make kill-test ARGS="--quick"
+	$(PY) scripts/kill_test.py $(ARGS)
 
 lint: $(STAMP_DEV) ## ruff lint and format check
 	$(PY) -m ruff check .
