@@ -68,7 +68,9 @@ from lightfit.data import ArrayDataModule, digits
 from lightfit.nets import MLP, build_network
 
 LOOPS = ("explicit", "manual", "automatic")
+STEP_CHECKPOINTS = 200  # the step-checkpoint cases: last.ckpt every 200 optimizer steps
 CASES = ("floor", "plain-loop", *LOOPS, "lightning-barebones", "naive-lightning", "keras", "loader")
+CASES += tuple(f"{loop}+ckpt{STEP_CHECKPOINTS}" for loop in ("explicit", "automatic"))
 EPOCH_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]\[lightfit\]\[INFO\] - epoch \d+/\d+")
 # Packages a training run has no use for. What the frameworks import is not lightfit's choice.
 UNUSED = {"keras", "tensorflow", "jax", "tensorboard", "tensorboardX", "matplotlib", "pandas", "sklearn",
@@ -265,11 +267,11 @@ def epoch_ends(log_file: Path) -> list[float]:
     return ends
 
 
-def case_lightfit(w: Workload, loop: str, tmp: Path, extra: list[str]) -> dict[str, Any]:
+def case_lightfit(w: Workload, loop: str, tmp: Path, extra: list[str], tag: str = "") -> dict[str, Any]:
     """A real `python -m lightfit.train loop=...` run on the workload; seconds between epoch lines."""
     if not loop_exists(loop):
         return {"skipped": f"loop={loop} is not in this version of lightfit"}
-    run_dir = tmp / f"run-{w.name}-{loop}"
+    run_dir = tmp / f"run-{w.name}-{loop}{tag}"
     trainer = ["trainer=auto"] if device().type == "cuda" else []
     args = ["-m", "lightfit.train", f"loop={loop}", f"trainer.max_epochs={w.epochs}", *w.overrides]
     args += [*trainer, *extra, f"hydra.run.dir={run_dir}"]
@@ -563,6 +565,12 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, bool]]:
                     rows.append(
                         (f"({w}) loop={loop} faster than {other}", f"{ratio:.2f}x its time", ratio < 1)
                     )
+    for loop in ("explicit", "automatic"):
+        with_steps = secs("b", f"{loop}+ckpt{STEP_CHECKPOINTS}")
+        if with_steps and secs("b", loop):
+            cost = with_steps / secs("b", loop) - 1
+            target = f"(b) loop={loop}, last.ckpt every {STEP_CHECKPOINTS} steps: <= 2% of epoch time"
+            rows.append((target, f"{cost:+.1%}", cost <= 0.02))
     s = report.get("startup", {})
     if "seconds" in s:
         rows.append(("fast_dev_run, start to exit < 8 s", f"{s['seconds']:.1f} s", s["seconds"] < 8))
@@ -733,6 +741,16 @@ def main(argv: list[str] | None = None) -> None:
             "floor": case_floor,
             "plain-loop": case_plain_loop,
             **{loop: partial(case_lightfit, loop=loop, tmp=tmp, extra=extra) for loop in LOOPS},
+            **{
+                f"{loop}+ckpt{STEP_CHECKPOINTS}": partial(
+                    case_lightfit,
+                    loop=loop,
+                    tmp=tmp,
+                    extra=[*extra, f"checkpoint.every_n_train_steps={STEP_CHECKPOINTS}"],
+                    tag=f"+ckpt{STEP_CHECKPOINTS}",
+                )
+                for loop in ("explicit", "automatic")
+            },  # fmt: skip
             "lightning-barebones": case_lightning_barebones,
             "naive-lightning": case_naive_lightning,
             "keras": case_keras,

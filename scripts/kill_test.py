@@ -222,11 +222,12 @@ def run_loop(loop: str, args: argparse.Namespace, workdir: Path, rng: random.Ran
     began = time.monotonic()
     proc = start(reference, overrides, steps_file)
     training_began(proc, reference, steps_file, 0)
-    trained_from = time.monotonic()
+    trained_from = time.time()
     code, stderr = finish(proc, args.timeout)
     if code != 0:
         raise SystemExit(f"{loop}: the uninterrupted run failed ({code}):\n{stderr[-3000:]}")
-    train_seconds = time.monotonic() - trained_from
+    # Training ends with the last epoch's last.ckpt; testing and exiting come after it.
+    train_seconds = (reference / "checkpoints" / "last.ckpt").stat().st_mtime - trained_from
     outcome.reference_steps = count(steps_file)
     say(f"{loop}: uninterrupted run, {time.monotonic() - began:.1f}s ({train_seconds:.1f}s training)")
     # Kills land within training: each attempt trains at most this long before its kill.
