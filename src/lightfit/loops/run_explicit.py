@@ -30,8 +30,8 @@ from lightfit.run.context import Run, checkpoint_config, load_net_weights
 from lightfit.run.resume import (
     EPOCH_KEY,
     INTERRUPTED,
-    AtomicCheckpointIO,
     TrainingInterrupted,
+    checkpoint_io,
     epoch_position,
     restore_position,
 )
@@ -46,9 +46,10 @@ class ExplicitRun:
     def __init__(self, run: Run) -> None:
         t, cfg = run.cfg.trainer, run.cfg
         self.run = run
+        self.io = checkpoint_io(cfg.checkpoint.every_n_train_steps)  # Fabric writes through it
         self.fabric = Fabric(
             accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
-            precision=t.precision, plugins=[AtomicCheckpointIO()],
+            precision=t.precision, plugins=[self.io],
         )  # fmt: skip
         self.fabric.launch()
         optimizer = instantiate(cfg.optimizer)(run.net.parameters())
@@ -142,7 +143,9 @@ class ExplicitRun:
         except StopTraining as stopped:  # every rank stopped at the same batch: all take part in the save
             saved = run.checkpoints / INTERRUPTED
             self.fabric.save(saved, self.state(stopped.epoch, stopped.batch))
+            self.io.teardown()  # the write is on disk before the process says so
             raise TrainingInterrupted(run.stop.signum, str(stopped), saved, run.run_dir) from None
+        self.io.teardown()  # the last checkpoints are on disk before best.ckpt is read
         if self.logger:
             self.logger.finalize("success")
 

@@ -20,7 +20,7 @@ from lightfit.loops import LIGHTNING_LOOPS
 from lightfit.run.callbacks import EpochLine, RunCheckpoints, StopOnSignal
 from lightfit.run.context import Run, checkpoint_config, load_net_weights
 from lightfit.run.progress import progress_callbacks
-from lightfit.run.resume import INTERRUPTED, AtomicCheckpointIO, TrainingInterrupted
+from lightfit.run.resume import INTERRUPTED, TrainingInterrupted, checkpoint_io
 
 
 def trainer(cfg: DictConfig, run_dir: Path, callbacks: list, logger: Any, **loop_kwargs: Any) -> L.Trainer:
@@ -31,7 +31,7 @@ def trainer(cfg: DictConfig, run_dir: Path, callbacks: list, logger: Any, **loop
         **loop_kwargs,
         callbacks=[*callbacks, *progress_callbacks(interactive)],  # rich bar and summary on a terminal
         logger=logger,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[checkpoint_io(cfg.checkpoint.every_n_train_steps)],
         default_root_dir=run_dir,
         enable_progress_bar=interactive,  # CI logs get one line per epoch instead
         enable_model_summary=interactive,

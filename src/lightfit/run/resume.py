@@ -28,6 +28,7 @@ import os
 import random
 import signal
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.fabric.utilities.apply_func import apply_to_collection
 
 from lightfit.errors import LightfitError
 
@@ -64,6 +66,55 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+class BackgroundCheckpointIO(AtomicCheckpointIO):
+    """AtomicCheckpointIO that writes in a thread, so that training goes on during the write.
+
+    Used with step checkpoints (`checkpoint.every_n_train_steps`): a write with its fsync
+    took 30 to 50 ms here, 5 to 10% of an epoch of workload (b) at 2 writes an epoch; the
+    training thread now only copies the tensors (what Lightning's AsyncCheckpointIO does,
+    but keeping the atomic rename). One write at a time: the next save, `teardown` (Lightning
+    calls it when fit ends, also on a stop) and the interpreter's exit (not a daemon thread)
+    wait for it, and a failed write is raised there.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        self.wait()
+        # clone: the weights change in place at the next step, while the thread writes these
+        snapshot = apply_to_collection(checkpoint, torch.Tensor, lambda t: t.detach().clone())
+        self._thread = threading.Thread(
+            target=self._write, args=(snapshot, path, storage_options), name="lightfit-checkpoint"
+        )
+        self._thread.start()
+
+    def _write(self, checkpoint: dict[str, Any], path: Any, storage_options: Any) -> None:
+        try:
+            super().save_checkpoint(checkpoint, path, storage_options)
+        except BaseException as exc:  # noqa: BLE001 - raised in the training thread by wait()
+            self._error = exc
+
+    def wait(self) -> None:
+        """Until the write in progress is on disk; raises its error if it failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def teardown(self) -> None:
+        self.wait()
+
+
+def checkpoint_io(every_n_train_steps: int | None) -> AtomicCheckpointIO:
+    """In the background when checkpoints come every few steps; else each write waits."""
+    return BackgroundCheckpointIO() if every_n_train_steps else AtomicCheckpointIO()
 
 
 def rng_states() -> dict[str, Any]:
