@@ -231,7 +231,7 @@ def replay_metrics(logger: Any, csv_path: Path, up_to_epoch: int) -> None:
     """Keep the metrics.csv rows of the epochs a resumed run continues after.
 
     Lightning's CSV logger deletes an existing metrics.csv when it starts; the rows are
-    read first and logged again, so the file still covers the whole run.
+    read first, logged again and saved, so the file still covers the whole run.
     """
     if not csv_path.is_file():
         return
@@ -243,6 +243,9 @@ def replay_metrics(logger: Any, csv_path: Path, up_to_epoch: int) -> None:
         step = int(float(row.pop("step")))
         values = {k: float(v) for k, v in row.items() if v not in ("", None)}
         logger.log_metrics(values | {"epoch": int(values["epoch"])}, step)
+    # Written back at once: the logger removed the file when it started, and a run killed
+    # before its next epoch end would otherwise leave the rows only in memory.
+    logger.save()
 
 
 class TrainingInterrupted(LightfitError):
