@@ -3,6 +3,7 @@
 #
 #   make train ARGS="loop=manual trainer.max_epochs=3"    Hydra overrides go in ARGS (= lightfit train ...)
 #   make bench ARGS="--quick"                              a short benchmark run (see bench/__init__.py)
+#   make kill-test ARGS="--loops explicit --kills 8"       kill, resume, compare (see scripts/kill_test.py)
 #   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu   pick a PyTorch build
 #   make plot RUN=outputs/<date>/<time>                   loss and accuracy curves as a PNG
 #   make new-project NAME=<package> DEST=<folder>         this template under a new name
@@ -32,7 +33,7 @@ STAMP_DOCS := $(VENV)/.installed-docs
 export NO_MKDOCS_2_WARNING := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev train eval predict plot compare mlflow-ui new-project test bench docs docs-serve lint format clean
+.PHONY: help install install-dev train eval predict plot compare mlflow-ui new-project test bench docs docs-serve kill-test lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -108,6 +109,9 @@ docs: $(STAMP_DOCS) ## build the documentation site into site/ (a warning fails 
 
 docs-serve: $(STAMP_DOCS) ## serve the documentation at http://127.0.0.1:8000, rebuilt on every change
 	$(PY) -m mkdocs serve
+
+kill-test: $(STAMP_RUN) ## kill training at random moments, resume, compare: make kill-test ARGS="--quick"
+	$(PY) scripts/kill_test.py $(ARGS)
 
 lint: $(STAMP_DEV) ## ruff lint and format check
 	$(PY) -m ruff check .

@@ -280,3 +280,22 @@ def test_missing_keys_are_named(tmp_path):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(LightfitError, match="data file not found: .*nope.npz"):
         ArrayDataModule(path=str(tmp_path / "nope.npz")).setup()
+
+
+def test_a_resumed_epoch_skips_the_global_batches_already_trained():
+    """Under DDP every rank skips the same global batches; only in the epoch resumed, and len() stays."""
+    from lightfit.data.batches import EpochShuffleSampler, IndexBatchSampler
+
+    data = torch.arange(50)
+    for rank in (0, 1):
+        sampler = EpochShuffleSampler(data, seed=3)
+        whole = IndexBatchSampler(sampler, 4, rank=rank, world_size=2)
+        resumed = IndexBatchSampler(
+            EpochShuffleSampler(data, seed=3), 4, rank=rank, world_size=2, resume_at=(1, 2)
+        )
+        for epoch in (1, 2):
+            sampler.set_epoch(epoch)
+            resumed.sampler.set_epoch(epoch)
+            skip = 2 if epoch == 1 else 0
+            assert [b.tolist() for b in resumed] == [b.tolist() for b in whole][skip:]
+            assert len(resumed) == len(whole) == 7

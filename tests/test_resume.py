@@ -16,7 +16,8 @@ import torch
 from conftest import assert_same_weights, run_train
 
 from lightfit.errors import LightfitError
-from lightfit.run.resume import AtomicCheckpointIO, resolve_ckpt_path
+from lightfit.run.checkpoint_io import AtomicCheckpointIO
+from lightfit.run.resume import resolve_ckpt_path
 
 # Small batches make an epoch long enough (~0.3 s) to be killed in the middle of one.
 SLOW = [
@@ -197,3 +198,27 @@ def test_resume_refuses_a_hostile_checkpoint(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not marker.exists()
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_a_stop_mid_epoch_with_accumulation_resumes_exactly(tmp_path):
+    """Manual loop, gradients accumulated over 3 batches: the stop waits for the optimizer step,
+    and resuming from interrupted.ckpt gives the uninterrupted run's weights, results and rows."""
+    overrides = ["loop=manual", *SLOW, "trainer.max_epochs=2", "loop.accumulate_grad_batches=3", "logger=csv"]
+    whole = run_train(tmp_path / "whole", *overrides)
+
+    proc = start(tmp_path / "stopped", *overrides)
+    wait_for_line(proc, "epoch 1/2")
+    time.sleep(0.2)  # into epoch 2
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    interrupted = tmp_path / "stopped/checkpoints/interrupted.ckpt"
+    position = torch.load(interrupted, weights_only=True)["epoch_position"]
+    assert position["epoch"] == 1 and not position["epoch_done"], position
+    assert position["batches"] % 3 == 0  # on an accumulation boundary
+
+    resumed = run_train(tmp_path / "stopped", *overrides, f"ckpt_path={interrupted}")
+    assert_same_weights(tmp_path / "whole/checkpoints/last.ckpt", tmp_path / "stopped/checkpoints/last.ckpt")
+    assert {k: resumed[k] for k in METRICS} == {k: whole[k] for k in METRICS}
+    rows = [(tmp_path / run / "metrics.csv").read_text() for run in ("whole", "stopped")]
+    assert rows[0] == rows[1]

@@ -125,6 +125,13 @@ class LoopSchema:
 
 
 @dataclass
+class CheckpointSchema:
+    # Also write checkpoints/last.ckpt every N optimizer steps inside an epoch (null: at epoch
+    # ends only). A stop then costs at most N steps; resuming from it is exact.
+    every_n_train_steps: Optional[int] = None  # noqa: UP045
+
+
+@dataclass
 class TrainSchema:
     """The top level of conf/train.yaml; the groups bring their own schemas."""
 
@@ -136,6 +143,7 @@ class TrainSchema:
     scheduler: Any = None
     trainer: TrainerSchema = field(default_factory=TrainerSchema)
     logger: Any = None
+    checkpoint: CheckpointSchema = field(default_factory=CheckpointSchema)
     seed: int = 0
     ckpt_path: Optional[str] = None  # noqa: UP045 - a checkpoint file, "last", or "auto" (newest, or fresh)
     monitor: str = "${task.monitor}"  # kept at the top level too: monitor=val/acc still works

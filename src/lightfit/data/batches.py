@@ -87,6 +87,11 @@ class IndexBatchSampler(BatchSampler):
     backward passes on every rank). Every rank draws the same order (the sampler's seed
     and epoch), so the parts fit together. `device`: where the index tensors go (the GPU
     when the data live there, so that gathering a batch never waits for the host).
+
+    `resume_at=(epoch, batches)`: a run resumed from a checkpoint written in the middle of
+    `epoch` skips the global batches already trained in it, and only in that epoch (the
+    order depends on seed and epoch alone, so the rest is what the stopped run would have
+    seen). `len()` stays the whole epoch: Lightning counts the skipped batches as done.
     """
 
     def __init__(
@@ -97,9 +102,11 @@ class IndexBatchSampler(BatchSampler):
         rank: int = 0,
         world_size: int = 1,
         device: torch.device | None = None,
+        resume_at: tuple[int, int] | None = None,
     ) -> None:
         super().__init__(sampler, batch_size, drop_last)
         self.rank, self.world_size, self.device = rank, world_size, device
+        self.resume_at = resume_at
 
     def _bounds(self, n: int) -> list[int]:
         """Where the global batches of an epoch of `n` samples start, and where the last one ends."""
@@ -122,6 +129,8 @@ class IndexBatchSampler(BatchSampler):
             order = torch.as_tensor(list(self.sampler), dtype=torch.long)
         order = order.to(self.device) if self.device is not None else order  # one copy per epoch
         bounds = self._bounds(len(order))
+        if self.resume_at is not None and self.resume_at[0] == getattr(self.sampler, "epoch", 0):
+            bounds = bounds[self.resume_at[1] :]  # trained before the checkpoint: same batches on every rank
         for start, stop in pairwise(bounds):
             yield order[start:stop].tensor_split(self.world_size)[self.rank]  # views, no copies
 
@@ -141,12 +150,14 @@ def batch_loader(
     rank: int = 0,
     world_size: int = 1,
     device: torch.device | None = None,
+    resume_at: tuple[int, int] | None = None,
 ) -> DataLoader:
     """Batches of `dataset`; under DDP, this rank's part of them (see `IndexBatchSampler`)."""
     sampler = EpochShuffleSampler(dataset, seed) if shuffle else SequentialSampler(dataset)
+    batches = IndexBatchSampler(sampler, batch_size, drop_last, rank, world_size, device, resume_at)
     return DataLoader(
         dataset,
-        batch_sampler=IndexBatchSampler(sampler, batch_size, drop_last, rank, world_size, device),
+        batch_sampler=batches,
         collate_fn=_as_is,
         # Its own generator: creating an iterator draws a worker seed from it, not from the
         # global RNG, so the number of loaders iterated never changes dropout or init.

@@ -94,6 +94,7 @@ class ArrayDataModule(L.LightningDataModule):
         self.splits: dict[str, Split] = {}
         # Which process this is under DDP, and where its batches go (see `distribute`).
         self.rank, self.world_size, self.device = 0, 1, torch.device("cpu")
+        self.resume_at: tuple[int, int] | None = None  # (epoch, batches trained): see resume_train_at
 
     # -- reading and splitting -------------------------------------------------------------
 
@@ -232,6 +233,10 @@ class ArrayDataModule(L.LightningDataModule):
 
     # -- loaders ---------------------------------------------------------------------------
 
+    def resume_train_at(self, epoch: int, batches: int) -> None:
+        """The training loader starts `epoch` (0-based) after its first `batches` global batches."""
+        self.resume_at = (epoch, batches)
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if not self.splits:
             raise RuntimeError("call setup() before asking for a dataloader")
@@ -250,6 +255,7 @@ class ArrayDataModule(L.LightningDataModule):
             rank=self.rank,
             world_size=self.world_size,
             device=self.device if on_device else None,  # index tensors live with the data
+            resume_at=self.resume_at if split == "train" else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -15,6 +15,7 @@ Lightning): with the same seed all three end with the same weights.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from collections.abc import Callable, Iterable
@@ -32,6 +33,7 @@ from lightfit.run.resume import RNG_KEY, restore_rng_states, rng_states
 from lightfit.tasks import StageMetrics, Task, scalars
 
 EpochHook = Callable[[int, dict[str, float]], None]  # (epoch, metrics of that epoch)
+StepHook = Callable[[int, int], None]  # (epoch, batches trained in it), right after an optimizer step
 
 
 class StopTraining(Exception):
@@ -79,12 +81,21 @@ def train_epoch(
     gradient_clip_val: float | None = None,
     limit_batches: int | float | None = None,
     should_stop: Callable[[], bool] | None = None,
+    start_batch: int = 0,
+    on_step: Callable[[int], None] | None = None,
 ) -> int:
-    """One pass over `loader`; returns the number of batches trained (fewer if stopped)."""
+    """One pass over `loader`; returns the number of batches trained (fewer if stopped).
+
+    `start_batch`: the epoch resumes after that many batches, which the loader skips itself
+    (`IndexBatchSampler(resume_at=...)`). `on_step(batches)` and `should_stop()` are asked
+    only right after an optimizer step and before the last batch: a checkpoint or a stop
+    there loses no accumulated gradients and resumes exactly.
+    """
     model.train()
     n = num_batches(loader, limit_batches)
-    batch_idx = -1
-    for batch_idx, (x, y) in enumerate(itertools.islice(loader, n)):  # Fabric moved x, y to the device
+    batch_idx = start_batch - 1
+    batches = itertools.islice(loader, n - start_batch)
+    for batch_idx, (x, y) in enumerate(batches, start_batch):  # Fabric moved x, y to the device
         step_now = (batch_idx + 1) % accumulate_grad_batches == 0 or batch_idx + 1 == n
         # Fabric: skip the DDP gradient all-reduce while accumulating (plain PyTorch: model.no_sync()).
         with fabric.no_backward_sync(model, enabled=not step_now):
@@ -98,8 +109,11 @@ def train_epoch(
                 fabric.clip_gradients(model, optimizer, max_norm=gradient_clip_val)
             optimizer.step()
             optimizer.zero_grad()
-        if should_stop is not None and should_stop():
-            break
+            if batch_idx + 1 < n:
+                if on_step is not None:
+                    on_step(batch_idx + 1)  # a step checkpoint
+                if should_stop is not None and should_stop():
+                    break
     return batch_idx + 1
 
 
@@ -119,7 +133,7 @@ def evaluate_epoch(
     return results
 
 
-def fit(
+def fit(  # long: the whole loop in one function, to be read (and copied) in one piece
     fabric: Fabric,
     model: nn.Module,
     optimizer: Optimizer,
@@ -132,32 +146,42 @@ def fit(
     accumulate_grad_batches: int = 1,
     gradient_clip_val: float | None = None,
     start_epoch: int = 0,
+    start_batch: int = 0,
     limit_train_batches: int | float | None = None,
     limit_val_batches: int | float | None = None,
     on_epoch_end: EpochHook | None = None,
+    on_step: StepHook | None = None,
     should_stop: Callable[[], bool] | None = None,
+    train_metrics: StageMetrics | None = None,
 ) -> dict[str, list[float]]:
     """Train `model` (set up with `fabric.setup`) for `epochs`; return per-epoch metrics.
 
     The history maps `train/loss`, `val/loss`, `{stage}/{metric}` for each of the task's
     metrics (`train/acc`, `val/r2`, ...) and `time` to one value per epoch.
     `on_epoch_end(epoch, metrics)` runs after each epoch (print, log, checkpoint there).
-    `start_epoch` continues a run restored from a checkpoint. When `should_stop()` turns
-    true, the epoch ends at the next batch and `StopTraining` is raised; a NaN or infinite
-    loss raises `NonFiniteLoss` at the end of the epoch.
+    `start_epoch` continues a run restored from a checkpoint, `start_batch` (with the
+    `train_metrics` accumulated so far) one written in the middle of that epoch.
+    `on_step(epoch, batches)` runs after optimizer steps inside an epoch (a step checkpoint
+    there). When `should_stop()` turns true, the epoch ends after the next optimizer step
+    (not at an epoch's last batch) and `StopTraining` is raised; a NaN or infinite loss
+    raises `NonFiniteLoss` at the end of the epoch.
     """
     task = fabric.to_device(task)  # Fabric: instead of task.to(device) (loss weights, y statistics)
-    train_metrics = task.stage_metrics("train").to(fabric.device)
+    if train_metrics is None:
+        train_metrics = task.stage_metrics("train")
+    train_metrics = train_metrics.to(fabric.device)
     val_metrics = task.stage_metrics("val").to(fabric.device)
     history: dict[str, list[float]] = {}
     for epoch in range(start_epoch, epochs):
         start = time.perf_counter()
         set_epoch(train_loader, epoch)
+        first = start_batch if epoch == start_epoch else 0
         batches = train_epoch(
             fabric, model, optimizer, train_loader, task, train_metrics,
             accumulate_grad_batches, gradient_clip_val, limit_train_batches, should_stop,
+            first, functools.partial(on_step, epoch) if on_step else None,
         )  # fmt: skip
-        if should_stop is not None and should_stop():
+        if batches < num_batches(train_loader, limit_train_batches):
             raise StopTraining(epoch, batches)
         train_metrics.check_finite(epoch)  # before anything is saved
         epoch_metrics = train_metrics.compute()

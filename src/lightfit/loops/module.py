@@ -14,7 +14,14 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from lightfit.run.resume import RNG_KEY, restore_rng_states, rng_states
+from lightfit.run.resume import (
+    EPOCH_KEY,
+    RNG_KEY,
+    epoch_position,
+    restore_position,
+    restore_rng_states,
+    rng_states,
+)
 from lightfit.tasks import StageMetrics, Task, scalars
 
 OptimizerFactory = Callable[..., Optimizer]  # params -> optimizer (a Hydra `_partial_` target)
@@ -102,7 +109,14 @@ class TaskModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = self.run_config
         checkpoint[RNG_KEY] = rng_states()  # dropout draws from these: needed for an exact resume
+        # Batches trained in this epoch: `processed` counts the batch whose on_train_batch_end
+        # is running (a step checkpoint, a stop); Lightning's own loop state restarts after it.
+        trained = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        done = trained >= self.trainer.num_training_batches
+        checkpoint[EPOCH_KEY] = epoch_position(self.current_epoch, trained, done, self.train_metrics)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if RNG_KEY in checkpoint:
+        if EPOCH_KEY in checkpoint:  # this rank's RNGs and, mid-epoch, its training metrics so far
+            restore_position(checkpoint[EPOCH_KEY], self.global_rank, self.train_metrics)
+        elif RNG_KEY in checkpoint:
             restore_rng_states(checkpoint[RNG_KEY])

@@ -25,10 +25,11 @@ from lightfit.loops.explicit import (
 )
 from lightfit.loops.module import CHECKPOINT_KEY
 from lightfit.run.best import BEST_KEY
+from lightfit.run.checkpoint_io import checkpoint_io
 from lightfit.run.console import epoch_line
 from lightfit.run.context import Run, checkpoint_config, load_net_weights
 from lightfit.run.loggers import build_loggers
-from lightfit.run.resume import INTERRUPTED, AtomicCheckpointIO
+from lightfit.run.resume import EPOCH_KEY, INTERRUPTED, epoch_position, restore_position
 from lightfit.run.signals import TrainingInterrupted
 
 log = logging.getLogger("lightfit")
@@ -41,9 +42,10 @@ class ExplicitRun:
     def __init__(self, run: Run) -> None:
         t, cfg = run.cfg.trainer, run.cfg
         self.run = run
+        self.io = checkpoint_io(cfg.checkpoint.every_n_train_steps)  # Fabric writes through it
         self.fabric = Fabric(
             accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
-            precision=t.precision, plugins=[AtomicCheckpointIO()],
+            precision=t.precision, plugins=[self.io],
         )  # fmt: skip
         self.fabric.launch()
         optimizer = instantiate(cfg.optimizer)(run.net.parameters())
@@ -51,6 +53,8 @@ class ExplicitRun:
         self.model, self.optimizer = self.fabric.setup(run.net, optimizer)
         self.scheduler = instantiate(cfg.scheduler)(self.optimizer) if cfg.get("scheduler") else None
         dm = run.datamodule
+        if run.resume.mid_epoch:  # the train loader skips the batches trained before the checkpoint
+            dm.resume_train_at(*run.resume.mid_epoch)
         dm.distribute(
             self.fabric.global_rank, self.fabric.world_size, self.fabric.device
         )  # this rank's shard
@@ -68,18 +72,34 @@ class ExplicitRun:
         self.limits = {s: self.fast or t.get(f"limit_{s}_batches") for s in STAGES}
         self.epochs = 1 if self.fast else t.max_epochs
         batches = num_batches(self.loaders["train"], self.limits["train"])
+        self.batches_per_epoch = batches
         self.steps_per_epoch = math.ceil(batches / cfg.loop.accumulate_grad_batches)
+        self.every_n_train_steps = cfg.checkpoint.every_n_train_steps
+        self.train_metrics = run.task.stage_metrics("train").to(self.fabric.device)
         self.loggers = build_loggers(cfg)  # logger=csv, tensorboard, mlflow, none, or a list of them
         self.extra = {CHECKPOINT_KEY: checkpoint_config(cfg, dm)}
 
-    def state(self, epoch: int, step: int) -> dict[str, Any]:
-        """A checkpoint of this moment (Lightning's layout), with the best score so far."""
-        extra = self.extra | {BEST_KEY: self.run.best.state_dict()}
+    def state(self, epoch: int, batches: int) -> dict[str, Any]:
+        """A checkpoint of this moment (Lightning's layout), with the best score so far and the
+        position in the epoch (`batches` trained in it). Under DDP every rank calls it (a gather)."""
+        step = epoch * self.steps_per_epoch + math.ceil(batches / self.run.cfg.loop.accumulate_grad_batches)
+        done = batches >= self.batches_per_epoch
+        extra = self.extra | {
+            BEST_KEY: self.run.best.state_dict(),
+            EPOCH_KEY: epoch_position(epoch, batches, done, self.train_metrics),
+        }
         return checkpoint_state(self.model, self.optimizer, self.scheduler, epoch, step, extra)
+
+    def on_step(self, epoch: int, batches: int) -> None:
+        """`last.ckpt` every N optimizer steps (`checkpoint.every_n_train_steps`)."""
+        step = epoch * self.steps_per_epoch + batches // self.run.cfg.loop.accumulate_grad_batches
+        if self.every_n_train_steps and not self.fast and step % self.every_n_train_steps == 0:
+            self.fabric.save(self.run.checkpoints / "last.ckpt", self.state(epoch, batches))  # rank 0 writes
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         """The epoch line and the logger (rank 0), then best.ckpt if it improved and last.ckpt."""
         step = (epoch + 1) * self.steps_per_epoch
+        state = None if self.fast else self.state(epoch, self.batches_per_epoch)  # every rank: a gather
         if self.fabric.is_global_zero:
             log.info(epoch_line(epoch + 1, self.epochs, metrics, metrics["time"]))
             for logger in self.loggers:
@@ -90,15 +110,20 @@ class ExplicitRun:
         if self.fast:
             return
         if self.run.best.update(metrics, epoch):  # ties: the lower val/loss, then the later epoch
-            self.fabric.save(self.run.checkpoints / "best.ckpt", self.state(epoch, step))  # rank 0 writes
-        self.fabric.save(self.run.checkpoints / "last.ckpt", self.state(epoch, step))
+            state[BEST_KEY] = self.run.best.state_dict()
+            self.fabric.save(self.run.checkpoints / "best.ckpt", state)  # rank 0 writes
+        self.fabric.save(self.run.checkpoints / "last.ckpt", state)
 
     def train(self) -> None:
         run, loop = self.run, self.run.cfg.loop
-        start_epoch = 0
-        if run.resume.checkpoint is not None:
-            start_epoch = restore_state(run.resume.checkpoint, run.net, self.optimizer, self.scheduler)
-            run.best.load_state_dict(run.resume.checkpoint.get(BEST_KEY, {}))
+        start_epoch, start_batch = 0, 0
+        if (checkpoint := run.resume.checkpoint) is not None:
+            start_epoch = restore_state(checkpoint, run.net, self.optimizer, self.scheduler)
+            run.best.load_state_dict(checkpoint.get(BEST_KEY, {}))
+            if EPOCH_KEY in checkpoint:  # this rank's RNGs and, mid-epoch, its training metrics so far
+                restore_position(checkpoint[EPOCH_KEY], self.fabric.global_rank, self.train_metrics)
+            if run.resume.mid_epoch:
+                start_epoch, start_batch = run.resume.mid_epoch
         for logger in self.loggers:
             run.resume.keep_metrics(logger)
         try:
@@ -106,17 +131,18 @@ class ExplicitRun:
                 self.fabric, self.model, self.optimizer, self.loaders["train"], self.loaders["val"],
                 epochs=self.epochs, task=run.task, scheduler=self.scheduler,
                 accumulate_grad_batches=loop.accumulate_grad_batches,
-                gradient_clip_val=loop.gradient_clip_val, start_epoch=start_epoch,
+                gradient_clip_val=loop.gradient_clip_val, start_epoch=start_epoch, start_batch=start_batch,
                 limit_train_batches=self.limits["train"], limit_val_batches=self.limits["val"],
-                on_epoch_end=self.on_epoch_end,
+                on_epoch_end=self.on_epoch_end, on_step=self.on_step,
                 should_stop=lambda: run.stop.agreed(self.fabric.world_size > 1),
+                train_metrics=self.train_metrics,
             )  # fmt: skip
         except StopTraining as stopped:  # every rank stopped at the same batch: all take part in the save
             saved = run.checkpoints / INTERRUPTED
-            steps = math.ceil(stopped.batch / loop.accumulate_grad_batches)  # optimizer steps this epoch
-            step = stopped.epoch * self.steps_per_epoch + steps
-            self.fabric.save(saved, self.state(stopped.epoch, step))  # the best score too, for ckpt_path=auto
+            self.fabric.save(saved, self.state(stopped.epoch, stopped.batch))  # the best score too
+            self.io.teardown()  # the write is on disk before the process says so
             raise TrainingInterrupted(run.stop.signum, str(stopped), saved, run.run_dir) from None
+        self.io.teardown()  # the last checkpoints are on disk before best.ckpt is read
         for logger in self.loggers:
             logger.finalize("success")
 

@@ -7,6 +7,7 @@ callbacks (run/callbacks.py); the explicit loop does the same things in run_expl
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,11 @@ from lightfit.errors import LightfitError
 from lightfit.loops import LIGHTNING_LOOPS
 from lightfit.run import slurm
 from lightfit.run.callbacks import EpochLine, RunCheckpoints, StopOnSignal
+from lightfit.run.checkpoint_io import CheckpointWriteFailed, checkpoint_io
 from lightfit.run.context import Run, checkpoint_config, load_net_weights
 from lightfit.run.loggers import build_loggers
 from lightfit.run.progress import progress_callbacks
-from lightfit.run.resume import INTERRUPTED, AtomicCheckpointIO, CheckpointWriteFailed
+from lightfit.run.resume import INTERRUPTED
 from lightfit.run.signals import TrainingInterrupted
 
 
@@ -33,7 +35,8 @@ def trainer(cfg: DictConfig, run_dir: Path, callbacks: list, logger: Any, **loop
         **loop_kwargs,
         callbacks=[*callbacks, *progress_callbacks(interactive)],  # rich bar and summary on a terminal
         logger=logger,
-        plugins=[AtomicCheckpointIO(), *slurm.lightning_plugins()],  # lightfit requeues, not Lightning
+        # step checkpoints are written in the background; lightfit requeues on SLURM, not Lightning
+        plugins=[checkpoint_io(cfg.checkpoint.every_n_train_steps), *slurm.lightning_plugins()],
         default_root_dir=run_dir,
         enable_progress_bar=interactive,  # CI logs get one line per epoch instead
         enable_model_summary=interactive,
@@ -59,7 +62,14 @@ def train_lightning(run: Run) -> dict[str, Any]:
         # manual: the module does accumulation and clipping itself; Trainer flags would raise.
         **(knobs if loop.name == "manual" else {}),
     )
-    checkpoints = RunCheckpoints(run.checkpoints, run.best)
+    checkpoints = RunCheckpoints(run.checkpoints, run.best, cfg.checkpoint.every_n_train_steps)
+    if run.resume.mid_epoch:
+        # The train loader skips the batches trained before the checkpoint (IndexBatchSampler),
+        # so Lightning's warning that a mid-epoch resume replays data does not apply.
+        run.datamodule.resume_train_at(*run.resume.mid_epoch)
+        warnings.filterwarnings(
+            "ignore", message=".*resuming from a checkpoint that ended before the epoch.*"
+        )
     loggers = build_loggers(cfg)  # logger=csv, tensorboard, mlflow, none, or a list of them
     for logger in loggers:
         run.resume.keep_metrics(logger)

@@ -41,6 +41,8 @@ class StopOnSignal(Callback):
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if not may_save_mid_epoch(trainer, batch_idx):
+            return  # the same batches on every rank: the ranks' exchanges stay in step
         if self.stop.agreed(trainer.world_size > 1):
             raise StopRequested(self.stop.signum)  # Lightning calls on_exception, then re-raises
 
@@ -51,6 +53,16 @@ class StopOnSignal(Callback):
         self.where = f"epoch {trainer.current_epoch + 1}, batch {batch}"
         trainer.save_checkpoint(self.path, weights_only=False)  # every rank: rank 0 writes, all wait
         self.saved = self.path
+
+
+def may_save_mid_epoch(trainer: Any, batch_idx: int) -> bool:
+    """Whether a checkpoint at this batch end resumes exactly: right after an optimizer step
+    (nothing accumulated would be lost) and not at the epoch's last batch (that state is saved
+    by the epoch end, after validation, which a restart here would skip)."""
+    if batch_idx + 1 >= trainer.num_training_batches:
+        return False
+    accumulate = getattr(trainer.lightning_module, "accumulate_grad_batches", trainer.accumulate_grad_batches)
+    return (batch_idx + 1) % accumulate == 0
 
 
 class EpochLine(Callback):
@@ -71,17 +83,34 @@ class EpochLine(Callback):
 
 
 class RunCheckpoints(Checkpoint):
-    """`best.ckpt` when the monitored metric improves (ties: see BestScore), `last.ckpt` every epoch.
+    """`best.ckpt` when the monitored metric improves (ties: see BestScore), `last.ckpt` every
+    epoch and, with `every_n_train_steps`, every N optimizer steps inside an epoch.
 
     Saved at the end of each training epoch, after validation, as ModelCheckpoint does by
     default; a `Checkpoint` subclass, so Lightning runs it after the other callbacks. Its
     state (the best score) travels in every checkpoint, so a resumed run keeps it.
     """
 
-    def __init__(self, dirpath: Path, best: BestScore) -> None:
+    def __init__(self, dirpath: Path, best: BestScore, every_n_train_steps: int | None = None) -> None:
         self.dirpath, self.best = dirpath, best
         self.best_path: Path | None = None
         self.validated = False  # this epoch: callback_metrics keeps older epochs' val metrics
+        self.every_n_train_steps = every_n_train_steps
+        self.saved_step = -1
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self.saved_step = trainer.global_step  # a resumed run does not save its first step again
+
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """`last.ckpt` every N optimizer steps (trainer.global_step counts steps, not batches)."""
+        n, step = self.every_n_train_steps, trainer.global_step
+        if not n or step % n or step == self.saved_step or trainer.fast_dev_run:
+            return
+        if may_save_mid_epoch(trainer, batch_idx):
+            trainer.save_checkpoint(self.dirpath / "last.ckpt", weights_only=False)  # rank 0 writes, all wait
+            self.saved_step = step
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         self.validated = not trainer.sanity_checking

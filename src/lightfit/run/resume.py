@@ -1,42 +1,46 @@
-"""Nothing lost: atomic checkpoint writes, RNG state in checkpoints, graceful stops.
+"""Nothing lost: atomic checkpoint writes, exact resumes from any batch, graceful stops.
 
-Resuming from `checkpoints/last.ckpt` (written at the end of every epoch) gives the same
-weights as a run that was never interrupted: the model, optimizer, scheduler and counters
-are in the checkpoint, the data order depends only on seed and epoch
-(`EpochShuffleSampler`), and the random number generators (dropout) are saved here.
+Resuming from any checkpoint of a run, written at an epoch end (`last.ckpt`), every N
+optimizer steps (`checkpoint.every_n_train_steps=N`, also `last.ckpt`) or on a stop
+(`interrupted.ckpt`), gives the same weights, results.json and metrics.csv rows as a run
+that was never interrupted (tests/test_kill.py kills runs at random moments to check it).
+A checkpoint holds the model, optimizer, scheduler and loop counters, and under
+`EPOCH_KEY` where in its epoch it was written (`epoch_position`): the batches already
+trained (the data order depends only on seed and epoch, `EpochShuffleSampler`, so the
+resumed run skips exactly those), and for each DDP rank every RNG (dropout) and the
+training metrics accumulated so far in the epoch (`StageMetrics.epoch_state`). Lightning
+saves from rank 0 only, so the ranks' states are gathered to it first.
 
 SIGTERM (what SLURM sends before preemption), SIGUSR1 (what `#SBATCH --signal=USR1@90`
 sends before the time limit) and Ctrl-C stop training at the next batch boundary (the
 same batch on every DDP rank) and save `checkpoints/interrupted.ckpt`, the state at that
-moment. `last.ckpt` is left alone, so `ckpt_path=last` still resumes exactly from the
-last complete epoch. `ckpt_path=auto` takes the newest readable checkpoint of the run
+moment (signals.py). `ckpt_path=auto` takes the newest readable checkpoint of the run
 directory, whichever it is, or starts fresh: the same command continues after any stop.
 
-A checkpoint write that fails (a full disk, a file-size limit, a read-only folder) stops
-the run with one line naming the file and the OS error, and leaves the previous
-checkpoint as it was.
+A mid-epoch checkpoint is only ever written after an optimizer step (at an accumulation
+boundary, never with gradients half accumulated) and never at an epoch's last batch (the
+epoch-end `last.ckpt` follows a moment later): a stop requested elsewhere carries on to
+the next such boundary. How checkpoints are written (atomically, in the background for
+step checkpoints, one line when a write fails): checkpoint_io.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import logging
-import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from lightning.fabric.plugins import TorchCheckpointIO
 
 from lightfit.errors import LightfitError
 
 log = logging.getLogger("lightfit")
 RNG_KEY = "rng_states"
+EPOCH_KEY = "epoch_position"  # where in its epoch a checkpoint was written (see epoch_position)
 INTERRUPTED = "interrupted.ckpt"
 AUTO = "auto"  # ckpt_path=auto
 # What ckpt_path=auto chooses from, in checkpoints/ (best.ckpt is never ahead of last.ckpt).
@@ -45,52 +49,6 @@ RESUMABLE = (INTERRUPTED, "last.ckpt")
 # of the epochs already trained (max_epochs extends a run; with a scheduler that reads it,
 # such as cosine's T_max, set that explicitly).
 MAY_DIFFER = ("ckpt_path", "trainer.max_epochs", "logger")
-
-
-class CheckpointWriteFailed(LightfitError):
-    """Writing a checkpoint failed with an OS error; the previous file under its name is unchanged."""
-
-    exit_code = 1
-
-    def __init__(self, path: Path, error: OSError) -> None:
-        reason = f"[Errno {error.errno}] {error.strerror}" if error.strerror else str(error)
-        kept = f"; the previous {path.name} is unchanged" if path.is_file() else ""
-        super().__init__(f"could not write checkpoint {path}: {reason}{kept}")
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write to a temporary file beside the target, fsync, then rename over it.
-
-    A crash or a full disk during the write leaves the previous checkpoint in place,
-    never a truncated one: `os.replace` within one directory is atomic. (Lightning's own
-    writer stages the file in the system temp directory, which may be another disk.)
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        path = Path(path)
-        tmp = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException as exc:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    Path(tmp).unlink(missing_ok=True)
-            if (error := _os_error(exc)) is not None:
-                raise CheckpointWriteFailed(path, error) from None
-            raise
-
-
-def _os_error(exc: BaseException | None) -> OSError | None:
-    """The OSError behind `exc`: torch.save turns a failed write() into a RuntimeError without errno."""
-    while exc is not None and not isinstance(exc, OSError):
-        exc = exc.__cause__ or exc.__context__
-    return exc
 
 
 def rng_states() -> dict[str, Any]:
@@ -117,6 +75,37 @@ def restore_rng_states(states: dict[str, Any]) -> None:
     )
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def gathered(obj: Any) -> list[Any]:
+    """`obj` of every DDP rank, in rank order, on every rank (a collective); `[obj]` in one process."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    objects: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(objects, obj)
+    return objects
+
+
+def epoch_position(epoch: int, batches: int, epoch_done: bool, train_metrics: Any) -> dict[str, Any]:
+    """Where in `epoch` (0-based) a checkpoint is written: `batches` trained, and per rank the
+    RNG states and the training metrics so far. Under DDP every rank must call it (a gather)."""
+    mine = {RNG_KEY: rng_states(), "train_metrics": train_metrics.epoch_state()}
+    return {"epoch": epoch, "batches": batches, "epoch_done": epoch_done, "ranks": gathered(mine)}
+
+
+def restore_position(position: dict[str, Any], rank: int, train_metrics: Any) -> None:
+    """Give this rank back its RNG states and, mid-epoch, its training metrics so far."""
+    ranks = position["ranks"]
+    if len(ranks) != max(len(gathered(None)), rank + 1) and not position["epoch_done"]:
+        raise LightfitError(
+            f"this checkpoint was written mid-epoch by {len(ranks)} process(es); resume it with as many "
+            "(the batches of an epoch depend on the number of processes), or from an epoch-end last.ckpt"
+        )
+    mine = ranks[min(rank, len(ranks) - 1)]
+    restore_rng_states(mine[RNG_KEY])
+    if not position["epoch_done"]:
+        train_metrics.load_epoch_state(mine["train_metrics"])
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> Path | None:
@@ -242,16 +231,25 @@ class Resume:
     path: Path | None = None
     checkpoint: dict[str, Any] | None = None
 
+    @property
+    def mid_epoch(self) -> tuple[int, int] | None:
+        """(epoch, batches trained in it) when the checkpoint was written inside an epoch."""
+        position = (self.checkpoint or {}).get(EPOCH_KEY)
+        if position is None or position["epoch_done"]:
+            return None
+        return position["epoch"], position["batches"]
+
     def keep_metrics(self, logger: Any) -> None:
         if self.checkpoint is not None and logger and getattr(logger, "log_dir", None):
-            replay_metrics(logger, Path(logger.log_dir) / "metrics.csv", self.checkpoint["epoch"])
+            done = self.checkpoint["epoch"] - (1 if self.mid_epoch else 0)  # the last epoch with its rows
+            replay_metrics(logger, Path(logger.log_dir) / "metrics.csv", done)
 
 
 def replay_metrics(logger: Any, csv_path: Path, up_to_epoch: int) -> None:
     """Keep the metrics.csv rows of the epochs a resumed run continues after.
 
     Lightning's CSV logger deletes an existing metrics.csv when it starts; the rows are
-    read first and logged again, so the file still covers the whole run.
+    read first, logged again and saved, so the file still covers the whole run.
     """
     if not csv_path.is_file():
         return
@@ -263,3 +261,6 @@ def replay_metrics(logger: Any, csv_path: Path, up_to_epoch: int) -> None:
         step = int(float(row.pop("step")))
         values = {k: float(v) for k, v in row.items() if v not in ("", None)}
         logger.log_metrics(values | {"epoch": int(values["epoch"])}, step)
+    # Written back at once: the logger removed the file when it started, and a run killed
+    # before its next epoch end would otherwise leave the rows only in memory.
+    logger.save()

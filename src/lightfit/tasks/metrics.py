@@ -147,6 +147,14 @@ class StageMetrics(nn.Module):
         # The first batch whose loss was NaN or infinite; NO_BATCH while there is none.
         self.register_buffer("first_bad", torch.tensor(NO_BATCH), persistent=False)
 
+    def _apply(self, fn: Any, recurse: bool = True) -> StageMetrics:
+        # `.to(device)` moves the buffers; the kept batches (a restored mid-epoch state) go too.
+        super()._apply(fn, recurse)
+        self.losses, self.outputs, self.targets = (
+            [fn(t) for t in kept] for kept in (self.losses, self.outputs, self.targets)
+        )
+        return self
+
     def to_float64(self) -> StageMetrics:
         if self.float64:
             for metric in self.metrics.values():
@@ -212,6 +220,42 @@ class StageMetrics(nn.Module):
             results[f"{self.stage}/{name}"] = value.float() if value.is_floating_point() else value
         return results
 
+    def epoch_state(self) -> dict[str, Any]:
+        """What the epoch has accumulated so far, on the CPU, for a checkpoint written mid-epoch.
+
+        Everything, kept batches included: a resumed run must fold at the same batches as
+        one that never stopped, or the float sums come out in another order.
+        """
+        cpu = torch.device("cpu")
+        return {
+            "losses": _moved(self.losses, cpu), "outputs": _moved(self.outputs, cpu),
+            "targets": _moved(self.targets, cpu),
+            "kept_bytes": self.kept_bytes, "samples": self.samples, "folded": self.folded,
+            "loss_sum": self.loss_sum.cpu(), "first_bad": self.first_bad.cpu(),
+            "metrics": {
+                name: {
+                    "update_count": metric._update_count,
+                    "states": {k: _moved(v, cpu) for k, v in metric.metric_state.items()},
+                }
+                for name, metric in self.metrics.items()
+            },
+        }  # fmt: skip
+
+    def load_epoch_state(self, state: dict[str, Any]) -> None:
+        """Continue the epoch an `epoch_state` was taken in."""
+        device = self.loss_sum.device
+        self.losses, self.outputs, self.targets = (
+            _moved(state[k], device) for k in ("losses", "outputs", "targets")
+        )
+        self.kept_bytes, self.samples, self.folded = state["kept_bytes"], state["samples"], state["folded"]
+        self.loss_sum.copy_(state["loss_sum"])
+        self.first_bad.copy_(state["first_bad"])
+        for name, metric in self.metrics.items():
+            saved = state["metrics"][name]
+            for key, value in saved["states"].items():
+                setattr(metric, key, _moved(value, device))
+            metric._update_count, metric._computed = saved["update_count"], None  # torchmetrics' own counters
+
     def reset(self) -> None:
         self.losses, self.outputs, self.targets, self.kept_bytes = [], [], [], 0
         self.samples = self.folded = 0
@@ -219,6 +263,11 @@ class StageMetrics(nn.Module):
         self.first_bad.fill_(NO_BATCH)
         for metric in self.metrics.values():
             metric.reset()
+
+
+def _moved(value: Tensor | list[Tensor], device: torch.device) -> Tensor | list[Tensor]:
+    """A tensor, or a list of them (a metric's gathered state), on `device`."""
+    return value.to(device) if isinstance(value, Tensor) else [t.to(device) for t in value]
 
 
 def match_targets(outputs: Tensor, y: Tensor) -> Tensor:
