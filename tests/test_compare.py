@@ -105,11 +105,14 @@ def test_runs_from_before_the_task_group_fall_back_to_val_loss(mixed, capsys):
         (lambda p: p / "missing", "no such directory"),
         (lambda p: p, "no runs under"),
         (lambda p: make_run(p / "r", {"val/loss": 1.0}).parent, "--monitor val/acc: no run has val/acc"),
+        (lambda p: make_run(p / "r", {"val/loss": 1.0}).parent, "--output x/t.csv: there is no folder x"),
     ],
 )
-def test_bad_input_gets_one_line(tmp_path, capsys, make, message):
+def test_bad_input_gets_one_line(tmp_path, capsys, make, message, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     folder = make(tmp_path)
-    args = [str(folder), "--no-png"] + (["--monitor", "val/acc"] if "monitor" in message else [])
+    option = message.split(": ")[0].split() if message.startswith("--") else []
+    args = [str(folder), "--no-png", *option]
     with pytest.raises(SystemExit) as exit_:
         compare.main(args)
     err = capsys.readouterr().err.strip().splitlines()

@@ -238,6 +238,9 @@ def compare(
 ) -> list[dict[str, Any]]:
     """Print the table (and write it to `output`), draw the curves into `png`; returns the rows."""
     paths = list(dict.fromkeys(p for folder in folders for p in find_runs(folder)))  # in order, once
+    for out in (output, png):
+        if out is not None and not out.parent.is_dir():
+            raise LightfitError(f"cannot write {out}: there is no folder {out.parent}")
     runs = [run for path in track(paths, "reading runs") if (run := read_run(path)) is not None]
     if len(runs) < len(paths):
         print(f"note: {len(paths) - len(runs)} of {len(paths)} runs left out: no {RESULTS} (unfinished)")
