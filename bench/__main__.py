@@ -20,10 +20,10 @@ import bench
 from bench import cases, report, runs
 from bench.metrics import case_metrics
 from bench.progress import Progress, headline
-from bench.workloads import Workload, workloads
+from bench.workloads import Workload, summary, workloads
 
 CASES = ("floor", "plain-loop", *runs.LOOPS, "lightning-barebones", "naive-lightning", "keras", "loader",
-         "metrics")  # fmt: skip
+         "metrics", *runs.STEP_CHECKPOINT_CASES)  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,6 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workloads", default="abc", help="a: digits, b: synthetic batch 128, c: batch 1024")
     p.add_argument("--cases", default=",".join(CASES), help="a comma-separated subset of the cases")
     p.add_argument("--epochs", type=int, default=5, help="measured epochs for b and c, after one warm-up")
+    p.add_argument("--rounds", type=int, default=1, help="run the cases this many times, taking turns; "
+                   "medians over all rounds (a shared machine's slow spells hit every case)")  # fmt: skip
     p.add_argument("--digits-epochs", type=int, default=20, help="epochs in all for a (default run: 20)")
     p.add_argument("--rows", type=int, default=60000, help="synthetic samples for b and c")
     p.add_argument("--startup-runs", type=int, default=3, help="fast_dev_run timings (0: skip)")
@@ -66,6 +68,10 @@ def case_runners(args: argparse.Namespace, tmp: Path) -> dict[str, Callable[[Wor
         "floor": cases.case_floor,
         "plain-loop": cases.case_plain_loop,
         **{loop: partial(runs.case_lightfit, loop=loop, tmp=tmp, extra=extra) for loop in runs.LOOPS},
+        **{  # the same runs with last.ckpt every STEP_CHECKPOINTS optimizer steps
+            case: partial(runs.case_step_checkpoints, loop=loop, tmp=tmp, extra=extra)
+            for case, loop in runs.STEP_CHECKPOINT_CASES.items()
+        },
         "lightning-barebones": cases.case_lightning_barebones,
         "naive-lightning": cases.case_naive_lightning,
         "keras": cases.case_keras,
@@ -80,13 +86,24 @@ def run_workloads(args: argparse.Namespace, tmp: Path, progress: Progress) -> li
     for w in workloads(args, tmp):
         val_samples = len(w.datamodule.splits["val"].rows)
         entry = {"name": w.name, "title": w.title, "batch_size": w.batch_size, "epochs": w.epochs}
-        entry |= {"train_samples": w.train_samples, "val_samples": val_samples, "cases": {}}
+        entry |= {"train_samples": w.train_samples, "val_samples": val_samples, "rounds": args.rounds}
+        entry["cases"] = {}
         entries.append(entry)
-        for case in args.cases:
-            progress.start(f"({w.name}) {case}")
-            result = entry["cases"][case] = run[case](w)
-            progress.done(f"({w.name}) {case}: {headline(result)}")
+        for turn in range(args.rounds):
+            for case in args.cases:
+                name = f"({w.name}) {case}" + (f", round {turn + 1}/{args.rounds}" if args.rounds > 1 else "")
+                progress.start(name)
+                result = entry["cases"][case] = merge(entry["cases"].get(case), run[case](w), w.train_samples)
+                progress.done(f"{name}: {headline(result)}")
     return entries
+
+
+def merge(before: dict[str, Any] | None, result: dict[str, Any], samples: int) -> dict[str, Any]:
+    """A case's result over the rounds so far: its epoch times pooled, the median over all of them."""
+    if not before or "epochs" not in before or "epochs" not in result or "epoch_seconds" not in result:
+        return result  # the first round, or a case without epoch times (loader, metrics)
+    epochs = before["epochs"] + result["epochs"]
+    return {**result, **summary(epochs, samples), "rounds": before.get("rounds", 1) + 1}
 
 
 def run_extras(args: argparse.Namespace, tmp: Path, progress: Progress, results: dict[str, Any]) -> None:
@@ -108,7 +125,7 @@ def items(args: argparse.Namespace) -> int:
     """How many items the progress bar counts."""
     chosen = sum(name in args.workloads for name in "abc")
     mmap = len(args.mmap_devices.split(",")) if args.mmap_gb else 0
-    return chosen * len(args.cases) + bool(args.startup_runs) + mmap
+    return chosen * len(args.cases) * args.rounds + bool(args.startup_runs) + mmap
 
 
 def main(argv: list[str] | None = None) -> None:

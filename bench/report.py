@@ -12,7 +12,7 @@ import lightning as L
 import torch
 
 from bench.metrics import REFERENCE, VARIANTS
-from bench.runs import FRAMEWORKS
+from bench.runs import FRAMEWORKS, STEP_CHECKPOINT_CASES, STEP_CHECKPOINTS
 from bench.workloads import device
 
 DEFAULT_METRICS = next(iter(VARIANTS))  # the classification default, [acc]
@@ -71,6 +71,11 @@ def ratio_rows(secs: Any) -> list[tuple[str, str, bool]]:
                     rows.append(
                         (f"({w}) loop={loop} faster than {other}", f"{ratio:.2f}x its time", ratio < 1)
                     )
+    for case, loop in STEP_CHECKPOINT_CASES.items():
+        if secs("b", case) and secs("b", loop):
+            cost = secs("b", case) / secs("b", loop) - 1
+            target = f"(b) loop={loop}, last.ckpt every {STEP_CHECKPOINTS} steps: <= 2% of epoch time"
+            rows.append((target, f"{cost:+.1%}", cost <= 0.02))
     return rows
 
 
@@ -152,12 +157,16 @@ def metrics_markdown(w: dict[str, Any]) -> list[str]:
     return lines
 
 
+def rounds_note(rounds: int) -> str:
+    return f"; {rounds} rounds, the cases taking turns, medians over all rounds." if rounds > 1 else "."
+
+
 def workload_markdown(w: dict[str, Any]) -> list[str]:
     lines = [
         f"## ({w['name']}) {w['title']}",
         "",
         f"{w['train_samples']} training and {w['val_samples']} validation samples; "
-        f"{w['epochs']} epochs per case, the first one not counted.",
+        f"{w['epochs']} epochs per case, the first one not counted" + rounds_note(w.get("rounds", 1)),
         "",
         "| case | s/epoch | samples/s | x floor |",
         "|---|---:|---:|---:|",

@@ -27,6 +27,8 @@ import numpy as np
 from bench.workloads import Workload, device, summary
 
 LOOPS = ("explicit", "manual", "automatic")
+STEP_CHECKPOINTS = 200  # issue 13: what last.ckpt every 200 optimizer steps costs, on (b)
+STEP_CHECKPOINT_CASES = {f"{loop}+ckpt{STEP_CHECKPOINTS}": loop for loop in ("explicit", "automatic")}
 EPOCH_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]\[lightfit\]\[INFO\] - epoch \d+/\d+")
 # Packages a training run has no use for. What the frameworks import is not lightfit's choice.
 UNUSED = {"keras", "tensorflow", "jax", "tensorboard", "tensorboardX", "matplotlib", "pandas", "sklearn",
@@ -79,7 +81,7 @@ def case_lightfit(w: Workload, loop: str, tmp: Path, extra: list[str]) -> dict[s
     """A real `python -m lightfit.train loop=...` run on the workload; seconds between epoch lines."""
     if not loop_exists(loop):
         return {"skipped": f"loop={loop} is not in this version of lightfit"}
-    run_dir = tmp / f"run-{w.name}-{loop}"
+    run_dir = tmp / f"run-{w.name}-{loop}-{len(list(tmp.glob(f'run-{w.name}-{loop}-*')))}"
     trainer = ["trainer=auto"] if device().type == "cuda" else []
     args = ["-m", "lightfit.train", f"loop={loop}", f"trainer.max_epochs={w.epochs}", *w.overrides]
     args += [*trainer, *extra, f"hydra.run.dir={run_dir}"]
@@ -93,6 +95,13 @@ def case_lightfit(w: Workload, loop: str, tmp: Path, extra: list[str]) -> dict[s
         return {"failed": f"{len(ends)} epoch line(s) in train.log; need 2 or more", "command": command}
     val_acc = json.loads((run_dir / "results.json").read_text()).get("val/acc")
     return summary(seconds, w.train_samples, command=command, val_acc=val_acc)
+
+
+def case_step_checkpoints(w: Workload, loop: str, tmp: Path, extra: list[str]) -> dict[str, Any]:
+    """`case_lightfit` with last.ckpt written every STEP_CHECKPOINTS optimizer steps; on (b) only."""
+    if w.name != "b":
+        return {"skipped": "the step-checkpoint target is for workload (b)"}
+    return case_lightfit(w, loop, tmp, [*extra, f"checkpoint.every_n_train_steps={STEP_CHECKPOINTS}"])
 
 
 # -- start-up ---------------------------------------------------------------------------------

@@ -63,3 +63,31 @@ def test_data_overrides_reach_the_data_module():
     datamodule = instantiate(cfg.data)
     assert isinstance(datamodule, ArrayDataModule)
     assert (datamodule.batch_size, datamodule.val_fraction, datamodule.seed) == (32, 0.25, 7)
+
+
+def test_the_data_schema_read_from_source_is_the_data_modules_signature():
+    import inspect
+
+    import numpy as np
+
+    from lightfit.cli.config import init_from_source
+
+    stub = init_from_source("lightfit.data.datamodule", "ArrayDataModule", {"np": np})
+    assert inspect.signature(stub) == inspect.signature(ArrayDataModule.__init__)
+
+
+def test_config_mistakes_are_answered_before_lightning_is_imported():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from lightfit.cli.train import main\n"
+        "sys.argv = ['lightfit-train', 'trainer.max_epoch=3']\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exit:\n"
+        "    print(exit.code, 'lightning' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["2", "False"], proc.stderr

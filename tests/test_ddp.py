@@ -220,7 +220,8 @@ def test_a_failing_rank_fails_the_job_with_one_line(tmp_path):
     assert not processes_mentioning(str(run))
 
 
-@pytest.mark.parametrize("loop", ["automatic", "explicit"])
+# loop=automatic: tests/test_kill.py sends SIGTERM to a ddp_cpu launcher and resumes the run.
+@pytest.mark.parametrize("loop", ["explicit"])
 def test_sigterm_stops_every_rank_at_one_batch_and_saves(tmp_path, loop):
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -16,7 +16,7 @@ import torch
 from conftest import assert_same_weights, run_train
 
 from lightfit.errors import LightfitError
-from lightfit.run.checkpoint_io import AtomicCheckpointIO
+from lightfit.run.checkpoint_io import AtomicCheckpointIO, BackgroundCheckpointIO, copies
 from lightfit.run.resume import resolve_ckpt_path
 
 # Small batches make an epoch long enough (~0.3 s) to be killed in the middle of one.
@@ -50,7 +50,8 @@ def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float = 120) -> 
     raise AssertionError(f"process ended before printing {prefix!r}: {proc.stderr.read()}")
 
 
-@pytest.mark.parametrize("loop", ["automatic", "manual", "explicit"])
+# automatic and explicit: tests/test_kill.py kills them at random moments and resumes them.
+@pytest.mark.parametrize("loop", ["manual"])
 def test_killed_run_resumes_to_the_same_weights(tmp_path, loop):
     overrides = [f"loop={loop}", *SLOW]
     whole = run_train(tmp_path / "whole", *overrides)
@@ -139,6 +140,31 @@ def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path):
     assert torch.equal(torch.load(path, weights_only=True)["weights"], torch.ones(3))
 
 
+def test_a_background_write_gives_best_the_same_file_and_keeps_it_when_last_moves_on(tmp_path):
+    last, best = tmp_path / "last.ckpt", tmp_path / "best.ckpt"
+    io = BackgroundCheckpointIO()
+    weights = torch.ones(3)
+    io.save_checkpoint({"weights": weights}, last, copies(best))
+    weights.add_(1)  # training goes on while the thread writes: the write has its own copy
+    io.wait()
+    assert best.stat().st_ino == last.stat().st_ino  # written once, two names
+    io.save_checkpoint({"weights": weights}, last, copies(None))  # the score did not improve
+    io.teardown()
+    assert torch.equal(torch.load(best, weights_only=True)["weights"], torch.ones(3))
+    assert torch.equal(torch.load(last, weights_only=True)["weights"], torch.full((3,), 2.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]  # no temporary file
+
+
+def test_a_failed_background_write_is_raised_by_the_next_save(tmp_path):
+    path = tmp_path / "last.ckpt"
+    io = BackgroundCheckpointIO()
+    io.save_checkpoint({"weights": torch.ones(3)}, path)
+    io.save_checkpoint({"weights": torch.zeros(3), "bad": Unpicklable()}, path)
+    with pytest.raises(RuntimeError, match="disk full"):
+        io.teardown()  # or the next save: the training thread hears of it
+    assert torch.equal(torch.load(path, weights_only=True)["weights"], torch.ones(3))
+
+
 def test_ckpt_path_last_needs_a_checkpoint(tmp_path):
     with pytest.raises(LightfitError, match=r"ckpt_path=last: there is no .*last.ckpt; point hydra.run.dir"):
         resolve_ckpt_path("last", tmp_path)
@@ -203,18 +229,18 @@ def test_resume_refuses_a_hostile_checkpoint(tmp_path):
 def test_a_stop_mid_epoch_with_accumulation_resumes_exactly(tmp_path):
     """Manual loop, gradients accumulated over 3 batches: the stop waits for the optimizer step,
     and resuming from interrupted.ckpt gives the uninterrupted run's weights, results and rows."""
-    overrides = ["loop=manual", *SLOW, "trainer.max_epochs=2", "loop.accumulate_grad_batches=3", "logger=csv"]
+    overrides = ["loop=manual", *SLOW, "trainer.max_epochs=3", "loop.accumulate_grad_batches=3", "logger=csv"]
     whole = run_train(tmp_path / "whole", *overrides)
 
     proc = start(tmp_path / "stopped", *overrides)
-    wait_for_line(proc, "epoch 1/2")
-    time.sleep(0.2)  # into epoch 2
+    wait_for_line(proc, "epoch 1/3")
+    # At once: epochs 2 and 3 are the window (a sleep here let a fast machine finish the run).
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, stderr
     interrupted = tmp_path / "stopped/checkpoints/interrupted.ckpt"
     position = torch.load(interrupted, weights_only=True)["epoch_position"]
-    assert position["epoch"] == 1 and not position["epoch_done"], position
+    assert position["epoch"] in (1, 2) and not position["epoch_done"], position
     assert position["batches"] % 3 == 0  # on an accumulation boundary
 
     resumed = run_train(tmp_path / "stopped", *overrides, f"ckpt_path={interrupted}")

@@ -11,11 +11,15 @@ YAML files extend them through their defaults lists.
 """
 
 from __future__ import annotations
+import __future__  # the compiler flag of `from __future__ import annotations`, for init_from_source
 
+import ast
 import collections.abc
+import importlib.util
 import inspect
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -152,12 +156,16 @@ class TrainSchema:
 
 def register() -> None:
     """Store every schema under `schema/` in Hydra's ConfigStore, and the resolvers (idempotent)."""
+    import numpy as np
     import torch
     from omegaconf import OmegaConf
 
     from lightfit import nets
-    from lightfit.data import ArrayDataModule
     from lightfit.run import slurm
+
+    # Read from the source: importing the data module would import Lightning (about 3 s).
+    data_module = init_from_source("lightfit.data.datamodule", "ArrayDataModule", {"np": np})
+    data_target = "lightfit.data.datamodule.ArrayDataModule"
 
     # hydra.run.dir: outputs/slurm-<job id> in a SLURM batch job, so that a requeued job finds
     # its run again; else the time. Cached like Hydra's ${now:}: one value per composed config.
@@ -170,11 +178,11 @@ def register() -> None:
         "trainer": TrainerSchema,
         "loop": LoopSchema,
         "task": TaskSchema,
-        "data/digits": schema_of(ArrayDataModule, skip=bundled, name="lightfit.data.digits"),
+        "data/digits": schema_of(data_module, skip=bundled, name="lightfit.data.digits"),
         "data/diabetes": schema_of(
-            ArrayDataModule, skip=(*bundled, "num_classes"), name="lightfit.data.diabetes"
+            data_module, skip=(*bundled, "num_classes"), name="lightfit.data.diabetes"
         ),
-        "data/npz": schema_of(ArrayDataModule, skip=arrays),
+        "data/npz": schema_of(data_module, skip=arrays, name=data_target),
         # The public names (lightfit.nets.MLP), not the defining module's: checkpoints store them.
         "model/mlp": schema_of(
             nets.MLP, partial=True, skip=("input_shape", "num_outputs"), name="lightfit.nets.MLP"
@@ -195,6 +203,24 @@ def register() -> None:
         store.store(group=group, name=name, node=node)
     if not OmegaConf.has_resolver("lightfit.direction"):
         OmegaConf.register_new_resolver("lightfit.direction", _direction)
+
+
+def init_from_source(module: str, cls: str, names: dict[str, Any]) -> Callable[..., None]:
+    """A function with the signature of `cls.__init__` in `module`, read from the module's
+    source without importing it, so that a typo in an override is answered before Lightning
+    is imported. Only the `def` line runs (its defaults must be plain values); `names`
+    resolve the type hints (`np.ndarray`).
+    """
+    source = importlib.util.find_spec(module).origin
+    tree = ast.parse(Path(source).read_text(), source)
+    body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls).body
+    init = next(n for n in body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    init.body, init.decorator_list = [ast.Pass()], []
+    stub = ast.fix_missing_locations(ast.Module([init], []))
+    code = compile(stub, source, "exec", __future__.annotations.compiler_flag)
+    scope = dict(names)
+    exec(code, scope)  # noqa: S102 - lightfit's own source, and only a signature of plain defaults
+    return scope["__init__"]
 
 
 def _direction(*, _root_: Any) -> str:

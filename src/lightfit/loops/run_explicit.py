@@ -25,7 +25,7 @@ from lightfit.loops.explicit import (
 )
 from lightfit.loops.module import CHECKPOINT_KEY
 from lightfit.run.best import BEST_KEY
-from lightfit.run.checkpoint_io import checkpoint_io
+from lightfit.run.checkpoint_io import BackgroundCheckpointIO, copies
 from lightfit.run.console import epoch_line
 from lightfit.run.context import Run, checkpoint_config, load_net_weights
 from lightfit.run.loggers import build_loggers
@@ -42,7 +42,7 @@ class ExplicitRun:
     def __init__(self, run: Run) -> None:
         t, cfg = run.cfg.trainer, run.cfg
         self.run = run
-        self.io = checkpoint_io(cfg.checkpoint.every_n_train_steps)  # Fabric writes through it
+        self.io = BackgroundCheckpointIO()  # Fabric writes through it, in a thread
         self.fabric = Fabric(
             accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
             precision=t.precision, plugins=[self.io],
@@ -109,10 +109,14 @@ class ExplicitRun:
                 logger.save()  # to disk every epoch: a killed run keeps its metrics
         if self.fast:
             return
+        best = None
         if self.run.best.update(metrics, epoch):  # ties: the lower val/loss, then the later epoch
             state[BEST_KEY] = self.run.best.state_dict()
-            self.fabric.save(self.run.checkpoints / "best.ckpt", state)  # rank 0 writes
-        self.fabric.save(self.run.checkpoints / "last.ckpt", state)
+            best = self.run.checkpoints / "best.ckpt"
+        # Fabric.save without its barrier, which has nothing to wait for: the write goes on in
+        # the background. Rank 0 writes last.ckpt and, when the score improved, best.ckpt: one
+        # file, two names.
+        self.fabric.strategy.save_checkpoint(self.run.checkpoints / "last.ckpt", state, copies(best))
 
     def train(self) -> None:
         run, loop = self.run, self.run.cfg.loop
@@ -143,6 +147,7 @@ class ExplicitRun:
             self.io.teardown()  # the write is on disk before the process says so
             raise TrainingInterrupted(run.stop.signum, str(stopped), saved, run.run_dir) from None
         self.io.teardown()  # the last checkpoints are on disk before best.ckpt is read
+        self.fabric.barrier()  # on every rank: rank 0 wrote them
         for logger in self.loggers:
             logger.finalize("success")
 

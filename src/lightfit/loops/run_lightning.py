@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from lightfit.errors import LightfitError
 from lightfit.loops import LIGHTNING_LOOPS
 from lightfit.run import slurm
-from lightfit.run.callbacks import EpochLine, RunCheckpoints, StopOnSignal
-from lightfit.run.checkpoint_io import CheckpointWriteFailed, checkpoint_io
+from lightfit.run.callbacks import RunCheckpoints, StopOnSignal
+from lightfit.run.checkpoint_io import BackgroundCheckpointIO, CheckpointWriteFailed
 from lightfit.run.context import Run, checkpoint_config, load_net_weights
 from lightfit.run.loggers import build_loggers
 from lightfit.run.progress import progress_callbacks
@@ -33,13 +33,13 @@ def trainer(cfg: DictConfig, run_dir: Path, callbacks: list, logger: Any, **loop
     return L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         **loop_kwargs,
-        callbacks=[*callbacks, *progress_callbacks(interactive)],  # rich bar and summary on a terminal
+        callbacks=[*callbacks, *progress_callbacks(interactive)],  # bar and summary on a terminal
         logger=logger,
-        # step checkpoints are written in the background; lightfit requeues on SLURM, not Lightning
-        plugins=[checkpoint_io(cfg.checkpoint.every_n_train_steps), *slurm.lightning_plugins()],
+        # checkpoints are written in the background; lightfit requeues on SLURM, not Lightning
+        plugins=[BackgroundCheckpointIO(), *slurm.lightning_plugins()],
         default_root_dir=run_dir,
         enable_progress_bar=interactive,  # CI logs get one line per epoch instead
-        enable_model_summary=interactive,
+        enable_model_summary=False,  # the terminal's bar prints it
         use_distributed_sampler=False,  # under DDP the data module shards itself, without padding
     )
 
@@ -74,7 +74,7 @@ def train_lightning(run: Run) -> dict[str, Any]:
     for logger in loggers:
         run.resume.keep_metrics(logger)
     stopper = StopOnSignal(run.stop, run.checkpoints / INTERRUPTED)
-    callbacks = [checkpoints, EpochLine(), stopper]
+    callbacks = [checkpoints, stopper]  # few: each costs its hook calls at every step
     fitter = trainer(
         cfg, run.run_dir, callbacks, loggers or False, **(knobs if loop.name == "automatic" else {})
     )
@@ -84,6 +84,9 @@ def train_lightning(run: Run) -> dict[str, Any]:
         if run.stop.signum is None or isinstance(exc, CheckpointWriteFailed):  # nothing saved: say why
             raise
         raise TrainingInterrupted(run.stop.signum, stopper.where, stopper.saved, run.run_dir) from None
+    # Rank 0 finished its checkpoint writes when fit ended (the writer's teardown); the other
+    # ranks wait for that before they read best.ckpt.
+    fitter.strategy.barrier("checkpoints written")
     best_path = checkpoints.best_path  # None after fast_dev_run: test the current weights
     if best_path:
         load_net_weights(run.net, best_path)

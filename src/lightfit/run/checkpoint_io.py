@@ -1,16 +1,19 @@
-"""Writing checkpoints: atomically, in the background for step checkpoints, one line on failure.
+"""Writing checkpoints: atomically, in the background, one file for several names, one line on failure.
 
 `AtomicCheckpointIO` writes to a temporary file beside the target, fsyncs and renames: a
 crash or a full disk leaves the previous checkpoint whole. A write that fails stops the run
 with `CheckpointWriteFailed`, one line naming the file and the OS error.
+`BackgroundCheckpointIO` (what both loops use) does that in a thread.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,9 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.apply_func import apply_to_collection
 
 from lightfit.errors import LightfitError
+
+# storage_options key: more names for the same checkpoint (best.ckpt beside last.ckpt), written once
+COPIES = "copies"
 
 
 class CheckpointWriteFailed(LightfitError):
@@ -38,26 +44,54 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     A crash or a full disk during the write leaves the previous checkpoint in place,
     never a truncated one: `os.replace` within one directory is atomic. (Lightning's own
     writer stages the file in the system temp directory, which may be another disk.)
+    `storage_options={"copies": [path, ...]}` gives the same checkpoint more names: the file
+    is written once and hard-linked (copied where links do not work) before each rename.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         path = Path(path)
+        copies = [Path(p) for p in (storage_options or {}).get(COPIES, ())]
         tmp = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            with os.fdopen(fd, "wb") as f:
+            tmp = _temporary(path)
+            with open(tmp, "wb") as f:
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
+            for copy in copies:  # each name whole or untouched, as for `path`
+                _replace_with(tmp, copy)
             os.replace(tmp, path)
         except BaseException as exc:
             if tmp is not None:
                 with contextlib.suppress(OSError):
-                    Path(tmp).unlink(missing_ok=True)
+                    tmp.unlink(missing_ok=True)
             if (error := _os_error(exc)) is not None:
                 raise CheckpointWriteFailed(path, error) from None
             raise
+
+
+def _temporary(path: Path) -> Path:
+    """A new empty file beside `path`, for writing and then renaming over it."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def _replace_with(written: Path, path: Path) -> None:
+    """Give `path` the content of the finished file `written`, atomically: a hard link, else a copy."""
+    tmp = _temporary(path)
+    try:
+        tmp.unlink()
+        try:
+            os.link(written, tmp)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(written, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def _os_error(exc: BaseException | None) -> OSError | None:
@@ -70,12 +104,12 @@ def _os_error(exc: BaseException | None) -> OSError | None:
 class BackgroundCheckpointIO(AtomicCheckpointIO):
     """AtomicCheckpointIO that writes in a thread, so that training goes on during the write.
 
-    Used with step checkpoints (`checkpoint.every_n_train_steps`): a write with its fsync
-    took 30 to 50 ms here, 5 to 10% of an epoch of workload (b) at 2 writes an epoch; the
-    training thread now only copies the tensors (what Lightning's AsyncCheckpointIO does,
-    but keeping the atomic rename). One write at a time: the next save, `teardown` (Lightning
-    calls it when fit ends, also on a stop) and the interpreter's exit (not a daemon thread)
-    wait for it, and a failed write is raised there.
+    A write with its fsync took 30 to 50 ms here: at an epoch end (best.ckpt and last.ckpt)
+    that was 5 to 10% of an epoch of workload (b), and as much again per step checkpoint.
+    The training thread now only copies the tensors (what Lightning's AsyncCheckpointIO
+    does, but keeping the atomic rename). One write at a time: the next save, `teardown`
+    (Lightning calls it when fit ends, also on a stop) and the interpreter's exit (not a
+    daemon thread) wait for it, and a failed write is raised there.
     """
 
     def __init__(self) -> None:
@@ -111,6 +145,7 @@ class BackgroundCheckpointIO(AtomicCheckpointIO):
         self.wait()
 
 
-def checkpoint_io(every_n_train_steps: int | None) -> AtomicCheckpointIO:
-    """In the background when checkpoints come every few steps; else each write waits."""
-    return BackgroundCheckpointIO() if every_n_train_steps else AtomicCheckpointIO()
+def copies(*paths: Path | None) -> dict[str, Sequence[Path]] | None:
+    """storage_options for a save that also writes `paths` (None ones left out), or None."""
+    chosen = [p for p in paths if p is not None]
+    return {COPIES: chosen} if chosen else None

@@ -20,8 +20,8 @@ directory, whichever it is, or starts fresh: the same command continues after an
 A mid-epoch checkpoint is only ever written after an optimizer step (at an accumulation
 boundary, never with gradients half accumulated) and never at an epoch's last batch (the
 epoch-end `last.ckpt` follows a moment later): a stop requested elsewhere carries on to
-the next such boundary. How checkpoints are written (atomically, in the background for
-step checkpoints, one line when a write fails): checkpoint_io.py.
+the next such boundary. How checkpoints are written (atomically, in the background, one
+line when a write fails): checkpoint_io.py.
 """
 
 from __future__ import annotations
