@@ -50,7 +50,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         path = Path(path)
-        copies = [Path(p) for p in (storage_options or {}).get(COPIES, ())]
+        more_names = [Path(p) for p in (storage_options or {}).get(COPIES, ())]
         tmp = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,8 +59,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
-            for copy in copies:  # each name whole or untouched, as for `path`
-                _replace_with(tmp, copy)
+            for name in more_names:  # each name whole or untouched, as for `path`
+                _replace_with(tmp, name)
             os.replace(tmp, path)
         except BaseException as exc:
             if tmp is not None:
