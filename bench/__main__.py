@@ -103,7 +103,10 @@ def merge(before: dict[str, Any] | None, result: dict[str, Any], samples: int) -
     if not before or "epochs" not in before or "epochs" not in result or "epoch_seconds" not in result:
         return result  # the first round, or a case without epoch times (loader, metrics)
     epochs = before["epochs"] + result["epochs"]
-    return {**result, **summary(epochs, samples), "rounds": before.get("rounds", 1) + 1}
+    costs = {}  # a list per round: what each run's checkpoint saves cost
+    if "save_costs" in result:
+        costs["save_costs"] = before.get("save_costs", []) + result["save_costs"]
+    return {**result, **summary(epochs, samples), **costs, "rounds": before.get("rounds", 1) + 1}
 
 
 def run_extras(args: argparse.Namespace, tmp: Path, progress: Progress, results: dict[str, Any]) -> None:

@@ -29,6 +29,9 @@ from bench.workloads import Workload, device, summary
 LOOPS = ("explicit", "manual", "automatic")
 STEP_CHECKPOINTS = 200  # issue 13: what last.ckpt every 200 optimizer steps costs, on (b)
 STEP_CHECKPOINT_CASES = {f"{loop}+ckpt{STEP_CHECKPOINTS}": loop for loop in ("explicit", "automatic")}
+# the line BackgroundCheckpointIO writes to train.log at the end: what the saves cost
+SAVE_COSTS = re.compile(r"checkpoints: (\d+) written; ([\d.]+) ms per save on the training thread, "
+                        r"([\d.]+) ms per write in the background, ([\d.]+) ms of it CPU")  # fmt: skip
 EPOCH_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]\[lightfit\]\[INFO\] - epoch \d+/\d+")
 # Packages a training run has no use for. What the frameworks import is not lightfit's choice.
 UNUSED = {"keras", "tensorflow", "jax", "tensorboard", "tensorboardX", "matplotlib", "pandas", "sklearn",
@@ -68,10 +71,10 @@ def failure(rc: int, output: str) -> str:
     return f"exit {rc}: " + " | ".join(output.strip().splitlines()[-2:])
 
 
-def epoch_ends(log_file: Path) -> list[float]:
+def epoch_ends(log_text: str) -> list[float]:
     """The times of the epoch lines in a run's train.log (Python logging: millisecond resolution)."""
     ends = []
-    for line in log_file.read_text().splitlines():
+    for line in log_text.splitlines():
         if match := EPOCH_LINE.match(line):
             ends.append(datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp())
     return ends
@@ -89,19 +92,37 @@ def case_lightfit(w: Workload, loop: str, tmp: Path, extra: list[str]) -> dict[s
     command = shlex.join(["python", *args[:-1]])
     if rc != 0:
         return {"failed": failure(rc, output), "command": command}
-    ends = epoch_ends(run_dir / "train.log")
+    log_text = (run_dir / "train.log").read_text()
+    ends = epoch_ends(log_text)
     seconds = [b - a for a, b in zip(ends, ends[1:], strict=False)]
     if not seconds:
         return {"failed": f"{len(ends)} epoch line(s) in train.log; need 2 or more", "command": command}
     val_acc = json.loads((run_dir / "results.json").read_text()).get("val/acc")
-    return summary(seconds, w.train_samples, command=command, val_acc=val_acc)
+    return summary(seconds, w.train_samples, command=command, val_acc=val_acc, **save_costs(log_text))
 
 
 def case_step_checkpoints(w: Workload, loop: str, tmp: Path, extra: list[str]) -> dict[str, Any]:
-    """`case_lightfit` with last.ckpt written every STEP_CHECKPOINTS optimizer steps; on (b) only."""
+    """`case_lightfit` with last.ckpt written every STEP_CHECKPOINTS optimizer steps; on (b) only.
+
+    As for every lightfit case, the result has what each save cost (`save_costs`): the
+    training thread's time, and the writer thread's time and CPU time, from train.log.
+    """
     if w.name != "b":
         return {"skipped": "the step-checkpoint target is for workload (b)"}
     return case_lightfit(w, loop, tmp, [*extra, f"checkpoint.every_n_train_steps={STEP_CHECKPOINTS}"])
+
+
+def save_costs(log_text: str) -> dict[str, Any]:
+    """What the run's checkpoint saves cost, from its train.log: {"save_costs": [one entry]}, or {}."""
+    if not (found := SAVE_COSTS.search(log_text)):
+        return {}
+    saves, blocked, write, cpu = int(found[1]), *map(float, found.groups()[1:])
+    # a list: bench.__main__.merge puts the rounds' entries together
+    return {
+        "save_costs": [
+            {"saves": saves, "training_thread_ms": blocked, "write_ms": write, "write_cpu_ms": cpu}
+        ]
+    }
 
 
 # -- start-up ---------------------------------------------------------------------------------

@@ -6,12 +6,13 @@ Only a smoke run: the numbers of a run this small mean nothing. `make bench` is 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]  # `python -m bench` runs from the repository root
-CASES = ["floor", "loader", "automatic", "naive-lightning", "metrics"]
+CASES = ["floor", "loader", "automatic", "naive-lightning", "metrics", "automatic+ckpt200"]
 
 
 def bench(*args: str, script: list[str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -35,6 +36,15 @@ def test_bench_writes_json_and_markdown_for_each_case(tmp_path):
         assert len(result["epochs"]) == 3, (case, result)  # 3 measured epochs after the warm-up
         assert result["epoch_seconds"] > 0 and result["samples_per_second"] > 0
     assert workload["cases"]["loader"]["speedup"] > 0
+    # what the saves cost, read from each lightfit run's train.log: one save per epoch here (16 steps)
+    for case in ("automatic", "automatic+ckpt200"):
+        (costs,) = workload["cases"][case]["save_costs"]
+        assert (
+            costs["saves"] == 4
+            and costs["training_thread_ms"] > 0
+            and costs["write_ms"] > 0
+            and costs["write_cpu_ms"] > 0
+        )
     metrics = workload["cases"]["metrics"]
     assert metrics["steps_per_epoch"] == 16 and metrics["num_classes"] == 10  # 1960 rows, batch 128
     assert set(metrics["us_per_step"]) == {
@@ -48,6 +58,11 @@ def test_bench_writes_json_and_markdown_for_each_case(tmp_path):
     table = (out / "results.md").read_text()
     assert "| floor |" in table and "| automatic |" in table and "| naive-lightning |" in table
     assert "Loader alone" in table and "| classification default [acc] |" in table and "## Targets" in table
+    row = (
+        r"\(b\) loop=automatic, last.ckpt every 200 steps: <= 2% of epoch time \| \+\d+\.\d%: 0\.1 saves per"
+    )
+    assert re.search(row, table)  # 16 steps per epoch: 0.08 saves per epoch at 200 steps
+    assert "Checkpoint saves (what each run wrote to its train.log): automatic+ckpt200: " in table
     # Not on a terminal: one progress line per case, as training prints one line per epoch.
     shown = [line for line in proc.stdout.splitlines() if line.startswith("(b) ")]
     assert [line.split(":")[0] for line in shown] == [f"(b) {case}" for case in CASES]

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import assert_same_weights, run_train
 
 from lightfit.errors import LightfitError
 from lightfit.run.checkpoint_io import AtomicCheckpointIO, BackgroundCheckpointIO, copies
-from lightfit.run.resume import resolve_ckpt_path
+from lightfit.run.resume import resolve_ckpt_path, rng_states
 
 # Small batches make an epoch long enough (~0.3 s) to be killed in the middle of one.
 SLOW = [
@@ -153,6 +158,54 @@ def test_a_background_write_gives_best_the_same_file_and_keeps_it_when_last_move
     assert torch.equal(torch.load(best, weights_only=True)["weights"], torch.ones(3))
     assert torch.equal(torch.load(last, weights_only=True)["weights"], torch.full((3,), 2.0))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]  # no temporary file
+
+
+def test_a_background_save_keeps_the_moment_it_was_made_and_logs_its_cost(tmp_path, caplog):
+    net = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    net(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    state = {
+        "state_dict": net.state_dict(),
+        "optimizer_states": [optimizer.state_dict()],
+        "rng_states": rng_states(),
+        "position": {"ranks": [{"seen": np.arange(3)}], "counts": [1, 2]},
+    }
+    expected = copy.deepcopy(state)
+    io = BackgroundCheckpointIO()
+    with io.timed():
+        io.save_checkpoint(state, tmp_path / "last.ckpt")
+    optimizer.step()  # training goes on: weights and momentum change in place
+    state["position"]["ranks"][0]["seen"][0] = 99
+    state["position"]["counts"].append(3)
+    with caplog.at_level(logging.DEBUG, logger="lightfit"):
+        io.teardown()
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert_equal_nested(saved, expected)
+    assert isinstance(saved["state_dict"], OrderedDict)  # as load_state_dict gets it from a plain save
+    assert re.fullmatch(
+        r"checkpoints: 1 written; [\d.]+ ms per save on the training thread, [\d.]+ ms per write in the "
+        r"background, [\d.]+ ms of it CPU",
+        caplog.records[-1].getMessage(),
+    )
+
+
+def assert_equal_nested(a, b):
+    assert type(a) is type(b), (a, b)
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_equal_nested(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert_equal_nested(x, y)
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b)
+    elif isinstance(a, np.ndarray):
+        np.testing.assert_array_equal(a, b)
+    else:
+        assert a == b
 
 
 def test_a_failed_background_write_is_raised_by_the_next_save(tmp_path):

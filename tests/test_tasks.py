@@ -112,8 +112,10 @@ def test_a_torchmetrics_class_by_target(run_dir):
             ["optimizer=sgd", "optimizer.momentum=-0.5"],
             "optimizer.momentum=-0.5: Invalid momentum value: -0.5",
         ),
+        (["loop.accumulate_grad_batches=0"], "loop.accumulate_grad_batches=0 must be at least 1"),
+        (["checkpoint.every_n_train_steps=-5"], "checkpoint.every_n_train_steps=-5 must be a number of"),
     ],
-    ids=["unknown", "wrong-task", "monitor", "loss", "dropout", "width", "momentum"],
+    ids=["unknown", "wrong-task", "monitor", "loss", "dropout", "width", "momentum", "accumulate", "steps"],
 )
 def test_mistakes_stop_before_training(run_dir, overrides, message):
     with pytest.raises(LightfitError) as error:

@@ -154,6 +154,24 @@ class TrainSchema:
     optimized_metric: Optional[str] = None  # noqa: UP045 - what `train` returns to a sweeper; null: monitor
 
 
+# counts that have no meaning below 1: Lightning would divide by them, or loop forever
+AT_LEAST_ONE = ("loop.accumulate_grad_batches", "trainer.num_nodes", "trainer.check_val_every_n_epoch")
+
+
+def check_counts(cfg: Any) -> None:
+    """The counts the schemas type as int but cannot bound: one line naming the override."""
+    from lightfit.errors import LightfitError
+
+    for key in AT_LEAST_ONE:
+        if (value := OmegaConf.select(cfg, key)) is not None and value < 1:
+            raise LightfitError(f"{key}={value} must be at least 1")
+    if (n := cfg.checkpoint.every_n_train_steps) is not None and n < 0:
+        raise LightfitError(
+            f"checkpoint.every_n_train_steps={n} must be a number of optimizer steps"
+            " (null or 0: at epoch ends only)"
+        )
+
+
 def register() -> None:
     """Store every schema under `schema/` in Hydra's ConfigStore, and the resolvers (idempotent)."""
     import numpy as np

@@ -41,6 +41,7 @@ def train(cfg: DictConfig) -> float | None:
 
     quiet_lightning()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    config.check_counts(cfg)
     mode = check_task_config(cfg.task, cfg.monitor)  # a wrong metric name stops here, before any data
     optimized = cfg.get("optimized_metric") or cfg.monitor
     if nprocs := distributed.processes_to_start(cfg.trainer):

@@ -73,7 +73,8 @@ class ExplicitRun:
         self.epochs = 1 if self.fast else t.max_epochs
         batches = num_batches(self.loaders["train"], self.limits["train"])
         self.batches_per_epoch = batches
-        self.steps_per_epoch = math.ceil(batches / cfg.loop.accumulate_grad_batches)
+        self.accumulate = cfg.loop.accumulate_grad_batches  # read once: a config lookup costs ~20 us
+        self.steps_per_epoch = math.ceil(batches / self.accumulate)
         self.every_n_train_steps = cfg.checkpoint.every_n_train_steps
         self.train_metrics = run.task.stage_metrics("train").to(self.fabric.device)
         self.loggers = build_loggers(cfg)  # logger=csv, tensorboard, mlflow, none, or a list of them
@@ -82,7 +83,7 @@ class ExplicitRun:
     def state(self, epoch: int, batches: int) -> dict[str, Any]:
         """A checkpoint of this moment (Lightning's layout), with the best score so far and the
         position in the epoch (`batches` trained in it). Under DDP every rank calls it (a gather)."""
-        step = epoch * self.steps_per_epoch + math.ceil(batches / self.run.cfg.loop.accumulate_grad_batches)
+        step = epoch * self.steps_per_epoch + math.ceil(batches / self.accumulate)
         done = batches >= self.batches_per_epoch
         extra = self.extra | {
             BEST_KEY: self.run.best.state_dict(),
@@ -92,14 +93,16 @@ class ExplicitRun:
 
     def on_step(self, epoch: int, batches: int) -> None:
         """`last.ckpt` every N optimizer steps (`checkpoint.every_n_train_steps`)."""
-        step = epoch * self.steps_per_epoch + batches // self.run.cfg.loop.accumulate_grad_batches
+        step = epoch * self.steps_per_epoch + batches // self.accumulate
         if self.every_n_train_steps and not self.fast and step % self.every_n_train_steps == 0:
-            self.fabric.save(self.run.checkpoints / "last.ckpt", self.state(epoch, batches))  # rank 0 writes
+            with self.io.timed():  # its cost: in train.log at the end
+                state = self.state(epoch, batches)  # every rank: a gather
+                # as at the epoch end: without Fabric.save's barrier and its walk over the state
+                self.fabric.strategy.save_checkpoint(self.run.checkpoints / "last.ckpt", state)  # rank 0
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         """The epoch line and the logger (rank 0), then best.ckpt if it improved and last.ckpt."""
         step = (epoch + 1) * self.steps_per_epoch
-        state = None if self.fast else self.state(epoch, self.batches_per_epoch)  # every rank: a gather
         if self.fabric.is_global_zero:
             log.info(epoch_line(epoch + 1, self.epochs, metrics, metrics["time"]))
             for logger in self.loggers:
@@ -109,14 +112,14 @@ class ExplicitRun:
                 logger.save()  # to disk every epoch: a killed run keeps its metrics
         if self.fast:
             return
-        best = None
-        if self.run.best.update(metrics, epoch):  # ties: the lower val/loss, then the later epoch
-            state[BEST_KEY] = self.run.best.state_dict()
-            best = self.run.checkpoints / "best.ckpt"
-        # Fabric.save without its barrier, which has nothing to wait for: the write goes on in
-        # the background. Rank 0 writes last.ckpt and, when the score improved, best.ckpt: one
-        # file, two names.
-        self.fabric.strategy.save_checkpoint(self.run.checkpoints / "last.ckpt", state, copies(best))
+        with self.io.timed():  # its cost: in train.log at the end
+            improved = self.run.best.update(metrics, epoch)  # ties: the lower val/loss, then the later epoch
+            state = self.state(epoch, self.batches_per_epoch)  # every rank: a gather; the best score in it
+            # Fabric.save without its barrier, which has nothing to wait for: the write goes on in
+            # the background. Rank 0 writes last.ckpt and, when the score improved, best.ckpt: one
+            # file, two names.
+            best = self.run.checkpoints / "best.ckpt" if improved else None
+            self.fabric.strategy.save_checkpoint(self.run.checkpoints / "last.ckpt", state, copies(best))
 
     def train(self) -> None:
         run, loop = self.run, self.run.cfg.loop

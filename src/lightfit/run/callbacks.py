@@ -100,7 +100,8 @@ class RunCheckpoints(Checkpoint):
         if not n or step % n or step == self.saved_step or trainer.fast_dev_run:
             return
         if may_save_mid_epoch(trainer, batch_idx):
-            trainer.save_checkpoint(self.dirpath / "last.ckpt", weights_only=False)  # rank 0 writes, all wait
+            with trainer.strategy.checkpoint_io.timed():  # its cost: in train.log at the end
+                trainer.save_checkpoint(self.dirpath / "last.ckpt", weights_only=False)  # rank 0 writes
             self.saved_step = step
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
@@ -117,7 +118,9 @@ class RunCheckpoints(Checkpoint):
         if validated and self.best.update(trainer.callback_metrics, trainer.current_epoch):
             self.best_path = best = self.dirpath / "best.ckpt"
         # Rank 0 writes last.ckpt and, when the score improved, best.ckpt: one file, two names.
-        trainer.save_checkpoint(self.dirpath / "last.ckpt", weights_only=False, storage_options=copies(best))
+        last = self.dirpath / "last.ckpt"
+        with trainer.strategy.checkpoint_io.timed():
+            trainer.save_checkpoint(last, weights_only=False, storage_options=copies(best))
 
     def state_dict(self) -> dict[str, Any]:
         return {**self.best.state_dict(), "best_path": str(self.best_path) if self.best_path else None}

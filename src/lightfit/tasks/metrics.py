@@ -23,6 +23,7 @@ nothing is counted twice.
 from __future__ import annotations
 
 import inspect
+import operator
 from typing import Any
 
 import torch
@@ -31,8 +32,8 @@ from torch import Tensor, nn
 from lightfit.errors import LightfitError
 
 CLASSIFICATION, REGRESSION = "classification", "regression"
-_CLS = "torchmetrics.classification."
-# name -> (torchmetrics class, fixed arguments, higher is better)
+_CLS = "classification."
+# name -> (torchmetrics class, as torchmetrics.<this>; fixed arguments; higher is better)
 METRICS: dict[str, dict[str, tuple[str, dict[str, Any], bool]]] = {
     CLASSIFICATION: {
         "acc": (_CLS + "MulticlassAccuracy", {"average": "micro"}, True),
@@ -43,11 +44,11 @@ METRICS: dict[str, dict[str, tuple[str, dict[str, Any], bool]]] = {
         "confusion": (_CLS + "MulticlassConfusionMatrix", {}, True),
     },
     REGRESSION: {
-        "mae": ("torchmetrics.MeanAbsoluteError", {}, False),
-        "mse": ("torchmetrics.MeanSquaredError", {}, False),
-        "rmse": ("torchmetrics.MeanSquaredError", {"squared": False}, False),
-        "r2": ("torchmetrics.R2Score", {}, True),
-        "mape": ("torchmetrics.MeanAbsolutePercentageError", {}, False),
+        "mae": ("MeanAbsoluteError", {}, False),
+        "mse": ("MeanSquaredError", {}, False),
+        "rmse": ("MeanSquaredError", {"squared": False}, False),
+        "r2": ("R2Score", {}, True),
+        "mape": ("MeanAbsolutePercentageError", {}, False),
     },
 }
 AVERAGED = ("f1", "precision", "recall", "auroc")  # these take task.average
@@ -98,6 +99,7 @@ def higher_is_better(task: str, entry: Any) -> bool | None:
 
 def build_metric(task: str, entry: Any, num_outputs: int, average: str) -> nn.Module:
     """A torchmetrics object for one `task.metrics` entry."""
+    import torchmetrics  # here, not at the top: a config check must not wait for it (nor scipy)
     from hydra.utils import get_class, instantiate
 
     if isinstance(entry, str):
@@ -105,7 +107,7 @@ def build_metric(task: str, entry: Any, num_outputs: int, average: str) -> nn.Mo
         kwargs = dict(fixed)
         if entry in AVERAGED:
             kwargs["average"] = average
-        cls = get_class(target)
+        cls = operator.attrgetter(target)(torchmetrics)
     else:
         kwargs = {k: v for k, v in entry.items() if k not in ("_target_", "name")}
         cls = get_class(entry["_target_"])
