@@ -20,10 +20,11 @@ import bench
 from bench import cases, report, runs
 from bench.metrics import case_metrics
 from bench.progress import Progress, headline
+from bench.save_cost import case_save_cost
 from bench.workloads import Workload, summary, workloads
 
 CASES = ("floor", "plain-loop", *runs.LOOPS, "lightning-barebones", "naive-lightning", "keras", "loader",
-         "metrics", *runs.STEP_CHECKPOINT_CASES)  # fmt: skip
+         "metrics", *runs.STEP_CHECKPOINT_CASES, "save-cost")  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,6 +78,7 @@ def case_runners(args: argparse.Namespace, tmp: Path) -> dict[str, Callable[[Wor
         "keras": cases.case_keras,
         "loader": cases.case_loader,
         "metrics": case_metrics,
+        "save-cost": partial(case_save_cost, tmp=tmp),
     }
 
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]  # `python -m bench` runs from the repository root
-CASES = ["floor", "loader", "automatic", "naive-lightning", "metrics", "automatic+ckpt200"]
+CASES = ["floor", "loader", "automatic", "naive-lightning", "metrics", "automatic+ckpt200", "save-cost"]
 
 
 def bench(*args: str, script: list[str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -59,10 +59,13 @@ def test_bench_writes_json_and_markdown_for_each_case(tmp_path):
     assert "| floor |" in table and "| automatic |" in table and "| naive-lightning |" in table
     assert "Loader alone" in table and "| classification default [acc] |" in table and "## Targets" in table
     row = (
-        r"\(b\) loop=automatic, last.ckpt every 200 steps: <= 2% of epoch time \| \+\d+\.\d%: 0\.1 saves per"
+        r"\(b\) loop=automatic, last.ckpt every 200 steps: <= 2% of epoch time \| \+\d+\.\d%: \d+\.\d% on the"
     )
-    assert re.search(row, table)  # 16 steps per epoch: 0.08 saves per epoch at 200 steps
-    assert "Checkpoint saves (what each run wrote to its train.log): automatic+ckpt200: " in table
+    assert re.search(row + r" training thread \(0\.1 saves x", table)  # 16 steps per epoch: 0.08 saves at 200
+    assert "Checkpoint saves (from each run's train.log): automatic+ckpt200: " in table
+    cost = workload["cases"]["save-cost"]  # 60 pairs of blocks, one with a save of the network
+    assert cost["pairs"] == 60 and cost["file_bytes"] > 4 * 784 * 256 and cost["save_call_ms"] > 0
+    assert "What a background write takes from training" in table
     # Not on a terminal: one progress line per case, as training prints one line per epoch.
     shown = [line for line in proc.stdout.splitlines() if line.startswith("(b) ")]
     assert [line.split(":")[0] for line in shown] == [f"(b) {case}" for case in CASES]
