@@ -168,10 +168,10 @@ class BackgroundCheckpointIO(AtomicCheckpointIO):
 def frozen(obj: Any) -> Any:
     """A copy of a checkpoint that training cannot change: tensors cloned, containers copied.
 
-    Lightning's apply_to_collection does this too, but it visits every item of every tuple,
-    at several microseconds each: 3 to 5 ms a save for the RNG states alone (Python's is a
-    tuple of 625 ints). A tuple or list with no tensor and no container in it is kept or
-    copied whole here.
+    Lightning's apply_to_collection does this too, but it visits every item of every tuple
+    (Python's RNG state is a tuple of 625 ints, and a checkpoint holds it twice): 2.1 ms a
+    save of workload (b)'s state, against 0.5 ms here, where a tuple or list with no tensor
+    and no container in it is kept or copied whole.
     """
     if isinstance(obj, torch.Tensor):
         return obj.detach().clone()
