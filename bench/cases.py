@@ -32,10 +32,7 @@ def timed_epochs(w: Workload, batches: Callable[[int], Iterable[tuple[Tensor, Te
         start = time.perf_counter()
         for x, y in batches(epoch):
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)  # no-op when already there
-            loss = F.cross_entropy(net(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            train_step(net, opt, x, y)
         sync(dev)
         seconds.append(time.perf_counter() - start)
     return seconds[1:]
@@ -43,9 +40,22 @@ def timed_epochs(w: Workload, batches: Callable[[int], Iterable[tuple[Tensor, Te
 
 def case_floor(w: Workload) -> dict[str, Any]:
     """What the training itself costs: batches sliced once, in order, already on the device."""
+    batches = sliced_batches(w)
+    return summary(timed_epochs(w, lambda epoch: batches), w.train_samples)
+
+
+def sliced_batches(w: Workload) -> list[tuple[Tensor, Tensor]]:
+    """The training rows in batches, in order, sliced once and already on the device."""
     x, y = (t.to(device()) for t in train_tensors(w))
-    batches = [(x[i : i + w.batch_size], y[i : i + w.batch_size]) for i in range(0, len(y), w.batch_size)]
-    return summary(timed_epochs(w, lambda epoch: batches), len(y))
+    return [(x[i : i + w.batch_size], y[i : i + w.batch_size]) for i in range(0, len(y), w.batch_size)]
+
+
+def train_step(net: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor) -> None:
+    """Forward, loss, backward, step: the floor's work per batch."""
+    loss = F.cross_entropy(net(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
 
 
 def case_plain_loop(w: Workload) -> dict[str, Any]:

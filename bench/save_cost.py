@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from bench.cases import sliced_batches, train_step
 from bench.runs import STEP_CHECKPOINT_CASES
-from bench.workloads import Workload, device, network, optimizer, sync, train_tensors
+from bench.workloads import Workload, device, network, optimizer, sync
 from lightfit.loops.explicit import checkpoint_state
 from lightfit.run.checkpoint_io import BackgroundCheckpointIO
 from lightfit.run.resume import rng_states
@@ -34,10 +34,9 @@ def case_save_cost(w: Workload, tmp: Path) -> dict[str, Any]:
         return {"skipped": "the step-checkpoint target is for workload (b)"}
     torch.manual_seed(0)
     dev = device()
-    net, x, y = network(w).to(dev), *(t.to(dev) for t in train_tensors(w))
+    net = network(w).to(dev)
     opt = optimizer(w, net.parameters())
-    starts = range(0, len(y) - w.batch_size, w.batch_size)
-    batches = [(x[i : i + w.batch_size], y[i : i + w.batch_size]) for i in starts]
+    batches = sliced_batches(w)
     io, path = BackgroundCheckpointIO(), tmp / "save-cost" / "last.ckpt"
     position = 0
 
@@ -49,12 +48,8 @@ def case_save_cost(w: Workload, tmp: Path) -> dict[str, Any]:
             io.save_checkpoint(checkpoint_state(net, opt, None, 0, position, {"ranks": [rng_states()]}), path)
         called = time.perf_counter() - start if save else 0.0
         for _ in range(BLOCK):
-            xb, yb = batches[position % len(batches)]
+            train_step(net, opt, *batches[position % len(batches)])
             position += 1
-            loss = F.cross_entropy(net(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
         sync(dev)
         return time.perf_counter() - start, called
 
