@@ -101,7 +101,9 @@ def train_epoch(
         with fabric.no_backward_sync(model, enabled=not step_now):
             outputs = model(x)  # (B, num_classes) scores, or targets in the units of y
             loss = task.loss(outputs, y)
-            fabric.backward(loss / accumulate_grad_batches)  # Fabric: instead of loss.backward()
+            # Fabric: instead of loss.backward(). Each batch's share of an accumulated step is
+            # loss / k; with k = 1 the division is skipped, a graph node less per step.
+            fabric.backward(loss / accumulate_grad_batches if accumulate_grad_batches > 1 else loss)
         metrics.update(outputs, y, loss)  # on the device; no .item() here, it would sync each step
         if step_now:
             if gradient_clip_val:

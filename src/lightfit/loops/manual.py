@@ -35,8 +35,10 @@ class ManualLoop(TaskModule):
         # pass must be inside the context too, or DDP syncs anyway.
         with optimizer.toggle_model(sync_grad=step_now):
             loss = self._common_step(batch, "train")
-            # auto: backward through Lightning (precision scaling, DDP hooks), loss / k.
-            self.manual_backward(loss / self.accumulate_grad_batches)
+            # auto: backward through Lightning (precision scaling, DDP hooks), loss / k
+            # (skipped for k = 1: x / 1 is x, bit for bit, and a graph node less per step).
+            k = self.accumulate_grad_batches
+            self.manual_backward(loss / k if k > 1 else loss)
         if step_now:
             # Clipping happens in on_before_optimizer_step below, inside this call.
             optimizer.step()  # auto: also counts trainer.global_step (optimizer steps, not batches)
