@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -21,10 +22,12 @@ from bench import cases, report, runs
 from bench.metrics import case_metrics
 from bench.progress import Progress, headline
 from bench.save_cost import case_save_cost
+from bench.turns import case_turns, merge_turns
 from bench.workloads import Workload, summary, workloads
 
-CASES = ("floor", "plain-loop", *runs.LOOPS, "lightning-barebones", "naive-lightning", "keras", "loader",
-         "metrics", *runs.STEP_CHECKPOINT_CASES, "save-cost")  # fmt: skip
+CASES = ("floor", "plain-loop", "fabric-loop", *runs.LOOPS, "lightning-barebones", "lightning-trainer",
+         "naive-lightning", "keras", "loader", "metrics", *runs.STEP_CHECKPOINT_CASES, "save-cost",
+         "turns")  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,6 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=5, help="measured epochs for b and c, after one warm-up")
     p.add_argument("--rounds", type=int, default=1, help="run the cases this many times, taking turns; "
                    "medians over all rounds (a shared machine's slow spells hit every case)")  # fmt: skip
+    p.add_argument("--turns", type=int, default=15, help="epochs per case in the turns case, after one "
+                   "warm-up")  # fmt: skip
     p.add_argument("--digits-epochs", type=int, default=20, help="epochs in all for a (default run: 20)")
     p.add_argument("--rows", type=int, default=60000, help="synthetic samples for b and c")
     p.add_argument("--startup-runs", type=int, default=3, help="fast_dev_run timings (0: skip)")
@@ -45,10 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "'trainer.precision=bf16-mixed'")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="6000 rows, 3 epochs, 1 start-up run, no memmap run")
     if p.parse_known_args(argv)[0].quick:  # smaller defaults; options given still win
-        p.set_defaults(rows=6000, epochs=3, digits_epochs=4, startup_runs=1, mmap_gb=0)
+        p.set_defaults(rows=6000, epochs=3, digits_epochs=4, turns=3, startup_runs=1, mmap_gb=0)
     args = p.parse_args(argv)
-    if args.epochs < 3 or args.digits_epochs < 4:
-        p.error("measure at least 3 epochs after the warm-up (--epochs 3, --digits-epochs 4)")
+    if args.epochs < 3 or args.digits_epochs < 4 or args.turns < 3:
+        p.error("measure at least 3 epochs after the warm-up (--epochs 3, --digits-epochs 4, --turns 3)")
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     if unknown := set(args.cases) - set(CASES):
         p.error(f"unknown cases {', '.join(sorted(unknown))}; choose from {', '.join(CASES)}")
@@ -68,17 +73,20 @@ def case_runners(args: argparse.Namespace, tmp: Path) -> dict[str, Callable[[Wor
     return {
         "floor": cases.case_floor,
         "plain-loop": cases.case_plain_loop,
+        "fabric-loop": cases.case_fabric_loop,
         **{loop: partial(runs.case_lightfit, loop=loop, tmp=tmp, extra=extra) for loop in runs.LOOPS},
         **{  # the same runs with last.ckpt every STEP_CHECKPOINTS optimizer steps
             case: partial(runs.case_step_checkpoints, loop=loop, tmp=tmp, extra=extra)
             for case, loop in runs.STEP_CHECKPOINT_CASES.items()
         },
         "lightning-barebones": cases.case_lightning_barebones,
+        "lightning-trainer": cases.case_lightning_trainer,
         "naive-lightning": cases.case_naive_lightning,
         "keras": cases.case_keras,
         "loader": cases.case_loader,
         "metrics": case_metrics,
         "save-cost": partial(case_save_cost, tmp=tmp),
+        "turns": lambda w: case_turns(dataclasses.replace(w, epochs=args.turns + 1), tmp, extra),
     }
 
 
@@ -102,6 +110,8 @@ def run_workloads(args: argparse.Namespace, tmp: Path, progress: Progress) -> li
 
 def merge(before: dict[str, Any] | None, result: dict[str, Any], samples: int) -> dict[str, Any]:
     """A case's result over the rounds so far: its epoch times pooled, the median over all of them."""
+    if before and "turn_seconds" in before and "turn_seconds" in result:
+        return merge_turns(before, result)
     if not before or "epochs" not in before or "epochs" not in result or "epoch_seconds" not in result:
         return result  # the first round, or a case without epoch times (loader, metrics)
     epochs = before["epochs"] + result["epochs"]

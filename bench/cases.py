@@ -16,25 +16,42 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from bench.workloads import Workload, device, network, optimizer, summary, sync, train_tensors
+from lightfit.loops.explicit import set_epoch
 
 # -- plain PyTorch ---------------------------------------------------------------------------
 
 
-def timed_epochs(w: Workload, batches: Callable[[int], Iterable[tuple[Tensor, Tensor]]]) -> list[float]:
-    """Seconds per epoch of forward, loss, backward, step over `batches(epoch)`, warm-up dropped."""
+def timed_epochs(
+    w: Workload,
+    batches: Callable[[int], Iterable[tuple[Tensor, Tensor]]],
+    after_epoch: Callable[[], None] | None = None,
+    fabric: L.Fabric | None = None,
+) -> list[float]:
+    """Seconds per epoch of forward, loss, backward, step over `batches(epoch)`, warm-up dropped.
+
+    `after_epoch()` runs at each epoch's end, outside the timing (bench/turns.py waits there).
+    With `fabric`, the network and optimizer are set up by it and backward goes through it.
+    """
     torch.manual_seed(0)
-    dev = device()
-    net = network(w).to(dev)
+    net = network(w)
     opt = optimizer(w, net.parameters())
+    if fabric is None:
+        dev, backward = device(), Tensor.backward
+        net = net.to(dev)  # in place: the optimizer's parameters move with it
+    else:
+        dev, backward = fabric.device, fabric.backward
+        net, opt = fabric.setup(net, opt)
     net.train()
     seconds = []
     for epoch in range(w.epochs):
         start = time.perf_counter()
         for x, y in batches(epoch):
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)  # no-op when already there
-            train_step(net, opt, x, y)
+            train_step(net, opt, x, y, backward)
         sync(dev)
         seconds.append(time.perf_counter() - start)
+        if after_epoch is not None:
+            after_epoch()
     return seconds[1:]
 
 
@@ -50,15 +67,21 @@ def sliced_batches(w: Workload) -> list[tuple[Tensor, Tensor]]:
     return [(x[i : i + w.batch_size], y[i : i + w.batch_size]) for i in range(0, len(y), w.batch_size)]
 
 
-def train_step(net: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor) -> None:
+def train_step(
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    backward: Callable[[Tensor], Any] = Tensor.backward,
+) -> None:
     """Forward, loss, backward, step: the floor's work per batch."""
     loss = F.cross_entropy(net(x), y)
     opt.zero_grad()
-    loss.backward()
+    backward(loss)
     opt.step()
 
 
-def case_plain_loop(w: Workload) -> dict[str, Any]:
+def case_plain_loop(w: Workload, after_epoch: Callable[[], None] | None = None) -> dict[str, Any]:
     """The floor's loop over lightfit's train loader: a new order each epoch, one gather per batch."""
     loader = w.datamodule.train_dataloader()
 
@@ -66,7 +89,20 @@ def case_plain_loop(w: Workload) -> dict[str, Any]:
         loader.batch_sampler.sampler.set_epoch(epoch)  # what Lightning does before each epoch
         return loader
 
-    return summary(timed_epochs(w, batches), w.train_samples)
+    return summary(timed_epochs(w, batches, after_epoch), w.train_samples)
+
+
+def case_fabric_loop(w: Workload, after_epoch: Callable[[], None] | None = None) -> dict[str, Any]:
+    """The plain loop written with Lightning Fabric as the explicit loop uses it (setup,
+    setup_dataloaders, fabric.backward), nothing else of lightfit: what Fabric's wrappers cost."""
+    fabric = L.Fabric(accelerator="auto", devices=1)
+    loader = fabric.setup_dataloaders(w.datamodule.train_dataloader(), use_distributed_sampler=False)
+
+    def batches(epoch: int) -> DataLoader:
+        set_epoch(loader, epoch)
+        return loader
+
+    return summary(timed_epochs(w, batches, after_epoch, fabric), w.train_samples)
 
 
 def case_loader(w: Workload) -> dict[str, Any]:
@@ -120,20 +156,29 @@ class EpochClock(L.Callback):
         self.ends.append(time.perf_counter())
 
 
-def lightning_fit(w: Workload, loader: DataLoader, **trainer_flags: Any) -> dict[str, Any]:
+def lightning_fit(
+    w: Workload, loader: DataLoader, clock: EpochClock | None = None, **trainer_flags: Any
+) -> dict[str, Any]:
+    """Fit the minimal module; `clock`, its only callback, may be a subclass (bench/turn_worker.py)."""
     L.seed_everything(0, verbose=False)
-    clock = EpochClock()
-    trainer = L.Trainer(
-        max_epochs=w.epochs, accelerator="auto", devices=1, callbacks=[clock], **trainer_flags
-    )
+    clock = clock or EpochClock()
+    flags = {"max_epochs": w.epochs, "accelerator": "auto", "devices": 1, **trainer_flags}
+    trainer = L.Trainer(callbacks=[clock], **flags)
     trainer.fit(MinimalModule(network(w), partial(optimizer, w)), loader)
     seconds = [b - a for a, b in zip(clock.ends, clock.ends[1:], strict=False)]
     return summary(seconds, len(loader.dataset))
 
 
-def case_lightning_barebones(w: Workload) -> dict[str, Any]:
+def case_lightning_barebones(w: Workload, clock: EpochClock | None = None) -> dict[str, Any]:
     """Lightning's own cost per step: lightfit's loader, a minimal module, Trainer(barebones=True)."""
-    return lightning_fit(w, w.datamodule.train_dataloader(), barebones=True)
+    return lightning_fit(w, w.datamodule.train_dataloader(), clock, barebones=True)
+
+
+def case_lightning_trainer(w: Workload, clock: EpochClock | None = None) -> dict[str, Any]:
+    """The minimal module with Lightning's full Trainer, its logger, checkpoints, progress bar and
+    model summary off (lightfit brings its own): what Lightning costs per step beyond barebones."""
+    off = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+    return lightning_fit(w, w.datamodule.train_dataloader(), clock, enable_model_summary=False, **off)
 
 
 def case_naive_lightning(w: Workload) -> dict[str, Any]:

@@ -15,10 +15,11 @@ import torch
 from bench.metrics import REFERENCE, VARIANTS
 from bench.runs import FRAMEWORKS, STEP_CHECKPOINT_CASES, STEP_CHECKPOINTS
 from bench.save_cost import save_cost_markdown
+from bench.turns import turns_markdown, turns_rows
 from bench.workloads import device
 
 DEFAULT_METRICS = next(iter(VARIANTS))  # the classification default, [acc]
-NOT_TIMED = ("loader", "metrics", "save-cost")  # cases without an epoch time of training
+NOT_TIMED = ("loader", "metrics", "save-cost", "turns")  # cases without an epoch time of training
 
 
 def machine() -> dict[str, Any]:
@@ -49,17 +50,18 @@ def step_microseconds(workload: dict[str, Any], case: str) -> float | None:
     return seconds / steps * 1e6 if seconds else None
 
 
-def ratio_rows(secs: Any) -> list[tuple[str, str, bool]]:
-    """The targets that compare two cases' epoch times."""
+def ratio_rows(secs: Any, turns: bool) -> list[tuple[str, str, bool]]:
+    """The targets that compare two cases' epoch times; with `turns`, issue 12's ratios are the
+    turns case's (turns_rows), not these of cases run one after the other."""
     rows = []
     if secs("b", "explicit") and secs("b", "floor"):
         ratio = secs("b", "explicit") / secs("b", "floor")
         rows.append(("(b) loop=explicit <= 1.15x floor", f"{ratio:.2f}x", ratio <= 1.15))
-    if secs("b", "explicit") and secs("b", "plain-loop"):
+    if secs("b", "explicit") and secs("b", "plain-loop") and not turns:
         ratio = secs("b", "explicit") / secs("b", "plain-loop")
         rows.append(("(b) loop=explicit <= 1.10x plain-loop (same run)", f"{ratio:.2f}x", ratio <= 1.10))
     for loop in ("automatic", "manual"):
-        if secs("b", loop) and secs("b", "lightning-barebones"):
+        if secs("b", loop) and secs("b", "lightning-barebones") and not turns:
             ratio = secs("b", loop) / secs("b", "lightning-barebones")
             rows.append((f"(b) loop={loop} <= 1.10x lightning-barebones", f"{ratio:.2f}x", ratio <= 1.10))
     for w, limit in (("b", 1.3), ("c", 1.1)):
@@ -130,7 +132,9 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, bool]]:
     if "speedup" in by_name.get("b", {}).get("cases", {}).get("loader", {}):
         speedup = by_name["b"]["cases"]["loader"]["speedup"]
         rows.append(("(b) loader >= 5x TensorDataset + DataLoader", f"{speedup:.1f}x", speedup >= 5))
-    rows += ratio_rows(secs) + metrics_rows(by_name.get("b")) + step_checkpoint_rows(by_name.get("b"), secs)
+    turns = turns_rows(by_name.get("b"))
+    rows += turns + ratio_rows(secs, bool(turns)) + metrics_rows(by_name.get("b"))
+    rows += step_checkpoint_rows(by_name.get("b"), secs)
     s = report.get("startup", {})
     if "seconds" in s:
         rows.append(("fast_dev_run, start to exit < 8 s", f"{s['seconds']:.1f} s", s["seconds"] < 8))
@@ -189,19 +193,15 @@ def rounds_note(rounds: int) -> str:
 
 
 def workload_markdown(w: dict[str, Any]) -> list[str]:
-    lines = [
-        f"## ({w['name']}) {w['title']}",
-        "",
-        f"{w['train_samples']} training and {w['val_samples']} validation samples; "
-        f"{w['epochs']} epochs per case, the first one not counted" + rounds_note(w.get("rounds", 1)),
-        "",
-        "| case | s/epoch | samples/s | x floor |",
-        "|---|---:|---:|---:|",
-    ]
+    timed = {name: case for name, case in w["cases"].items() if name not in NOT_TIMED}
+    samples = f"{w['train_samples']} training and {w['val_samples']} validation samples"
+    lines = [f"## ({w['name']}) {w['title']}", "", samples + ("; " if timed else ".")]
+    if timed:
+        lines[-1] += f"{w['epochs']} epochs per case, the first one not counted"
+        lines[-1] += rounds_note(w.get("rounds", 1))
+        lines += ["", "| case | s/epoch | samples/s | x floor |", "|---|---:|---:|---:|"]
     floor = w["cases"].get("floor", {}).get("epoch_seconds")
-    for name, case in w["cases"].items():
-        if name in NOT_TIMED:
-            continue
+    for name, case in timed.items():
         if "epoch_seconds" not in case:
             lines.append(f"| {name} | | | {case.get('skipped') or case.get('failed')} |")
             continue
@@ -216,7 +216,8 @@ def workload_markdown(w: dict[str, Any]) -> list[str]:
             f"{loader['lightfit_samples_per_second']:,.0f} samples/s, TensorDataset + DataLoader "
             f"{loader['tensordataset_samples_per_second']:,.0f} samples/s, {loader['speedup']:.1f}x.",
         ]
-    return lines + (metrics_markdown(w) if "metrics" in w["cases"] else []) + save_cost_markdown(w)
+    metrics = metrics_markdown(w) if "metrics" in w["cases"] else []
+    return lines + metrics + save_cost_markdown(w) + turns_markdown(w)
 
 
 def startup_markdown(s: dict[str, Any]) -> list[str]:

@@ -80,14 +80,23 @@ def epoch_ends(log_text: str) -> list[float]:
     return ends
 
 
+def new_run_dir(tmp: Path, prefix: str) -> Path:
+    return tmp / f"{prefix}-{len(list(tmp.glob(f'{prefix}-*')))}"
+
+
+def lightfit_overrides(w: Workload, loop: str, run_dir: Path, extra: list[str]) -> list[str]:
+    """The command-line overrides that train the workload with `loop`, the run directory last."""
+    trainer = ["trainer=auto"] if device().type == "cuda" else []
+    args = [f"loop={loop}", f"trainer.max_epochs={w.epochs}", *w.overrides]
+    return [*args, *trainer, *extra, f"hydra.run.dir={run_dir}"]
+
+
 def case_lightfit(w: Workload, loop: str, tmp: Path, extra: list[str]) -> dict[str, Any]:
     """A real `python -m lightfit.train loop=...` run on the workload; seconds between epoch lines."""
     if not loop_exists(loop):
         return {"skipped": f"loop={loop} is not in this version of lightfit"}
-    run_dir = tmp / f"run-{w.name}-{loop}-{len(list(tmp.glob(f'run-{w.name}-{loop}-*')))}"
-    trainer = ["trainer=auto"] if device().type == "cuda" else []
-    args = ["-m", "lightfit.train", f"loop={loop}", f"trainer.max_epochs={w.epochs}", *w.overrides]
-    args += [*trainer, *extra, f"hydra.run.dir={run_dir}"]
+    run_dir = new_run_dir(tmp, f"run-{w.name}-{loop}")
+    args = ["-m", "lightfit.train", *lightfit_overrides(w, loop, run_dir, extra)]
     rc, output = run_in_terminal([sys.executable, *args], timeout=1800)
     command = shlex.join(["python", *args[:-1]])
     if rc != 0:

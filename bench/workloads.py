@@ -51,29 +51,30 @@ def make_synthetic_npz(path: Path, rows: int, features: int = 784, classes: int 
 
 def workloads(args: argparse.Namespace, tmp: Path) -> list[Workload]:
     """The workloads named in `args.workloads`, their data set up (synthetic data written to `tmp`)."""
-    chosen = []
-    if "a" in args.workloads:  # `make train` as it is: digits, MLP [128], dropout 0.1, Adam, batch 64
+    epochs = {"a": args.digits_epochs, "b": args.epochs + 1, "c": args.epochs + 1}
+    return [make_workload(name, tmp, args.rows, epochs[name]) for name in "abc" if name in args.workloads]
+
+
+def make_workload(name: str, tmp: Path, rows: int, epochs: int) -> Workload:
+    """Workload a, b or c with `epochs` in all, set up; b and c read (or first write) tmp/synthetic.npz."""
+    if name == "a":  # `make train` as it is: digits, MLP [128], dropout 0.1, Adam, batch 64
         dm = digits(batch_size=64, seed=0)
-        chosen.append(
-            Workload("a", "digits, the default run", dm, 64, [128], 0.1, "adam", args.digits_epochs)
-        )
-    for name, batch in (("b", 128), ("c", 1024)):
-        if name not in args.workloads:
-            continue
+        w = Workload("a", "digits, the default run", dm, 64, [128], 0.1, "adam", epochs)
+    else:
+        batch = {"b": 128, "c": 1024}[name]
         path = tmp / "synthetic.npz"
         if not path.exists():
-            make_synthetic_npz(path, args.rows)
+            make_synthetic_npz(path, rows)
         dm = ArrayDataModule(path=str(path), batch_size=batch, seed=0, val_fraction=0.01, test_fraction=0.01)
         overrides = [
             *("data=npz", f"data.path={path}", f"data.batch_size={batch}"),
             *("data.val_fraction=0.01", "data.test_fraction=0.01"),
             *("model.hidden=[256]", "model.dropout=0", "optimizer=sgd"),
         ]
-        title = f"synthetic {args.rows} x 784, 10 classes, MLP 784-256-10, SGD, batch {batch}"
-        chosen.append(Workload(name, title, dm, batch, [256], 0.0, "sgd", args.epochs + 1, overrides))
-    for w in chosen:
-        w.datamodule.setup("fit")
-    return chosen
+        title = f"synthetic {rows} x 784, 10 classes, MLP 784-256-10, SGD, batch {batch}"
+        w = Workload(name, title, dm, batch, [256], 0.0, "sgd", epochs, overrides)
+    w.datamodule.setup("fit")
+    return w
 
 
 def train_tensors(w: Workload) -> tuple[Tensor, Tensor]:

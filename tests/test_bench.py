@@ -12,18 +12,19 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]  # `python -m bench` runs from the repository root
-CASES = ["floor", "loader", "automatic", "naive-lightning", "metrics", "automatic+ckpt200", "save-cost"]
+CASES = ["floor", "fabric-loop", "loader", "automatic", "naive-lightning", "metrics", "automatic+ckpt200",
+         "save-cost", "turns"]  # fmt: skip
 
 
 def bench(*args: str, script: list[str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     command = [sys.executable, *(script or ["-m", "bench"]), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=cwd)
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
 def test_bench_writes_json_and_markdown_for_each_case(tmp_path):
     out = tmp_path / "bench"
     args = ["--workloads", "b", "--rows", "2000", "--epochs", "3", "--cases", ",".join(CASES)]
-    proc = bench(*args, "--startup-runs", "0", "--mmap-gb", "0", "--out", str(out))
+    proc = bench(*args, "--turns", "3", "--startup-runs", "0", "--mmap-gb", "0", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
 
     report = json.loads((out / "results.json").read_text())
@@ -31,7 +32,7 @@ def test_bench_writes_json_and_markdown_for_each_case(tmp_path):
     (workload,) = report["workloads"]
     assert workload["name"] == "b" and workload["batch_size"] == 128
     assert list(workload["cases"]) == CASES
-    for case in ("floor", "automatic", "naive-lightning"):
+    for case in ("floor", "fabric-loop", "automatic", "naive-lightning"):
         result = workload["cases"][case]
         assert len(result["epochs"]) == 3, (case, result)  # 3 measured epochs after the warm-up
         assert result["epoch_seconds"] > 0 and result["samples_per_second"] > 0
@@ -66,6 +67,17 @@ def test_bench_writes_json_and_markdown_for_each_case(tmp_path):
     cost = workload["cases"]["save-cost"]  # 60 pairs of blocks, one with a save of the network
     assert cost["pairs"] == 60 and cost["file_bytes"] > 4 * 784 * 256 and cost["save_call_ms"] > 0
     assert "What a background write takes from training" in table
+    # the loops and their references in their own processes, one epoch each in turn
+    turns = workload["cases"]["turns"]
+    assert turns["turns"] == 3
+    cases = ["plain-loop", "explicit", "fabric-loop", "lightning-trainer", "automatic", "lightning-barebones",
+             "manual"]  # fmt: skip
+    assert list(turns["turn_seconds"]) == cases
+    assert all(len(s) == 3 and min(s) > 0 for s in turns["turn_seconds"].values()), turns
+    assert "| explicit / plain-loop |" in table and "| explicit / fabric-loop |" in table
+    for loop, reference in (("explicit", "plain-loop"), ("manual", "lightning-barebones")):
+        target = rf"\| \(b\) loop={loop} <= 1\.10x {reference}, taking turns epoch by epoch \| "
+        assert re.search(target + r"\d+\.\d\dx \(median of 3 turns", table), table
     # Not on a terminal: one progress line per case, as training prints one line per epoch.
     shown = [line for line in proc.stdout.splitlines() if line.startswith("(b) ")]
     assert [line.split(":")[0] for line in shown] == [f"(b) {case}" for case in CASES]
