@@ -29,8 +29,9 @@ def timed_epochs(
 ) -> list[float]:
     """Seconds per epoch of forward, loss, backward, step over `batches(epoch)`, warm-up dropped.
 
-    `after_epoch()` runs at each epoch's end, outside the timing (bench/turns.py waits there).
-    With `fabric`, the network and optimizer are set up by it and backward goes through it.
+    `after_epoch()` runs at each epoch's end, outside the timing (bench/turn_worker.py waits
+    there for its turn). With `fabric`, the network and optimizer are set up by it and
+    backward goes through it.
     """
     torch.manual_seed(0)
     net = network(w)
