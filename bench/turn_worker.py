@@ -20,6 +20,7 @@ from pathlib import Path
 import lightning as L
 
 from bench import cases
+from bench.runs import LOOPS
 from bench.workloads import device, make_workload, sync
 
 FDS = "BENCH_TURN_FDS"  # "READ,WRITE": the ends of the two pipes to the conductor
@@ -79,7 +80,7 @@ def run_lightfit(baton: Baton, overrides: list[str]) -> None:
 def main(argv: list[str]) -> None:
     case, name, tmp, rows, epochs, *overrides = argv
     baton = Baton()
-    if case in ("explicit", "manual", "automatic"):
+    if case in LOOPS:
         run_lightfit(baton, overrides)
         return
     w = make_workload(name, Path(tmp), int(rows), int(epochs))

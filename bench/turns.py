@@ -91,8 +91,7 @@ class Worker:
             if not select.select([self.reports], [], [], TIMEOUT)[0]:
                 self.proc.kill()
             if not (data := os.read(self.reports, 64)):
-                rc = self.proc.wait()
-                raise WorkerFailed(f"{self.case}: {failure(rc, self.output.decode(errors='replace'))}")
+                raise self.failed(self.proc.wait())
             line += data
         return line.decode().strip()
 
@@ -106,7 +105,11 @@ class Worker:
         os.close(self.go)  # no more turns: a worker that asks for one reads the end of the pipe
         self.go = -1
         if (rc := self.proc.wait(timeout=TIMEOUT)) != 0:
-            raise WorkerFailed(f"{self.case}: {failure(rc, self.output.decode(errors='replace'))}")
+            raise self.failed(rc)
+
+    def failed(self, rc: int) -> WorkerFailed:
+        """The worker's exit code and the last lines it printed."""
+        return WorkerFailed(f"{self.case}: {failure(rc, self.output.decode(errors='replace'))}")
 
     def close(self) -> None:
         if self.proc.poll() is None:
