@@ -33,7 +33,7 @@ STAMP_DOCS := $(VENV)/.installed-docs
 export NO_MKDOCS_2_WARNING := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev train eval predict plot compare mlflow-ui new-project test bench docs docs-serve kill-test lint format clean
+.PHONY: help install install-dev train eval predict plot compare mlflow-ui new-project test test-all bench docs docs-serve kill-test lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -98,7 +98,10 @@ mlflow-ui: $(STAMP_RUN) ## the MLflow UI on the runs of logger=mlflow (pip insta
 new-project: ## copy this template as a new project: make new-project NAME=<package> DEST=<folder>
 	$(PYTHON) scripts/new_project.py --name "$(NAME)" --dest "$(DEST)"
 
-test: $(STAMP_DEV) ## run the test suite
+test: $(STAMP_DEV) ## the test suite without the slow tests (about 2 minutes on 2 cores)
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+test-all: $(STAMP_DEV) ## the whole test suite, slow tests included (install the extras to run theirs)
 	$(PY) -m pytest $(ARGS)
 
 bench: $(STAMP_RUN) $(VENV)/.installed-bench ## benchmark, writes bench/results.md: make bench ARGS="--quick"

@@ -1,7 +1,7 @@
 """Kill training at random moments, resume it each time, and check it ends as if never stopped.
 
 For each loop: one run without interruption, then the same command (plus `ckpt_path=auto`)
-again and again in another run directory, each time killed at a random moment of training
+again and again in another run directory, each time killed at a random optimizer step
 (SIGKILL and SIGTERM in turn) until the requested number of kills is reached; the last
 attempt runs to the end. Then the final weights (a sha256 of the last checkpoint's
 tensors), results.json's metrics and metrics.csv's rows are compared with the
@@ -168,6 +168,27 @@ def training_began(proc: subprocess.Popen, run_dir: Path, steps_file: Path | Non
     return False
 
 
+def global_step(checkpoint: Path) -> int:
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"]
+
+
+def reached(proc: subprocess.Popen, run_dir: Path, steps_file: Path | None, target: int) -> bool:
+    """Waits for a state, not a time: `target` optimizer steps made by this start (under DDP,
+    where steps are not counted: a checkpoint at global step `target` or later). False if the
+    process ended first."""
+    last, seen = run_dir / "checkpoints" / "last.ckpt", None
+    while proc.poll() is None:
+        if steps_file is not None:
+            if steps_file.is_file() and steps_file.stat().st_size >= target:
+                return True
+        elif last.is_file() and last.stat().st_mtime_ns != seen:
+            seen = last.stat().st_mtime_ns  # written whole, then renamed into place
+            if global_step(last) >= target:
+                return True
+        time.sleep(0.02)  # polling interval only; nothing depends on it
+    return False
+
+
 def finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str]:
     try:
         _, stderr = proc.communicate(timeout=timeout)
@@ -229,9 +250,10 @@ def run_loop(loop: str, args: argparse.Namespace, workdir: Path, rng: random.Ran
     # Training ends with the last epoch's last.ckpt; testing and exiting come after it.
     train_seconds = (reference / "checkpoints" / "last.ckpt").stat().st_mtime - trained_from
     outcome.reference_steps = count(steps_file)
+    total = outcome.reference_steps if steps_file else global_step(reference / "checkpoints" / "last.ckpt")
     say(f"{loop}: uninterrupted run, {time.monotonic() - began:.1f}s ({train_seconds:.1f}s training)")
-    # Kills land within training: each attempt trains at most this long before its kill.
-    span = train_seconds / (args.kills + 1)
+    # Kills land within training: each attempt makes at most this many steps before its kill.
+    span = max(1, total // (args.kills + 1))
     signals = [args.signals[i % len(args.signals)] for i in range(args.kills)]
 
     auto = supports_auto()
@@ -247,11 +269,12 @@ def run_loop(loop: str, args: argparse.Namespace, workdir: Path, rng: random.Ran
         began = time.monotonic()
         proc = start(killed, overrides + extra, steps)
         sent = None
-        if attempt < args.kills and training_began(proc, killed, steps, time.time()):
-            time.sleep(rng.uniform(0, span))
-            if proc.poll() is None:
-                sent = signals[attempt]
-                os.killpg(proc.pid, SIGNALS[sent]) if sent == "KILL" else proc.send_signal(SIGNALS[sent])
+        # A random step of this start (under DDP: counted as global steps, from where it resumed).
+        resumed_at = found[1]["global_step"] if found and steps is None else 0
+        target = resumed_at + rng.randint(1, span)
+        if attempt < args.kills and reached(proc, killed, steps, target):
+            sent = signals[attempt]
+            os.killpg(proc.pid, SIGNALS[sent]) if sent == "KILL" else proc.send_signal(SIGNALS[sent])
         code, stderr = finish(proc, args.timeout)
         expected = {0} if sent is None else {0, -SIGNALS[sent], 128 + SIGNALS[sent]}
         if code not in expected:

@@ -110,6 +110,7 @@ def assert_one_line(proc, *needles):
         assert needle in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_cnn_given_flat_vectors(tmp_path):
     path = npz(tmp_path, x=X, y=Y)
     proc = cli("data=npz", f"data.path={path}", "model=cnn", f"hydra.run.dir={tmp_path / 'run'}")

@@ -11,6 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a whole benchmark run and two more processes: `make test-all`
 ROOT = Path(__file__).resolve().parents[1]  # `python -m bench` runs from the repository root
 CASES = ["floor", "fabric-loop", "loader", "automatic", "naive-lightning", "metrics", "automatic+ckpt200",
          "save-cost", "turns"]  # fmt: skip

@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import cli
 
 
+@pytest.mark.slow
 def test_fast_dev_run_from_the_command_line(tmp_path):
     run = tmp_path / "run"
     proc = cli("train", "trainer.fast_dev_run=true", f"hydra.run.dir={run}", module="lightfit")
@@ -41,6 +43,7 @@ def test_one_command_lists_its_subcommands(tmp_path):
     assert bare.returncode == 2 and "usage: lightfit <command>" in bare.stdout
 
 
+@pytest.mark.slow
 def test_hydra_flags_work_after_the_subcommand(tmp_path):
     proc = cli("train", "--cfg", "job", "data=diabetes", module="lightfit", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -75,6 +78,7 @@ def test_wrong_override_syntax(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_missing_data_file(tmp_path):
     proc = cli(
         "data=npz", f"data.path={tmp_path / 'missing.npz'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path
@@ -83,6 +87,7 @@ def test_missing_data_file(tmp_path):
     assert not (tmp_path / "run" / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_npz_without_expected_keys(tmp_path):
     np.savez(tmp_path / "bad.npz", a=np.zeros((4, 2)), b=np.zeros(4))
     proc = cli(

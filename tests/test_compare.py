@@ -120,6 +120,7 @@ def test_bad_input_gets_one_line(tmp_path, capsys, make, message, monkeypatch):
     assert message.split(": ")[-1] in err[-1]
 
 
+@pytest.mark.slow
 def test_a_real_sweep(tmp_path):
     sweep = tmp_path / "sweep"
     trained = cli("-m", "optimizer.lr=0.01,0.0003", "debug=limit", f"hydra.sweep.dir={sweep}", cwd=tmp_path)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import require
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "lightfit"  # renamed with everything else in a generated project
@@ -18,8 +19,11 @@ NAME = f"{PACKAGE}_copy"  # built, not written out: the template refuses names f
 IDENTITY = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost"}
 ENV = {**os.environ, **IDENTITY, "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@localhost"}
 
-pytest.importorskip("copier")
-pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+require("template")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed"),
+]
 
 
 def run(*args: str, cwd: Path) -> str:

@@ -20,6 +20,7 @@ def test_trainer_options_compose():
     assert compose_config("trainer.precision=32").trainer.precision == "32"  # Lightning reads it as 32-true
 
 
+@pytest.mark.slow
 def test_precision_32_and_bf16_mixed_on_cpu_in_every_loop(tmp_path):
     full = run_train(tmp_path / "32", *SHORT, "trainer.precision=32")
     assert math.isfinite(full["test/loss"])

@@ -4,7 +4,6 @@ site builds with `mkdocs build --strict`."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import needs, require
 
 from lightfit.cli import COMMANDS
 
@@ -64,8 +64,8 @@ def test_the_readme_is_a_front_page():
 
 @pytest.mark.parametrize(("where", "code"), PYTHON, ids=[w for w, _ in PYTHON])
 def test_python_block_runs(where, code, tmp_path, monkeypatch):
-    if "import keras" in code and importlib.util.find_spec("keras") is None:
-        pytest.skip("keras is not installed (pip install keras)")
+    if "import keras" in code:
+        require("bench")
     monkeypatch.chdir(tmp_path)  # blocks that save arrays write them here
     exec(compile(code, where, "exec"), {"__name__": "__docs__"})
 
@@ -115,10 +115,7 @@ def test_every_page_is_in_the_nav_and_every_readme_link_resolves():
     assert links and not [link for link in links if "://" not in link and not (ROOT / link).exists()]
 
 
-NO_MKDOCS = importlib.util.find_spec("mkdocs") is None
-
-
-@pytest.mark.skipif(NO_MKDOCS, reason='needs the docs extra: pip install -e ".[docs]"')
+@needs("docs")
 def test_the_site_builds_without_warnings(tmp_path):
     build = ["build", "--strict", "-f", ROOT / "mkdocs.yml", "-d", tmp_path / "site"]
     proc = subprocess.run(

@@ -150,6 +150,7 @@ def test_checkpoint_refusals(tiny, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_bad_inputs_get_one_line_and_leave_no_output(tiny, features, tmp_path):
     run, _ = tiny
     ckpt = f"ckpt_path={run}/checkpoints/best.ckpt"

@@ -51,6 +51,7 @@ def test_fit_evaluate_predict_on_digits(digits, capsys):
     assert accuracy == pytest.approx(scores["acc"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_validation_data_and_no_validation(digits):
     x, y, x_test, y_test = digits
     history = fit(mlp(), x, y, validation_data=(x_test, y_test), epochs=2, verbose=False)
@@ -59,6 +60,7 @@ def test_validation_data_and_no_validation(digits):
     assert set(history.history) == {"loss", "acc"}
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights(digits):
     x, y, *_ = digits
     a, b = mlp(), mlp()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # many training processes: `make test-all`
 SCRIPT = Path(__file__).parents[1] / "scripts" / "kill_test.py"
 
 

@@ -54,6 +54,7 @@ def test_automatic_and_manual_give_the_same_weights(tmp_path, extra):
     assert runs["automatic"]["test/acc"] == runs["manual"]["test/acc"]
 
 
+@pytest.mark.slow
 def test_cnn_trains(run_dir):
     results = run_train(run_dir, "model=cnn", "trainer.max_epochs=1", "logger=none")
     assert 0 <= results["test/acc"] <= 1

@@ -6,11 +6,11 @@ import csv
 from pathlib import Path
 
 import pytest
-from conftest import compose_config, run_train
+from conftest import compose_config, require, run_train
 
 from lightfit.run.loggers import flat_params
 
-pytest.importorskip("mlflow")
+require("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402 - after the skip
 
 

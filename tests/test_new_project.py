@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # copies and installs a project: `make test-all`
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "lightfit"  # renamed with everything else in a generated project
 NAME = f"{PACKAGE}_copy"  # built, not written out: the script refuses names found in the code

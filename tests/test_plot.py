@@ -5,15 +5,15 @@ from __future__ import annotations
 import csv
 
 import pytest
-from conftest import run_train
+from conftest import require, run_train
 
 from lightfit.cli import plot
 
-pytest.importorskip("matplotlib")
+require("plot")
 
 
 # The Lightning loops log train and val in separate rows, the explicit loop in one row per epoch.
-@pytest.mark.parametrize("loop", ["automatic", "explicit"])
+@pytest.mark.parametrize("loop", ["automatic", pytest.param("explicit", marks=pytest.mark.slow)])
 def test_png_of_a_real_run(run_dir, capsys, loop):
     run_train(run_dir, f"loop={loop}", "trainer.max_epochs=3", "logger=csv")
     plot.main([str(run_dir)])

@@ -169,6 +169,7 @@ def test_requeue_asks_scontrol_once_and_says_what_happened(scontrol, monkeypatch
     assert slurm.requeue(signal.SIGUSR1, resumes=True) is None
 
 
+@pytest.mark.slow
 def test_sigusr1_saves_requeues_and_the_same_command_continues(tmp_path, scontrol):
     command = ["ckpt_path=auto", "logger=none", *EPOCHS]  # no run dir: the job id names it
     first = start(*command, cwd=tmp_path, env=SLURM_JOB)
@@ -223,6 +224,7 @@ def _read_only_folders_work_here(tmp_path: Path) -> bool:
     return denied.returncode != 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("failure", ["file-size limit", "read-only folder"])
 def test_a_failed_write_stops_with_one_line_and_keeps_the_previous_checkpoint(tmp_path, failure):
     if sys.platform != "linux":
@@ -239,7 +241,8 @@ def test_a_failed_write_stops_with_one_line_and_keeps_the_previous_checkpoint(tm
     )  # fmt: skip
     wait_for_line(proc, "epoch 1/3")
     while not (checkpoints / "last.ckpt").exists():  # the explicit loop prints before it saves
-        time.sleep(0.01)
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.01)  # polling interval only
     before = (checkpoints / "last.ckpt").read_bytes()  # renamed into place: whole once it exists
     if failure == "file-size limit":  # `ulimit -f` on the running process: a write past it fails
         limit = len(before) // 2

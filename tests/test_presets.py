@@ -8,7 +8,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
-from conftest import compose_config, run_train
+from conftest import compose_config, require, run_train
 from hydra.utils import instantiate
 
 from lightfit.run import progress
@@ -72,7 +72,7 @@ def test_overfit_sees_the_same_batches_every_epoch():
 
 
 def test_tensorboard_events_are_written_and_readable(run_dir):
-    pytest.importorskip("tensorboard")
+    require("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_train(run_dir, "logger=tensorboard", "debug=limit")
@@ -87,7 +87,7 @@ def test_rich_progress_only_on_a_terminal():
     from lightning.pytorch.callbacks import RichModelSummary, RichProgressBar
 
     assert progress_callbacks(interactive=False) == []
-    pytest.importorskip("rich")
+    require("rich")
     (bar,) = progress_callbacks(interactive=True)  # the bar prints the summary: one callback
     assert isinstance(bar, RichProgressBar) and isinstance(bar.summary, RichModelSummary)
 
@@ -104,7 +104,7 @@ def test_progress_bars_count_epochs_from_one(make_bar):
     from lightfit.tasks import Task
 
     if make_bar is progress._rich_bar:
-        pytest.importorskip("rich")
+        require("rich")
     datamodule = digits()
     datamodule.setup("fit")
     net = build_network(MLP, datamodule.input_shape, 10, datamodule.mean, datamodule.std)

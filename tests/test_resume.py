@@ -55,15 +55,28 @@ def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float = 120) -> 
     raise AssertionError(f"process ended before printing {prefix!r}: {proc.stderr.read()}")
 
 
+def wait_for_checkpoint(proc: subprocess.Popen, path: Path, epoch: int) -> None:
+    """Waits for a state, not a time: `path` holds `epoch` (0-based) or a later one."""
+    seen = None
+    while proc.poll() is None:
+        if path.is_file() and path.stat().st_mtime_ns != seen:
+            seen = path.stat().st_mtime_ns  # written whole, then renamed into place
+            if torch.load(path, weights_only=True)["epoch"] >= epoch:
+                return
+        time.sleep(0.01)  # polling interval only
+    raise AssertionError(f"process ended before {path} held epoch {epoch}: {proc.stderr.read()}")
+
+
 # automatic and explicit: tests/test_kill.py kills them at random moments and resumes them.
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", ["manual"])
 def test_killed_run_resumes_to_the_same_weights(tmp_path, loop):
     overrides = [f"loop={loop}", *SLOW]
     whole = run_train(tmp_path / "whole", *overrides)
 
     proc = start(tmp_path / "killed", *overrides)
-    wait_for_line(proc, "epoch 2/4")
-    time.sleep(0.1)  # into epoch 3
+    wait_for_line(proc, "epoch 2/4")  # printed before epoch 2's last.ckpt is saved
+    wait_for_checkpoint(proc, tmp_path / "killed/checkpoints/last.ckpt", epoch=1)
     proc.kill()  # SIGKILL: no handler runs, nothing is flushed
     proc.wait()
     assert not (tmp_path / "killed" / "results.json").exists()
@@ -77,6 +90,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, loop):
     assert {k: resumed[k] for k in METRICS} == {k: whole[k] for k in METRICS}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("loop", "signum"), [("automatic", signal.SIGTERM), ("explicit", signal.SIGINT)])
 def test_signal_stops_at_a_batch_and_saves_a_checkpoint(tmp_path, loop, signum):
     run_dir = tmp_path / "run"
@@ -95,6 +109,7 @@ def test_signal_stops_at_a_batch_and_saves_a_checkpoint(tmp_path, loop, signum):
     assert not (run_dir / "results.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", ["automatic", "explicit"])
 def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, loop):
     run_dir = tmp_path / "run"
@@ -235,6 +250,8 @@ def test_resume_from_a_path_into_a_new_run_dir(tmp_path):
     )
     whole = run_train(tmp_path / "c", "trainer.max_epochs=2", "logger=none")
     assert resumed["test/acc"] == whole["test/acc"] and first["epochs"] == 1
+    # Exact: the resumed run ends with the weights of the run that was never stopped.
+    assert_same_weights(tmp_path / "b/checkpoints/last.ckpt", tmp_path / "c/checkpoints/last.ckpt")
     assert json.loads((tmp_path / "b/results.json").read_text())["epochs"] == 2
 
 
@@ -256,6 +273,7 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_hostile_checkpoint(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.ckpt"
@@ -279,6 +297,7 @@ def test_resume_refuses_a_hostile_checkpoint(tmp_path):
     assert not (tmp_path / "run" / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_a_stop_mid_epoch_with_accumulation_resumes_exactly(tmp_path):
     """Manual loop, gradients accumulated over 3 batches: the stop waits for the optimizer step,
     and resuming from interrupted.ckpt gives the uninterrupted run's weights, results and rows."""

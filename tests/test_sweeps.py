@@ -7,7 +7,7 @@ import json
 
 import pytest
 import yaml
-from conftest import cli
+from conftest import cli, require
 
 from lightfit.run.sweep import job_rows
 
@@ -19,6 +19,7 @@ def read_summary(sweep_dir):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_sweep_writes_and_prints_a_summary(tmp_path):
     sweep = tmp_path / "sweep"
     proc = cli("-m", "optimizer.lr=0.01,0.001", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
@@ -42,8 +43,9 @@ def test_sweep_writes_and_prints_a_summary(tmp_path):
     assert (failed["status"], failed["optimizer.lr"]) == ("failed", "0.001") and "test/acc" not in failed
 
 
+@pytest.mark.slow
 def test_optuna_search_with_two_trials(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    require("optuna")
     sweep = tmp_path / "optuna"
     proc = cli(
         "hparams_search=digits_optuna",

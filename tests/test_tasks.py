@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, assert_same_weights, cli, compose_config, run_train
+from conftest import FAST, assert_same_weights, cli, compose_config, require, run_train
 
 from lightfit.data import bundled_path
 from lightfit.errors import LightfitError
@@ -83,7 +83,7 @@ def test_metrics_by_name_and_a_confusion_matrix(run_dir):
     assert np.trace(matrix) / matrix.sum() == pytest.approx(results["test/acc"], abs=1e-6)
     recall = np.diag(matrix) / matrix.sum(1)  # macro recall from the same matrix
     assert recall.mean() == pytest.approx(results["test/recall"], abs=1e-6)
-    pytest.importorskip("matplotlib")
+    require("plot")
     from lightfit.cli.plot import main as plot
 
     plot([str(run_dir)])  # make plot RUN=...: the curves, and the confusion matrix beside them
@@ -124,6 +124,7 @@ def test_mistakes_stop_before_training(run_dir, overrides, message):
     assert not (run_dir / "results.json").exists() and not (run_dir / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_one_line_and_exit_2_from_the_command_line(tmp_path):
     """A value torch rejects while the optimizer is built: one line naming the override."""
     proc = cli("optimizer.lr=-1", "task.metrics=[acc,f1]", f"hydra.run.dir={tmp_path}")
@@ -150,7 +151,7 @@ def test_monitor_mode_follows_the_metric():
 
 
 def test_optuna_direction_follows_the_monitor():
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    require("optuna")
     directions = {
         (): "minimize",
         ("task.monitor=val/acc",): "maximize",
@@ -194,6 +195,7 @@ def test_a_saturated_metric_does_not_freeze_the_first_epoch(tmp_path, loop):
     assert best_epoch == first + int(np.argmin(losses[first:])) and best_epoch > first, (losses, best_epoch)
 
 
+@pytest.mark.slow
 def test_multi_output_regression_and_predict_in_raw_units(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 5)).astype(np.float32)
@@ -229,6 +231,7 @@ def test_multi_output_regression_and_predict_in_raw_units(tmp_path):
     assert not refused.exists() and not list(tmp_path.glob("*.partial"))
 
 
+@pytest.mark.slow
 def test_evaluate_reproduces_a_regression_run(tmp_path):
     run = tmp_path / "run"
     results = run_train(run, "data=diabetes", *FAST)
