@@ -15,7 +15,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lightfit.cli import config
+from lightfit.cli import config, known_keys
 from lightfit.errors import reported_in_job, run_hydra_entry
 from lightfit.run import distributed, slurm
 
@@ -82,6 +82,7 @@ def train(cfg: DictConfig) -> float | None:
 @hydra.main(config_path="pkg://lightfit.conf", config_name="train", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
     with reported_in_job(PROG):
+        known_keys.check_keys(cfg)  # `+loop.l1=...`, a misspelt argument of a _target_: one line, now
         return train(cfg)
 
 
