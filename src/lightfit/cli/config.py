@@ -149,7 +149,8 @@ class TrainSchema:
     logger: Any = None
     checkpoint: CheckpointSchema = field(default_factory=CheckpointSchema)
     seed: int = 0
-    ckpt_path: Optional[str] = None  # noqa: UP045 - a checkpoint file, "last", or "auto" (newest, or fresh)
+    # a checkpoint file, "last", or "auto" (newest, or fresh); conf/train.yaml: auto in a SLURM batch job
+    ckpt_path: Optional[str] = None  # noqa: UP045
     monitor: str = "${task.monitor}"  # kept at the top level too: monitor=val/acc still works
     optimized_metric: Optional[str] = None  # noqa: UP045 - what `train` returns to a sweeper; null: monitor
 
@@ -188,6 +189,8 @@ def register() -> None:
     # hydra.run.dir: outputs/slurm-<job id> in a SLURM batch job, so that a requeued job finds
     # its run again; else the time. Cached like Hydra's ${now:}: one value per composed config.
     OmegaConf.register_new_resolver("lightfit.run_name", slurm.run_name, use_cache=True, replace=True)
+    # ckpt_path: auto in a SLURM batch job (a requeued job continues), else null
+    OmegaConf.register_new_resolver("lightfit.default_ckpt_path", slurm.default_ckpt_path, replace=True)
 
     arrays = ("x", "y", "x_test", "y_test", "task")  # task: from the task group, at run time
     bundled = (*arrays, "path", "labels")
