@@ -118,7 +118,7 @@ class TaskSchema:
     metrics: Any = None  # names (acc, f1, r2, ...) or {_target_: a torchmetrics class}
     monitor: str = "val/loss"  # {train,val}/loss or {train,val}/<a metric above>
     mode: Optional[str] = None  # noqa: UP045 - min | max; null: the metric's own direction
-    average: str = "macro"  # how f1, precision, recall and auroc average over classes
+    average: str = "macro"  # f1, precision, recall, auroc: macro | micro | weighted | binary (2 classes)
 
 
 @dataclass
