@@ -4,9 +4,9 @@ After a stop, lightfit prints `lightfit train ckpt_path=auto hydra.run.dir=<run 
 would compose that command from conf/ alone, so a run started with `data=diabetes
 model=cnn` would be resumed with the default data and network, and refused. So when a
 command resumes (`ckpt_path=auto` or `last`) in a run directory that Hydra has written
-(`<run dir>/.hydra/overrides.yaml`), the overrides saved there come first, and those of the
-command follow and win: a key the command sets (or a group it swaps, with everything under
-it) replaces the saved one. Hydra then writes the merged list back to overrides.yaml, so
+(`<run dir>/.hydra/overrides.yaml`), the overrides saved there are added to the command's,
+and the command wins: a key it sets (or a group it swaps, with everything under it)
+replaces the saved one. Hydra then writes the merged list back to overrides.yaml, so
 the next resume finds it there too.
 """
 
@@ -57,9 +57,11 @@ def saved_overrides(args: list[str]) -> tuple[list[str], Path | None]:
 
 
 def with_saved_overrides(args: list[str]) -> list[str]:
-    """`args` with the resumed run's own overrides in front, saying so once (see the module's doc)."""
+    """`args` and the resumed run's own overrides that it does not set, saying so once (see above)."""
     added, run_dir = saved_overrides(args)
     if not added:
         return args
     print(f"resuming {run_dir} with its own overrides: {' '.join(added)}", flush=True)
-    return [*added, *args]
+    # After the command's: Hydra's flags may not follow an override. No key is set twice, so
+    # the order changes nothing.
+    return [*args, *added]

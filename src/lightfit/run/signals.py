@@ -44,13 +44,24 @@ def resume_hint(run_dir: Path) -> str:
     """How to continue a stopped run: pasted alone, the command takes the run's own overrides
     (cli/rerun.py), which Hydra saved in the run directory."""
     where = shlex.quote(str(run_dir))
+    command = f"lightfit train{_config_dirs()}"
     saved = run_dir / ".hydra" / "overrides.yaml"
     if not saved.is_file():  # hydra.output_subdir=null: nothing to take them from
-        return f"continue with: lightfit train <the same overrides> ckpt_path=auto hydra.run.dir={where}"
+        return f"continue with: {command} <the same overrides> ckpt_path=auto hydra.run.dir={where}"
     return (
-        f"continue with: lightfit train ckpt_path=auto hydra.run.dir={where} (it takes that run's "
+        f"continue with: {command} ckpt_path=auto hydra.run.dir={where} (it takes that run's "
         f"overrides from {saved}; an override you add wins)"
     )
+
+
+def _config_dirs() -> str:
+    """` --config-dir=<dir>` for each config folder the run was given (its overrides may name them)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return ""
+    sources = HydraConfig.get().runtime.config_sources
+    return "".join(f" --config-dir={shlex.quote(s.path)}" for s in sources if s.provider == "command-line")
 
 
 class StopRequest:
