@@ -62,9 +62,9 @@ def test_a_target_of_ones_own_is_checked_against_its_signature():
     check_keys(cfg({"_target_": "builtins.dict", "anything": 1}))
     metric = {"_target_": "torchmetrics.classification.MulticlassAccuracy", "name": "a", "top_k": 2}
     check_keys(OmegaConf.create({"task": {"metrics": [metric]}}))
-    with pytest.raises(LightfitError, match=r"^task.loss._target_=nowhere.Loss cannot be imported: "):
+    with pytest.raises(LightfitError, match=r"^task.loss._target_=nowhere.Loss cannot be "):
         check_keys(cfg({"_target_": "nowhere.Loss"}))
-    with pytest.raises(LightfitError, match=r"torch.nn has no attribute|has no attribute 'CrossEntropy'"):
+    with pytest.raises(LightfitError, match=r"has no attribute 'CrossEntropy'"):
         check_keys(cfg({"_target_": "torch.nn.CrossEntropy"}))
 
 

@@ -315,7 +315,7 @@ def test_the_stop_hint_pasted_alone_resumes_to_the_same_weights(tmp_path):
     assert proc.returncode == 128 + signal.SIGINT, stderr
     saved = tmp_path / "stopped" / ".hydra" / "overrides.yaml"
     hint = re.search(
-        r"; continue with: (lightfit train .*) \(it takes that run's overrides from (\S+); ", stderr
+        r"; continue with: (lightfit train .*) \(it takes that run's overrides from (\S+);", stderr
     )
     assert hint and hint.group(2) == str(saved), stderr
     command = shlex.split(hint.group(1))

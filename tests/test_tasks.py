@@ -318,9 +318,7 @@ def test_binary_average_scores_the_positive_class_as_scikit_learn_does():
     assert computed["macro"]["f1"] == pytest.approx(macro_f1, abs=1e-5)
     assert computed["macro"]["f1"] - computed["binary"]["f1"] > 0.1  # what task.average changes here
 
-    with pytest.raises(LightfitError, match="task.average=binary needs two classes, and this data has 10"):
+    with pytest.raises(LightfitError, match="average=binary needs two classes, and this data has 10"):
         Task("classification", metrics=["f1"], num_outputs=10, average="binary").stage_metrics("val")
-    with pytest.raises(
-        LightfitError, match="task.average=samples is not one of macro, micro, weighted, binary"
-    ):
+    with pytest.raises(LightfitError, match="average=samples is not one of macro, micro, weighted, binary"):
         Task("classification", average="samples")

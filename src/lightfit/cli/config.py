@@ -190,7 +190,8 @@ def register() -> None:
     # its run again; else the time. Cached like Hydra's ${now:}: one value per composed config.
     OmegaConf.register_new_resolver("lightfit.run_name", slurm.run_name, use_cache=True, replace=True)
     # ckpt_path: auto in a SLURM batch job (a requeued job continues), else null
-    OmegaConf.register_new_resolver("lightfit.default_ckpt_path", slurm.default_ckpt_path, replace=True)
+    default_ckpt_path = slurm.default_ckpt_path
+    OmegaConf.register_new_resolver("lightfit.default_ckpt_path", default_ckpt_path, replace=True)
 
     arrays = ("x", "y", "x_test", "y_test", "task")  # task: from the task group, at run time
     bundled = (*arrays, "path", "labels")

@@ -28,7 +28,7 @@ from lightfit.errors import LightfitError
 
 # Keys that Hydra's instantiate reads itself, whatever the target.
 HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
-# Keys lightfit reads off a node before instantiating it, by the node's path (list indices as []).
+# Keys lightfit reads off a node before instantiating it, by the node's path ([] for any index).
 LIGHTFIT_KEYS = {
     "task.metrics[]": ("name",),  # a metric entry's column name
     "logger": ("log_model",),  # the MLflow setting, on a logger written without its name
@@ -36,7 +36,7 @@ LIGHTFIT_KEYS = {
 
 
 def check_keys(cfg: DictConfig, path: str = "") -> None:
-    """Raise LightfitError for the first key of `cfg` (composed) that no schema or target takes."""
+    """One line (LightfitError) for the first key of a composed `cfg` that nothing takes."""
     kind = OmegaConf.get_type(cfg)
     if dataclasses.is_dataclass(kind):
         fields = [f.name for f in dataclasses.fields(kind)]
@@ -68,7 +68,8 @@ def _parameters(cfg: DictConfig, path: str) -> list[str] | None:
     try:
         found = locate(target)
     except (ImportError, AttributeError) as exc:
-        raise LightfitError(f"{_join(path, '_target_')}={target} cannot be imported: {exc}") from None
+        where = _join(path, "_target_")
+        raise LightfitError(f"{where}={target} cannot be imported: {exc}") from None
     try:
         params = inspect.signature(found).parameters.values()
     except (TypeError, ValueError):  # a builtin without a signature: nothing to check against
@@ -103,7 +104,8 @@ def _check(keys: Iterable[Any], valid: list[str], path: str, owner: str) -> None
             continue
         near = difflib.get_close_matches(key, public, n=1)
         hint = f"did you mean {_join(path, near[0])}?" if near else f"valid: {', '.join(public)}"
-        raise LightfitError(f"unknown key {_join(path, key)}: {owner} takes no '{key}' ({hint})")
+        message = f"unknown key {_join(path, key)}: {owner} takes no '{key}' ({hint})"
+        raise LightfitError(message)
 
 
 def _join(path: str, key: str) -> str:
