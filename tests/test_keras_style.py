@@ -153,3 +153,63 @@ def test_regression_with_keras_names_any_loss_and_metrics():
         fit(model, x, np.c_[y, y], loss="mse", verbose=False)
     with pytest.raises(LightfitError, match="'acc' is a classification metric"):
         fit(model, x, y, loss="huber", metrics=["acc"], verbose=False)
+
+
+def _regression_data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 5)).astype(np.float32)
+    return x, (x @ np.arange(1.0, 6.0)).astype(np.float32)
+
+
+def _linear(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 1))
+
+
+def test_evaluate_uses_what_fit_was_told_and_an_argument_still_wins():
+    x, y = _regression_data()
+    model = _linear()
+    fit(model, x, y, loss="mse", metrics=["mae"], epochs=2, verbose=False)
+    remembered = evaluate(model, x, y)  # as Keras' evaluate uses what compile set
+    assert remembered == evaluate(model, x, y, loss="mse", metrics=["mae"], task="regression")
+    assert set(remembered) == {"loss", "mae"}
+    errors = predict(model, x)[:, 0] - y
+    assert remembered["loss"] == pytest.approx(float(np.mean(errors**2)), rel=1e-5)
+    assert remembered["mae"] == pytest.approx(float(np.mean(np.abs(errors))), rel=1e-5)
+
+    assert set(evaluate(model, x, y, metrics=["rmse"])) == {"loss", "rmse"}  # the loss is still mse
+    assert evaluate(model, x, y, metrics=["rmse"])["loss"] == remembered["loss"]
+    by_mae = evaluate(model, x, y, loss="mae")
+    assert by_mae["loss"] == pytest.approx(remembered["mae"], rel=1e-5) and set(by_mae) == {"loss", "mae"}
+
+    # Another model keeps its own; task= alone picks that task's default loss (mse) and metrics.
+    other = _linear(seed=1)
+    fit(other, x, y, task="regression", epochs=1, verbose=False)
+    assert set(evaluate(other, x, y)) == {"loss", "mae", "rmse", "r2"}
+    assert set(evaluate(model, x, y)) == {"loss", "mae"}
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda m, x, y: evaluate(m, x, y),
+         r'for real-valued targets pass loss="mse" \(or another regression loss\) or task="regression"$'),
+        (lambda m, x, y: fit(m, x, y, loss="msee"),
+         r'^loss="msee" is not a classification loss; valid: cross_entropy \(or a loss module'),
+        (lambda m, x, y: fit(m, x, y, task="ranking"),
+         r'^task="ranking" is not one of classification, regression'),
+        (lambda m, x, y: fit(m, x, y, loss="huber", metrics=["acc"]),
+         r"^metrics: 'acc' is a classification metric; task=\"regression\" offers mae, mape"),
+        (lambda m, x, y: fit(m, x, y, loss="mse", metrics=["accuracy"]),
+         r"^metrics: unknown metric 'accuracy' for task=\"regression\"; valid names: "),
+        (lambda m, x, y: fit(m, x, y * 1e19, loss="mse", verbose=False),
+         r"^the training loss became NaN or infinite at epoch 1, batch 1 \(try a lower lr\)$"),
+    ],
+    ids=["labels", "loss", "task", "other-task-metric", "unknown-metric", "nan"],
+)  # fmt: skip
+def test_errors_name_the_python_arguments(call, message):
+    x, y = _regression_data()
+    with pytest.raises(LightfitError, match=message) as raised:
+        call(_linear(), x, y)
+    for override in ("task.loss", "task=regression", "optimizer.lr", "loop.", "checkpoints/"):
+        assert override not in str(raised.value)

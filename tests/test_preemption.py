@@ -151,6 +151,20 @@ def test_run_dir_is_the_job_id_in_a_slurm_batch_job(monkeypatch):
     assert compose_config(hydra=True).hydra.run.dir.startswith("outputs/20")
 
 
+@pytest.mark.parametrize("job_name", ["train", "bash", "interactive", None])
+def test_ckpt_path_is_auto_in_a_batch_job_only(monkeypatch, job_name):
+    for name in ("SLURM_JOB_ID", "SLURM_JOB_NAME", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert compose_config().ckpt_path is None  # outside SLURM: a fresh run unless asked
+    monkeypatch.setenv("SLURM_JOB_ID", "1234")
+    if job_name is not None:
+        monkeypatch.setenv("SLURM_JOB_NAME", job_name)
+    batch = job_name not in ("bash", "interactive")  # salloc, srun --pty: Lightning's interactive names
+    assert compose_config().ckpt_path == ("auto" if batch else None)
+    assert compose_config("ckpt_path=null").ckpt_path is None  # the command line still wins
+    assert compose_config("ckpt_path=last").ckpt_path == "last"
+
+
 def test_requeue_asks_scontrol_once_and_says_what_happened(scontrol, monkeypatch):
     monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
@@ -171,7 +185,8 @@ def test_requeue_asks_scontrol_once_and_says_what_happened(scontrol, monkeypatch
 
 @pytest.mark.slow
 def test_sigusr1_saves_requeues_and_the_same_command_continues(tmp_path, scontrol):
-    command = ["ckpt_path=auto", "logger=none", *EPOCHS]  # no run dir: the job id names it
+    # Neither a run dir (the job id names it) nor ckpt_path=auto (a batch job's default).
+    command = ["logger=none", *EPOCHS]
     first = start(*command, cwd=tmp_path, env=SLURM_JOB)
     assert "starting fresh" in "".join(wait_for_line(first, "epoch 1/3"))
     first.send_signal(signal.SIGUSR1)  # what `#SBATCH --signal=USR1@90` sends
@@ -192,6 +207,16 @@ def test_sigusr1_saves_requeues_and_the_same_command_continues(tmp_path, scontro
     assert second.returncode == 0, stderr
     assert f"ckpt_path=auto: resuming from {saved}" in stdout
     assert json.loads((run_dir / "results.json").read_text())["epochs"] == 3
+    assert scontrol.read_text() == "requeue 1234\n"
+
+    # ckpt_path=null on purpose: a requeued job would start over, so it is not requeued.
+    third = start("ckpt_path=null", *command, "hydra.run.dir=fresh", cwd=tmp_path, env=SLURM_JOB)
+    wait_for_line(third, "epoch 1/3")
+    third.send_signal(signal.SIGUSR1)
+    _, stderr = third.communicate(timeout=120)
+    assert error_lines(stderr)[0].endswith(
+        "SLURM job 1234 not requeued: without ckpt_path=auto it would start over"
+    )
     assert scontrol.read_text() == "requeue 1234\n"
 
 

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -320,3 +321,54 @@ def test_a_stop_mid_epoch_with_accumulation_resumes_exactly(tmp_path):
     assert {k: resumed[k] for k in METRICS} == {k: whole[k] for k in METRICS}
     rows = [(tmp_path / run / "metrics.csv").read_text() for run in ("whole", "stopped")]
     assert rows[0] == rows[1]
+
+
+def test_the_stop_hint_pasted_alone_resumes_to_the_same_weights(tmp_path):
+    # data=diabetes: the default config (digits) would hold a different network
+    overrides = ["data=diabetes", "data.batch_size=8", "model.dropout=0.3", "trainer.max_epochs=30"]
+    whole = run_train(tmp_path / "whole", *overrides)
+    proc = start(tmp_path / "stopped", *overrides)
+    wait_for_line(proc, "epoch 2/30")
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT, stderr
+    saved = tmp_path / "stopped" / ".hydra" / "overrides.yaml"
+    hint = re.search(
+        r"; continue with: (lightfit train .*) \(it takes that run's overrides from (\S+);", stderr
+    )
+    assert hint and hint.group(2) == str(saved), stderr
+    command = shlex.split(hint.group(1))
+    assert command[2:] == ["ckpt_path=auto", f"hydra.run.dir={tmp_path / 'stopped'}"]
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "lightfit.cli.train", *command[2:]],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {tmp_path / 'stopped'} with its own overrides: {' '.join(overrides)}" in resumed.stdout
+    assert_same_weights(tmp_path / "whole/checkpoints/last.ckpt", tmp_path / "stopped/checkpoints/last.ckpt")
+    results = json.loads((tmp_path / "stopped" / "results.json").read_text())
+    assert results["test/loss"] == whole["test/loss"] and results["task"] == "regression"
+
+
+def test_a_resuming_command_takes_the_saved_overrides_under_its_own(tmp_path):
+    from lightfit.cli.rerun import saved_overrides
+
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text(
+        "- data=diabetes\n- model.hidden=[8]\n- trainer.max_epochs=3\n- +model.extra=1\n"
+    )
+    here = f"hydra.run.dir={tmp_path}"
+    assert saved_overrides(["ckpt_path=auto", here, "trainer.max_epochs=5"]) == (
+        ["data=diabetes", "model.hidden=[8]", "+model.extra=1"],
+        tmp_path,
+    )
+    assert saved_overrides(["ckpt_path=last", here, "model=cnn"])[0] == [
+        "data=diabetes",
+        "trainer.max_epochs=3",
+    ]
+    assert saved_overrides([here, "trainer.max_epochs=5"]) == ([], None)  # not resuming: a fresh run there
+    assert saved_overrides(["-m", "ckpt_path=auto", here]) == ([], None)
+    assert saved_overrides(["ckpt_path=auto", f"hydra.run.dir={tmp_path / 'elsewhere'}"]) == ([], None)

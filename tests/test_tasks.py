@@ -284,3 +284,44 @@ def test_task_checks_in_python():
 def test_bundled_regression_set_ships_with_the_package():
     with np.load(bundled_path("diabetes")) as f:
         assert f["x"].shape == (442, 10) and f["y"].shape == (442,) and f["y"].dtype == np.float32
+
+
+def _binary_scores(pred: np.ndarray, y: np.ndarray, p1: np.ndarray) -> dict[str, float]:
+    """scikit-learn's binary f1, precision, recall (pos_label=1) and ROC AUC, by hand in NumPy."""
+    tp, fp, fn = [int(np.sum((pred == a) & (y == b))) for a, b in ((1, 1), (1, 0), (0, 1))]
+    pos, neg = p1[y == 1], p1[y == 0]
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return {"f1": 2 * tp / (2 * tp + fp + fn), "precision": tp / (tp + fp), "recall": tp / (tp + fn),
+            "auroc": greater / (len(pos) * len(neg))}  # fmt: skip
+
+
+def test_binary_average_scores_the_positive_class_as_scikit_learn_does():
+    rng = np.random.default_rng(0)
+    y = (rng.random(1000) < 0.2).astype(np.int64)  # unbalanced: 1 is the rare class
+    logits = rng.normal(size=(1000, 2)) + np.stack([np.zeros(1000), 0.8 * y - 0.5], axis=1)
+    p1 = np.exp(logits[:, 1]) / np.exp(logits).sum(axis=1)
+    pred = logits.argmax(axis=1)
+    names = ["acc", "f1", "precision", "recall", "auroc"]
+    computed = {}
+    for average in ("binary", "macro"):
+        metrics = Task("classification", metrics=names, num_outputs=2, average=average).stage_metrics("val")
+        for start in range(0, 1000, 10):  # 100 batches: folded more than once
+            part = slice(start, start + 10)
+            metrics.update(
+                torch.from_numpy(logits[part]).float(), torch.from_numpy(y[part]), torch.tensor(0.0)
+            )
+        computed[average] = {k.removeprefix("val/"): v.item() for k, v in metrics.compute().items()}
+    expected = _binary_scores(pred, y, p1)
+    for name, value in expected.items():
+        assert computed["binary"][name] == pytest.approx(value, abs=1e-5), name
+    assert computed["binary"]["acc"] == computed["macro"]["acc"] == pytest.approx(np.mean(pred == y))
+    macro_f1 = np.mean(
+        [_binary_scores((pred == c).astype(int), (y == c).astype(int), p1)["f1"] for c in (0, 1)]
+    )
+    assert computed["macro"]["f1"] == pytest.approx(macro_f1, abs=1e-5)
+    assert computed["macro"]["f1"] - computed["binary"]["f1"] > 0.1  # what task.average changes here
+
+    with pytest.raises(LightfitError, match="average=binary needs two classes, and this data has 10"):
+        Task("classification", metrics=["f1"], num_outputs=10, average="binary").stage_metrics("val")
+    with pytest.raises(LightfitError, match="average=samples is not one of macro, micro, weighted, binary"):
+        Task("classification", average="samples")

@@ -8,7 +8,12 @@
 
     # regression: any loss and torchmetrics metric by name, as in Keras' compile()
     history = fit(model, x, y, loss="mse", metrics=["mae", "r2"])   # loss, mae, r2, val_loss, ...
-    evaluate(model, x_test, y_test, loss="mse", metrics=["mae"])     # {"loss": ..., "mae": ...}
+    evaluate(model, x_test, y_test)        # {"loss": ..., "mae": ..., "r2": ...}: what fit was told
+    evaluate(model, x_test, y_test, metrics=["rmse"])                # an argument given here wins
+
+What `fit` was told (loss, metrics, task) is kept for the model, as Keras' `compile` keeps
+it: `evaluate` uses it unless given its own. Errors name these Python arguments
+(`loss="mse"`), not the command line's overrides (`task.loss=mse`).
 
 Keras takes NumPy arrays and hides the conversions; PyTorch makes you write them. They
 are all here, each with the reason it is there: `torch.from_numpy` in, `.detach()`,
@@ -18,7 +23,10 @@ the same explicit loop as `loop=explicit` (loops/explicit.py), not a copy of it.
 
 from __future__ import annotations
 
+import re
+import weakref
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +46,19 @@ from lightfit.tasks import CLASSIFICATION, REGRESSION, Task, scalars
 from lightfit.tasks.task import LOSSES
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
+# What fit() was given for a model (loss, metrics, task), as Keras' compile() keeps it on the
+# model; weak keys: a model that is deleted takes its entry with it, and the model is not changed.
+COMPILED: weakref.WeakKeyDictionary[nn.Module, dict[str, Any]] = weakref.WeakKeyDictionary()
+# The command line's names in the messages of tasks/ and data/, and the Python arguments they mean.
+PYTHON_NAMES = (
+    (r"use task=regression\b", 'pass loss="mse" (or another regression loss) or task="regression"'),
+    (r"\btask\.(name|loss)=([A-Za-z_]\w*)", lambda m: f'{"task" if m[1] == "name" else "loss"}="{m[2]}"'),
+    (r"\btask\.(loss|metrics)\b", r"\1"),
+    (r"\btask=(\w+)", r'task="\1"'),
+    (r"\(or a mapping with _target_: a loss class\)", "(or a loss module, such as nn.HuberLoss())"),
+    (r"; stopped before saving, so checkpoints/ still holds the last good epoch", ""),
+    (r"\(try a lower optimizer\.lr or loop\.gradient_clip_val=1\.0\)", "(try a lower lr)"),
+)
 
 
 @dataclass
@@ -88,10 +109,24 @@ def keras_name(key: str) -> str:
 
 
 def _task(loss: Any, metrics: list[Any] | None, task: str | None, num_outputs: int) -> Task:
-    """The task from Keras-style arguments: a regression loss name means regression."""
+    """The task from Keras-style arguments: a regression loss name means regression; a loss
+    not given is the task's default (cross_entropy, mse)."""
     if task is None:
         task = REGRESSION if isinstance(loss, str) and loss in LOSSES[REGRESSION] else CLASSIFICATION
     return Task(task, loss, metrics, num_outputs)
+
+
+@contextmanager
+def _python_arguments() -> Iterator[None]:
+    """Errors from tasks/ and data/ name the Python arguments: `loss="mse"`, not `task.loss=mse`."""
+    try:
+        yield
+    except LightfitError as exc:
+        message = str(exc)
+        for pattern, replacement in PYTHON_NAMES:
+            message = re.sub(pattern, replacement, message)
+        exc.args = (message,)  # the same exception (type, exit code), in Python's words
+        raise
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -136,17 +171,25 @@ def evaluate(
     y: np.ndarray,
     batch_size: int = 256,
     *,
-    loss: str | Any = "cross_entropy",
+    loss: str | Any | None = None,
     metrics: list[Any] | None = None,
     task: str | None = None,
 ) -> dict[str, float]:
     """The mean loss and the metrics over `x`, `y`, as plain Python floats: {"loss": .., "acc": ..}.
 
-    `loss`, `metrics` and `task` as in `fit` (cross-entropy and accuracy by default).
+    `loss`, `metrics` and `task` as in `fit`; each one not given here is what `fit` was
+    given for this model, as Keras' `evaluate` uses what `compile` set (cross-entropy and
+    accuracy for a model `fit` has not seen).
     """
-    inputs = _features(x)
-    the_task = _task(loss, metrics, task, _num_outputs(model, inputs))
-    targets = _targets(the_task, y, len(inputs))
+    kept = COMPILED.get(model, {})
+    loss, metrics, task = (
+        given if given is not None else kept.get(name)
+        for name, given in (("loss", loss), ("metrics", metrics), ("task", task))
+    )
+    with _python_arguments():
+        inputs = _features(x)
+        the_task = _task(loss, metrics, task, _num_outputs(model, inputs))
+        targets = _targets(the_task, y, len(inputs))
     device = _device(model)
     the_task.to(device)
     stage = the_task.stage_metrics("test").to(device)
@@ -180,7 +223,7 @@ def fit(
     validation_split: float = 0.0,
     epochs: int = 1,
     batch_size: int = 32,
-    loss: str | Any = "cross_entropy",
+    loss: str | Any | None = None,
     metrics: list[Any] | None = None,
     task: str | None = None,
     optimizer: str | Callable[..., Optimizer] = "adam",
@@ -203,12 +246,15 @@ def fit(
 
     `validation_split` holds out the last fraction of `x`, `y` (before shuffling), as
     Keras does. `optimizer` is a name (adam, sgd, adamw) or a factory `params -> Optimizer`.
+    `evaluate(model, ...)` later uses the same `loss`, `metrics` and `task`.
     """
-    inputs = _features(x)
-    the_task = _task(loss, metrics, task, _num_outputs(model, inputs))
-    inputs, labels, val_inputs, val_labels = _split(
-        the_task, inputs, _targets(the_task, y, len(inputs)), validation_data, validation_split
-    )
+    with _python_arguments():
+        inputs = _features(x)
+        the_task = _task(loss, metrics, task, _num_outputs(model, inputs))
+        inputs, labels, val_inputs, val_labels = _split(
+            the_task, inputs, _targets(the_task, y, len(inputs)), validation_data, validation_split
+        )
+    COMPILED[model] = {"loss": loss, "metrics": metrics, "task": task}
     fabric = Fabric(accelerator=accelerator, devices=1, precision=precision)
     make_optimizer = OPTIMIZERS[optimizer] if isinstance(optimizer, str) else optimizer
     model, opt = fabric.setup(model, make_optimizer(model.parameters(), lr=lr))  # model moves to the device
@@ -221,8 +267,9 @@ def fit(
         if verbose:
             print(epoch_line(epoch + 1, epochs, metrics, metrics["time"]))
 
-    steps = fit_loop(
-        fabric, model, opt, train_loader, val_loader,
-        epochs=epochs, task=the_task, on_epoch_end=report,
-    )  # fmt: skip
+    with _python_arguments():  # a loss that turns NaN
+        steps = fit_loop(
+            fabric, model, opt, train_loader, val_loader,
+            epochs=epochs, task=the_task, on_epoch_end=report,
+        )  # fmt: skip
     return History({keras_name(k): v for k, v in steps.items() if "/" in k}, list(range(epochs)))

@@ -118,7 +118,7 @@ class TaskSchema:
     metrics: Any = None  # names (acc, f1, r2, ...) or {_target_: a torchmetrics class}
     monitor: str = "val/loss"  # {train,val}/loss or {train,val}/<a metric above>
     mode: Optional[str] = None  # noqa: UP045 - min | max; null: the metric's own direction
-    average: str = "macro"  # how f1, precision, recall and auroc average over classes
+    average: str = "macro"  # f1, precision, recall, auroc: macro | micro | weighted | binary (2 classes)
 
 
 @dataclass
@@ -149,7 +149,8 @@ class TrainSchema:
     logger: Any = None
     checkpoint: CheckpointSchema = field(default_factory=CheckpointSchema)
     seed: int = 0
-    ckpt_path: Optional[str] = None  # noqa: UP045 - a checkpoint file, "last", or "auto" (newest, or fresh)
+    # a checkpoint file, "last", or "auto" (newest, or fresh); conf/train.yaml: auto in a SLURM batch job
+    ckpt_path: Optional[str] = None  # noqa: UP045
     monitor: str = "${task.monitor}"  # kept at the top level too: monitor=val/acc still works
     optimized_metric: Optional[str] = None  # noqa: UP045 - what `train` returns to a sweeper; null: monitor
 
@@ -188,6 +189,9 @@ def register() -> None:
     # hydra.run.dir: outputs/slurm-<job id> in a SLURM batch job, so that a requeued job finds
     # its run again; else the time. Cached like Hydra's ${now:}: one value per composed config.
     OmegaConf.register_new_resolver("lightfit.run_name", slurm.run_name, use_cache=True, replace=True)
+    # ckpt_path: auto in a SLURM batch job (a requeued job continues), else null
+    default_ckpt_path = slurm.default_ckpt_path
+    OmegaConf.register_new_resolver("lightfit.default_ckpt_path", default_ckpt_path, replace=True)
 
     arrays = ("x", "y", "x_test", "y_test", "task")  # task: from the task group, at run time
     bundled = (*arrays, "path", "labels")

@@ -15,6 +15,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from lightfit.cli import known_keys
 from lightfit.errors import LightfitError, reported_in_job, run_hydra_entry
 
 log = logging.getLogger("lightfit")
@@ -101,6 +102,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(config_path="pkg://lightfit.conf", config_name="evaluate", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     with reported_in_job(PROG):
+        known_keys.check_keys(cfg)  # a key added with + that nothing reads: one line
         evaluate(cfg)
 
 

@@ -17,6 +17,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
+from lightfit.cli import known_keys
 from lightfit.data.arrays import read_npy
 from lightfit.errors import LightfitError, reported_in_job, run_hydra_entry
 
@@ -132,6 +133,7 @@ def predict(cfg: DictConfig) -> Path:
 @hydra.main(config_path="pkg://lightfit.conf", config_name="predict", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     with reported_in_job(PROG):
+        known_keys.check_keys(cfg)  # a key added with + that nothing reads: one line
         predict(cfg)
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lightfit.cli import config
+from lightfit.cli import config, known_keys, rerun
 from lightfit.errors import reported_in_job, run_hydra_entry
 from lightfit.run import distributed, slurm
 
@@ -82,11 +83,14 @@ def train(cfg: DictConfig) -> float | None:
 @hydra.main(config_path="pkg://lightfit.conf", config_name="train", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
     with reported_in_job(PROG):
+        known_keys.check_keys(cfg)  # `+loop.l1=...`, a misspelt argument of a _target_: one line, now
         return train(cfg)
 
 
 def main() -> None:
     config.register()  # the typed schemas Hydra checks the composed config against
+    # ckpt_path=auto hydra.run.dir=<run dir>: that run's overrides, under the command's own
+    sys.argv = [sys.argv[0], *rerun.with_saved_overrides(sys.argv[1:])]
     run_hydra_entry(PROG, _hydra_main)
 
 

@@ -7,6 +7,7 @@ exits with, after `interrupted.ckpt` was saved.
 
 from __future__ import annotations
 
+import shlex
 import signal
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ class TrainingInterrupted(LightfitError):
         kept = f"saved {saved}; " if saved else ""
         self.head = f"stopped by {name} at {where}; {kept}"
         if saved or (run_dir / "checkpoints" / "last.ckpt").is_file():
-            hint = f"continue with ckpt_path=auto hydra.run.dir={run_dir}"
+            hint = resume_hint(run_dir)
         else:
             hint = "no epoch had completed, so there is nothing to resume"
         super().__init__(self.head + hint)
@@ -37,6 +38,30 @@ class TrainingInterrupted(LightfitError):
     def instead_of_hint(self, note: str) -> None:
         """Say `note` (what happens next, e.g. the job was requeued) instead of how to resume."""
         self.args = (self.head + note,)
+
+
+def resume_hint(run_dir: Path) -> str:
+    """How to continue a stopped run: pasted alone, the command takes the run's own overrides
+    (cli/rerun.py), which Hydra saved in the run directory."""
+    where = shlex.quote(str(run_dir))
+    command = f"lightfit train{_config_dirs()}"
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not saved.is_file():  # hydra.output_subdir=null: nothing to take them from
+        return f"continue with: {command} <the same overrides> ckpt_path=auto hydra.run.dir={where}"
+    return (
+        f"continue with: {command} ckpt_path=auto hydra.run.dir={where} (it takes that run's "
+        f"overrides from {saved}; an override you add wins)"
+    )
+
+
+def _config_dirs() -> str:
+    """` --config-dir=<dir>` for each config folder the run was given (its overrides may name them)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return ""
+    sources = HydraConfig.get().runtime.config_sources
+    return "".join(f" --config-dir={shlex.quote(s.path)}" for s in sources if s.provider == "command-line")
 
 
 class StopRequest:

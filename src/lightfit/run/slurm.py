@@ -1,13 +1,15 @@
 """SLURM: a job near its time limit puts itself back in the queue and continues where it stopped.
 
     #SBATCH --signal=USR1@90      SLURM sends SIGUSR1 90 s before the time limit
-    srun lightfit train ckpt_path=auto ...
+    srun lightfit train ...
 
 On SIGUSR1 the run stops at the next batch end and saves `checkpoints/interrupted.ckpt`
 (signals.StopRequest); then rank 0 runs `scontrol requeue $SLURM_JOB_ID`, as Lightning's
 `SLURMEnvironment(auto_requeue=True)` does. The requeued job keeps its job id, so its
-default run directory, `outputs/slurm-<job id>` (`run_name`), is the same, and
-`ckpt_path=auto` continues from the newest checkpoint there.
+default run directory, `outputs/slurm-<job id>` (`run_name`), is the same, and in a batch
+job `ckpt_path` defaults to `auto` (`default_ckpt_path`): the first attempt finds no
+checkpoint there and starts fresh, a requeued one continues from the newest. As with
+Lightning's own requeue, no override is needed; `ckpt_path=null` turns it off.
 
 Only SIGUSR1 requeues. SIGTERM saves `interrupted.ckpt` too, but it is also what `scancel`
 sends: a job that requeued itself on SIGTERM could not be cancelled. SLURM requeues a
@@ -58,6 +60,16 @@ def run_name(pattern: str) -> str:
     return f"slurm-{found}" if found else datetime.now().strftime(pattern)
 
 
+def default_ckpt_path() -> str | None:
+    """`auto` in a SLURM batch job, else None (start fresh): `${lightfit.default_ckpt_path:}`.
+
+    A batch job's run directory is its own (`outputs/slurm-<job id>`), so `auto` starts the
+    first attempt fresh and continues a requeued one. Not in `salloc`/`srun --pty` shells,
+    whose commands share one job id (Lightning's rule for interactive jobs, `batch_job_id`).
+    """
+    return "auto" if batch_job_id() else None
+
+
 def under_submitit() -> bool:
     return bool(os.environ.get("SUBMITIT_EXECUTOR"))
 
@@ -66,8 +78,8 @@ def requeue(signum: int, resumes: bool) -> str | None:
     """After a stop by `signum` was saved: requeue this SLURM job if that is what the signal asks.
 
     Returns what happened, as a clause of the stop's one-line message (None: nothing to say).
-    `resumes`: the command has `ckpt_path=auto`, so the requeued job continues rather than
-    starting over in the same run directory.
+    `resumes`: the run has `ckpt_path=auto` (a batch job's default), so the requeued job
+    continues rather than starting over in the same run directory.
     """
     found = job_id()
     if signum != REQUEUE_SIGNAL or found is None or under_submitit():

@@ -3,8 +3,8 @@
 `task.metrics=[acc,f1,auroc]` picks torchmetrics classes from the tables below; a YAML
 entry may also be any torchmetrics class given by `_target_` (with an optional `name`).
 Classification metrics are multiclass; f1, precision, recall and auroc average over
-classes with `task.average` (macro unless configured otherwise); acc is the fraction of
-samples classified correctly (micro), as Keras reports it.
+classes with `task.average` (macro unless configured otherwise; with two classes `binary`
+scores label 1 alone, binary.py); acc is the fraction classified correctly, as in Keras.
 
 Why the batches are folded: torchmetrics' per-call cost was measured at about 50 us per
 `update` for accuracy on a 2-core CPU (input checks, dtype dispatch), where a small
@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from lightfit.errors import LightfitError
+from lightfit.tasks.binary import binary_metric
 
 CLASSIFICATION, REGRESSION = "classification", "regression"
 _CLS = "classification."
@@ -52,6 +53,7 @@ METRICS: dict[str, dict[str, tuple[str, dict[str, Any], bool]]] = {
     },
 }
 AVERAGED = ("f1", "precision", "recall", "auroc")  # these take task.average
+AVERAGES = ("macro", "micro", "weighted", "binary")  # binary: two classes, label 1's (binary.py)
 FOLD = 64  # batches kept per stage before the metrics are updated with all of them at once
 FOLD_BYTES = 32 * 2**20  # ... or fewer, when their outputs take more memory than this
 NO_BATCH = 2**62  # first_bad while every loss was finite (a min over ranks keeps real batches)
@@ -102,6 +104,8 @@ def build_metric(task: str, entry: Any, num_outputs: int, average: str) -> nn.Mo
     import torchmetrics  # here, not at the top: a config check must not wait for it (nor scipy)
     from hydra.utils import get_class, instantiate
 
+    if isinstance(entry, str) and entry in AVERAGED and average == "binary":
+        return binary_metric(entry, num_outputs)
     if isinstance(entry, str):
         target, fixed, _ = METRICS[task][entry]
         kwargs = dict(fixed)

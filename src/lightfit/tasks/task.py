@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from lightfit.errors import LightfitError
 from lightfit.nets import TargetScale
 from lightfit.tasks.metrics import (
+    AVERAGES,
     CLASSIFICATION,
     METRICS,
     REGRESSION,
@@ -113,6 +114,8 @@ class Task(nn.Module):
     ) -> None:
         super().__init__()
         _check_name(name)
+        if average not in AVERAGES:
+            raise LightfitError(f"task.average={average} is not one of {', '.join(AVERAGES)}")
         self.name, self.num_outputs, self.average = name, int(num_outputs), average
         self.metric_entries = list(DEFAULTS[name]["metrics"] if metrics is None else metrics)
         for entry in self.metric_entries:
