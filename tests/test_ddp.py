@@ -110,6 +110,7 @@ TASKS = {
 }
 
 
+@pytest.mark.core
 @pytest.mark.parametrize("task", TASKS)
 def test_single_run_writes_one_run_and_metrics_equal_one_process(tmp_path, task):
     run = tmp_path / "run"
