@@ -8,7 +8,7 @@ Lightning): with the same seed all three end with the same weights.
 
     fabric = Fabric(accelerator="cpu")
     model, optimizer = fabric.setup(net, optimizer)       # instead of net.to(device)
-    train_loader, val_loader = fabric.setup_dataloaders(train_loader, val_loader)
+    val_loader = fabric.setup_dataloaders(val_loader)     # fit() moves the train batches itself
     task = Task("classification", num_outputs=10)            # the loss and the metrics
     history = fit(fabric, model, optimizer, train_loader, val_loader, epochs=5, task=task)
 """
