@@ -98,3 +98,17 @@ def test_npz_without_expected_keys(tmp_path):
 
 def test_required_value_missing(tmp_path):
     assert_one_line_error(cli("data=npz", cwd=tmp_path), "data.path=")
+
+
+def test_an_old_torch_with_numpy_2_is_one_line():
+    """torch 2.2 with numpy 2 raises `Numpy is not available` at the first from_numpy (measured)."""
+    from importlib.metadata import version
+
+    from lightfit.errors import one_line
+
+    message = one_line(RuntimeError("Numpy is not available"))
+    assert message == (
+        f"torch {version('torch')} cannot use numpy {version('numpy')} (it was built against numpy 1.x): "
+        "pip install 'numpy<2', or a newer torch"
+    )
+    assert one_line(RuntimeError("something else")) is None  # a bug keeps its traceback

@@ -110,6 +110,7 @@ TASKS = {
 }
 
 
+@pytest.mark.core
 # `make test` keeps one DDP run; regression under DDP runs in `make test-all`.
 @pytest.mark.parametrize("task", ["classification", pytest.param("regression", marks=pytest.mark.slow)])
 def test_single_run_writes_one_run_and_metrics_equal_one_process(tmp_path, task):

@@ -44,6 +44,7 @@ def features(tiny):
     return path
 
 
+@pytest.mark.core
 def test_evaluate_reproduces_the_runs_test_metrics(tiny, tmp_path):
     run, results = tiny
     metrics = evaluate(compose_entry("evaluate", f"ckpt_path={run}/checkpoints/best.ckpt"))
@@ -77,6 +78,7 @@ def test_evaluate_reproduces_the_runs_test_metrics(tiny, tmp_path):
     assert json.loads((tmp_path / "other.json").read_text())["data"]["path"] == str(npz)
 
 
+@pytest.mark.core
 def test_predict_writes_probabilities_and_labels(tiny, features, tmp_path):
     run, _ = tiny
     ckpt = f"ckpt_path={run}/checkpoints/best.ckpt"

@@ -14,6 +14,7 @@ from lightfit.tasks import Task
 LOOPS = ("automatic", "manual", "explicit")
 
 
+@pytest.mark.core
 @pytest.mark.parametrize("loop", LOOPS)
 def test_each_loop_writes_results_checkpoints_and_metrics(run_dir, loop):
     results = run_train(run_dir, f"loop={loop}", "trainer.max_epochs=3", "logger=csv")

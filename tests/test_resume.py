@@ -299,6 +299,7 @@ def test_resume_refuses_a_hostile_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.core
 def test_a_stop_mid_epoch_with_accumulation_resumes_exactly(tmp_path):
     """Manual loop, gradients accumulated over 3 batches: the stop waits for the optimizer step,
     and resuming from interrupted.ckpt gives the uninterrupted run's weights, results and rows."""
@@ -372,3 +373,33 @@ def test_a_resuming_command_takes_the_saved_overrides_under_its_own(tmp_path):
     assert saved_overrides([here, "trainer.max_epochs=5"]) == ([], None)  # not resuming: a fresh run there
     assert saved_overrides(["-m", "ckpt_path=auto", here]) == ([], None)
     assert saved_overrides(["ckpt_path=auto", f"hydra.run.dir={tmp_path / 'elsewhere'}"]) == ([], None)
+
+
+@pytest.mark.core
+def test_the_explicit_loop_resumed_at_a_later_epoch_shuffles_as_that_epoch(tmp_path):
+    """Epoch 3 of a run resumed after epoch 2 sees epoch 3's order, not epoch 0's again: the
+    loop sets the sampler's epoch itself (a loader wrapped by Fabric would count from 0)."""
+    overrides = ["loop=explicit", *SLOW[1:], "logger=none"]
+    whole = run_train(tmp_path / "whole", *overrides, "trainer.max_epochs=3")
+    run_train(tmp_path / "resumed", *overrides, "trainer.max_epochs=2")
+    resumed = run_train(tmp_path / "resumed", *overrides, "trainer.max_epochs=3", "ckpt_path=last")
+    assert_same_weights(tmp_path / "whole/checkpoints/last.ckpt", tmp_path / "resumed/checkpoints/last.ckpt")
+    assert {k: resumed[k] for k in METRICS} == {k: whole[k] for k in METRICS}
+
+
+def test_fit_refuses_a_fabric_loader_when_it_resumes_at_a_later_epoch():
+    from lightning.fabric import Fabric
+
+    from lightfit.data import digits
+    from lightfit.loops.explicit import fit
+    from lightfit.tasks import Task
+
+    fabric = Fabric(accelerator="cpu", devices=1)
+    dm = digits(batch_size=64)
+    dm.setup("fit")
+    net = torch.nn.Linear(64, 10)
+    model, optimizer = fabric.setup(net, torch.optim.SGD(net.parameters(), lr=0.1))
+    loader = fabric.setup_dataloaders(dm.train_dataloader())
+    task = Task("classification", num_outputs=10)
+    with pytest.raises(LightfitError, match=r"fit\(start_epoch=1\): pass the train DataLoader itself"):
+        fit(fabric, model, optimizer, loader, epochs=2, task=task, start_epoch=1)

@@ -52,6 +52,7 @@ def test_diabetes_alone_trains_a_regression_in_the_units_of_y(run_dir):
     assert {"train/mae", "val/r2", "val/rmse"} <= set(header)
 
 
+@pytest.mark.core
 @pytest.mark.parametrize(
     "extra", [[], ["optimizer=sgd", "optimizer.lr=0.01", "loop.accumulate_grad_batches=2"]]
 )

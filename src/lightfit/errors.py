@@ -63,6 +63,13 @@ def one_line(exc: BaseException) -> str | None:
     module = type(exc).__module__
     if module.startswith(("hydra", "omegaconf")):
         return _hydra_message(exc)
+    if isinstance(exc, RuntimeError) and str(exc) == "Numpy is not available":  # e.g. torch 2.2 with numpy 2
+        from importlib.metadata import version
+
+        return (
+            f"torch {version('torch')} cannot use numpy {version('numpy')} (it was built against "
+            "numpy 1.x): pip install 'numpy<2', or a newer torch"
+        )
     return None
 
 

@@ -8,7 +8,7 @@ Lightning): with the same seed all three end with the same weights.
 
     fabric = Fabric(accelerator="cpu")
     model, optimizer = fabric.setup(net, optimizer)       # instead of net.to(device)
-    train_loader, val_loader = fabric.setup_dataloaders(train_loader, val_loader)
+    val_loader = fabric.setup_dataloaders(val_loader)     # fit() moves the train batches itself
     task = Task("classification", num_outputs=10)            # the loss and the metrics
     history = fit(fabric, model, optimizer, train_loader, val_loader, epochs=5, task=task)
 """
@@ -23,11 +23,13 @@ from typing import Any
 
 import torch
 from lightning.fabric import Fabric
+from lightning.fabric.wrappers import is_wrapped
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
+from lightfit.errors import LightfitError
 from lightfit.run.checkpoint import net_weights
 from lightfit.run.resume import RNG_KEY, restore_rng_states, rng_states
 from lightfit.tasks import StageMetrics, Task, scalars
@@ -58,13 +60,10 @@ def set_epoch(loader: DataLoader, epoch: int) -> None:
     """Tell the sampler which epoch it is, so that it shuffles differently each epoch.
 
     Lightning's loops do this for you; a plain loop must, or every epoch (and, under DDP,
-    every rank's shard) comes in the same order.
+    every rank's shard) comes in the same order. A loader from `fabric.setup_dataloaders`
+    sets it again, from its own count of passes: that is why `fit` takes the train loader
+    unwrapped when it resumes at a later epoch.
     """
-    if hasattr(loader, "_num_iter_calls"):
-        # Fabric's loader sets the sampler's epoch itself, to the number of times it has been
-        # iterated; a run resumed at epoch 5 must not replay the order of epoch 0. (A private
-        # attribute: the resume tests fail loudly if Lightning renames it.)
-        loader._num_iter_calls = epoch
     for obj in (loader.sampler, getattr(loader.batch_sampler, "sampler", None)):
         if hasattr(obj, "set_epoch"):
             obj.set_epoch(epoch)
@@ -95,7 +94,8 @@ def train_epoch(
     n = num_batches(loader, limit_batches)
     batch_idx = start_batch - 1
     batches = itertools.islice(loader, n - start_batch)
-    for batch_idx, (x, y) in enumerate(batches, start_batch):  # Fabric moved x, y to the device
+    for batch_idx, batch in enumerate(batches, start_batch):
+        x, y = fabric.to_device(batch)  # Fabric: instead of x.to(device), y.to(device)
         step_now = (batch_idx + 1) % accumulate_grad_batches == 0 or batch_idx + 1 == n
         # Fabric: skip the DDP gradient all-reduce while accumulating (plain PyTorch: model.no_sync()).
         with fabric.no_backward_sync(model, enabled=not step_now):
@@ -166,8 +166,15 @@ def fit(  # long: the whole loop in one function, to be read (and copied) in one
     `on_step(epoch, batches)` runs after optimizer steps inside an epoch (a step checkpoint
     there). When `should_stop()` turns true, the epoch ends after the next optimizer step
     (not at an epoch's last batch) and `StopTraining` is raised; a NaN or infinite loss
-    raises `NonFiniteLoss` at the end of the epoch.
+    raises `NonFiniteLoss` at the end of the epoch. `train_loader` may come from
+    `fabric.setup_dataloaders` only when `start_epoch` is 0 (see `set_epoch`); `fit` moves
+    each batch to the device itself.
     """
+    if start_epoch and is_wrapped(train_loader):
+        raise LightfitError(
+            f"fit(start_epoch={start_epoch}): pass the train DataLoader itself, not one from "
+            "fabric.setup_dataloaders, which would shuffle as in epoch 0"
+        )
     task = fabric.to_device(task)  # Fabric: instead of task.to(device) (loss weights, y statistics)
     if train_metrics is None:
         train_metrics = task.stage_metrics("train")

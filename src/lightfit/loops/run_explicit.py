@@ -58,16 +58,14 @@ class ExplicitRun:
         dm.distribute(
             self.fabric.global_rank, self.fabric.world_size, self.fabric.device
         )  # this rank's shard
-        self.loaders = dict(
-            zip(
-                STAGES,
-                self.fabric.setup_dataloaders(
-                    dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader(),
-                    use_distributed_sampler=False,  # the data module shards itself, without padding
-                ),  # batches arrive on the device
-                strict=True,
-            )
-        )  # fmt: skip
+        # The train loader stays a plain DataLoader: fit() sets its epoch (a resumed run starts at
+        # a later one) and moves its batches; Fabric's wrapper would count epochs from 0.
+        evaluation = self.fabric.setup_dataloaders(
+            dm.val_dataloader(),
+            dm.test_dataloader(),
+            use_distributed_sampler=False,  # the data module shards itself, without padding
+        )  # their batches arrive on the device
+        self.loaders = dict(zip(STAGES, (dm.train_dataloader(), *evaluation), strict=True))
         self.fast = int(t.fast_dev_run)  # like Lightning: that many batches, one epoch, no checkpoints
         self.limits = {s: self.fast or t.get(f"limit_{s}_batches") for s in STAGES}
         self.epochs = 1 if self.fast else t.max_epochs

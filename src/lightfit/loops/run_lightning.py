@@ -79,7 +79,8 @@ def train_lightning(run: Run) -> dict[str, Any]:
         cfg, run.run_dir, callbacks, loggers or False, **(knobs if loop.name == "automatic" else {})
     )
     try:
-        fitter.fit(module, datamodule=run.datamodule, ckpt_path=run.resume.path, weights_only=True)
+        # Read with torch.load(weights_only=True): BackgroundCheckpointIO.load_checkpoint
+        fitter.fit(module, datamodule=run.datamodule, ckpt_path=run.resume.path)
     except BaseException as exc:  # SIGTERMException and SystemExit included: Lightning raises those on a stop
         if run.stop.signum is None or isinstance(exc, CheckpointWriteFailed):  # nothing saved: say why
             raise

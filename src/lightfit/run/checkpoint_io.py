@@ -51,6 +51,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     is written once and hard-linked (copied where links do not work) before each rename.
     """
 
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> Any:
+        """What `Trainer.fit(ckpt_path=...)` resumes from, read with `torch.load(weights_only=True)`
+        whatever Lightning asks: Lightning < 2.6 has no `weights_only` to pass, and on torch < 2.6
+        `torch.load` would unpickle (run) anything in the file."""
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         path = Path(path)
         more_names = [Path(p) for p in (storage_options or {}).get(COPIES, ())]

@@ -106,7 +106,7 @@ def rank_command(hydra: Any, run_dir: Path) -> list[str]:
 def launch(nprocs: int, run_dir: Path) -> None:
     """Run this job's training in `nprocs` processes on this machine; return when all are done."""
     from hydra.core.hydra_config import HydraConfig
-    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
+    from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -125,7 +125,7 @@ def launch(nprocs: int, run_dir: Path) -> None:
             rdzv_backend="c10d",  # this process hosts the rendezvous, as `torchrun --standalone`
             rdzv_endpoint="localhost:0",
             max_restarts=0,  # a failed rank fails the job; Hydra or SLURM decide about retries
-            logs_specs=DefaultLogsSpecs(log_dir=scratch),  # output is not redirected: ranks print here
+            **_log_dir(scratch),  # output is not redirected: ranks print here
         )
         if hasattr(config, "signals_to_handle"):
             config.signals_to_handle = ",".join(n for n in HANDLED_SIGNALS if hasattr(signal, n))
@@ -135,6 +135,16 @@ def launch(nprocs: int, run_dir: Path) -> None:
             raise _rank_failed(exc) from None
         except SignalException as exc:  # the launcher has passed the signal on and stopped every rank
             raise _interrupted(exc.sigval, Path(scratch), nprocs) from None
+
+
+def _log_dir(scratch: str) -> dict[str, Any]:
+    """Where the ranks' error files go, as LaunchConfig takes it: a LogsSpecs from torch 2.3 on,
+    `log_dir` before (the same layout below it)."""
+    try:
+        from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+    except ImportError:  # torch 2.2
+        return {"log_dir": scratch}
+    return {"logs_specs": DefaultLogsSpecs(log_dir=scratch)}
 
 
 class RankFailed(LightfitError):

@@ -239,10 +239,7 @@ class StageMetrics(nn.Module):
             "kept_bytes": self.kept_bytes, "samples": self.samples, "folded": self.folded,
             "loss_sum": self.loss_sum.cpu(), "first_bad": self.first_bad.cpu(),
             "metrics": {
-                name: {
-                    "update_count": metric._update_count,
-                    "states": {k: _moved(v, cpu) for k, v in metric.metric_state.items()},
-                }
+                name: {"states": {k: _moved(v, cpu) for k, v in metric.metric_state.items()}}
                 for name, metric in self.metrics.items()
             },
         }  # fmt: skip
@@ -257,10 +254,9 @@ class StageMetrics(nn.Module):
         self.loss_sum.copy_(state["loss_sum"])
         self.first_bad.copy_(state["first_bad"])
         for name, metric in self.metrics.items():
-            saved = state["metrics"][name]
-            for key, value in saved["states"].items():
-                setattr(metric, key, _moved(value, device))
-            metric._update_count, metric._computed = saved["update_count"], None  # torchmetrics' own counters
+            metric.reset()  # no cached result; the states are then those of the checkpoint
+            for key, value in state["metrics"][name]["states"].items():
+                setattr(metric, key, _moved(value, device))  # the states that add_state declared
 
     def reset(self) -> None:
         self.losses, self.outputs, self.targets, self.kept_bytes = [], [], [], 0
