@@ -27,6 +27,7 @@ from lightfit.run.checkpoint import CHECKPOINT_KEY
 from lightfit.run.checkpoint_io import BackgroundCheckpointIO, copies
 from lightfit.run.console import epoch_line
 from lightfit.run.context import Run, built, checkpoint_config, load_net_weights
+from lightfit.run.contract import FitLoop, check
 from lightfit.run.hooks import FitHooks, StopTraining
 from lightfit.run.loggers import build_loggers
 from lightfit.run.resume import EPOCH_KEY, INTERRUPTED, epoch_position, restore_position
@@ -88,6 +89,7 @@ class ExplicitRun:
         self.fit = built(
             "loop.fit", cfg.loop.fit, lambda: instantiate(cfg.loop.fit, _partial_=True, _convert_="all")
         )
+        check(self.fit, FitLoop, "loop.fit")
 
     def state(self, epoch: int, batches: int) -> dict[str, Any]:
         """A checkpoint of this moment (Lightning's layout), with the best score so far and the
