@@ -245,7 +245,7 @@ def test_a_projects_module_trains_with_its_own_key_and_resumes_exactly(tmp_path,
     assert rows[0] == rows[1]
 
 
-def test_a_checkpoints_targets_may_name_the_running_projects_functions(project, monkeypatch):
+def test_a_checkpoints_targets_may_name_the_running_projects_functions(tmp_path, monkeypatch):
     """evaluate/predict call a checkpoint's `_target_`s: lightfit's and the running project's
     functions, networks and data modules; never another callable."""
     from hydra import compose, initialize_config_module
@@ -255,21 +255,24 @@ def test_a_checkpoints_targets_may_name_the_running_projects_functions(project, 
     from lightfit.errors import LightfitError
     from lightfit.run.checkpoint import check_targets
 
-    (project / "proj" / "data.py").write_text("def load(path):\n    return path\n")
+    # A package name of its own: `proj` may be imported already, from another test's folder.
+    project = write_project(tmp_path, "projtargets", {"data.py": "def load(path):\n    return path\n"})
     monkeypatch.syspath_prepend(str(project))
-    node = {"data": {"_target_": "proj.data.load", "path": "x.npz"}}
+    node = {"data": {"_target_": "projtargets.data.load", "path": "x.npz"}}
     with pytest.raises(
-        LightfitError, match="'proj.data.load' is not a network, a data module or part of lightfit;"
+        LightfitError, match="'projtargets.data.load' is not a network, a data module or part of lightfit;"
     ):
         check_targets(node, "the checkpoint's config")  # outside the project's command
     GlobalHydra.instance().clear()
-    with initialize_config_module("proj.conf", version_base="1.3"):
+    with initialize_config_module("projtargets.conf", version_base="1.3"):
         cfg = compose("train", return_hydra_config=True)
     GlobalHydra.instance().clear()
     HydraConfig.instance().set_config(cfg)
     try:
         check_targets(node, "the checkpoint's config")  # the project's own function
-        with pytest.raises(LightfitError, match="'os.system' is not a network, .* part of lightfit or proj;"):
+        with pytest.raises(
+            LightfitError, match="'os.system' is not a network, .* part of lightfit or projtargets;"
+        ):
             check_targets({"_target_": "os.system"}, "the checkpoint's config")
     finally:
         HydraConfig.instance().cfg = None
