@@ -18,7 +18,7 @@ from lightfit.errors import LightfitError
     ("override", "message"),
     [
         ("+loop.l1=1e-4", "unknown key loop.l1: loop takes no 'l1' "
-                          "(valid: name, accumulate_grad_batches, gradient_clip_val)"),
+                          "(valid: name, accumulate_grad_batches, gradient_clip_val, module, fit)"),
         ("+loop.gradient_clip=1", "unknown key loop.gradient_clip: loop takes no 'gradient_clip' "
                                   "(did you mean loop.gradient_clip_val?)"),
         ("+model.hiden=[8]", "unknown key model.hiden: lightfit.nets.MLP takes no 'hiden' "

@@ -67,7 +67,7 @@ def test_every_spelling_of_the_package_is_renamed(project):
     assert f'name = "{NAME}"' in pyproject and f'{NAME} = "{NAME}.cli:main"' in pyproject
     assert f'{NAME}-train = "{NAME}.cli.train:main"' in pyproject
     assert f'"{NAME}.conf" = "conf"' in pyproject
-    assert f"pkg://{NAME}.conf" in (project / "src" / NAME / "cli" / "train.py").read_text()
+    assert f'config_module: str = "{NAME}.conf"' in (project / "src" / NAME / "cli" / "train.py").read_text()
     errors = (project / "src" / NAME / "errors.py").read_text()
     assert f"class {camel(NAME)}Error" in errors and f"{NAME.upper()}_TRACEBACK" in errors
     assert (project / "README.md").read_text().startswith(f"# {NAME}\n")

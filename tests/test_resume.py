@@ -391,6 +391,7 @@ def test_fit_refuses_a_fabric_loader_when_it_resumes_at_a_later_epoch():
     from lightning.fabric import Fabric
 
     from lightfit.data import digits
+    from lightfit.loops import FitHooks
     from lightfit.loops.explicit import fit
     from lightfit.tasks import Task
 
@@ -401,5 +402,5 @@ def test_fit_refuses_a_fabric_loader_when_it_resumes_at_a_later_epoch():
     model, optimizer = fabric.setup(net, torch.optim.SGD(net.parameters(), lr=0.1))
     loader = fabric.setup_dataloaders(dm.train_dataloader())
     task = Task("classification", num_outputs=10)
-    with pytest.raises(LightfitError, match=r"fit\(start_epoch=1\): pass the train DataLoader itself"):
-        fit(fabric, model, optimizer, loader, epochs=2, task=task, start_epoch=1)
+    with pytest.raises(LightfitError, match=r"fit\(hooks.start_epoch=1\): pass the train DataLoader itself"):
+        fit(fabric, model, optimizer, loader, epochs=2, task=task, hooks=FitHooks(start_epoch=1))

@@ -44,7 +44,7 @@ def resume_hint(run_dir: Path) -> str:
     """How to continue a stopped run: pasted alone, the command takes the run's own overrides
     (cli/rerun.py), which Hydra saved in the run directory."""
     where = shlex.quote(str(run_dir))
-    command = f"lightfit train{_config_dirs()}"
+    command = f"{_program()} train{_config_dirs()}"
     saved = run_dir / ".hydra" / "overrides.yaml"
     if not saved.is_file():  # hydra.output_subdir=null: nothing to take them from
         return f"continue with: {command} <the same overrides> ckpt_path=auto hydra.run.dir={where}"
@@ -52,6 +52,18 @@ def resume_hint(run_dir: Path) -> str:
         f"continue with: {command} ckpt_path=auto hydra.run.dir={where} (it takes that run's "
         f"overrides from {saved}; an override you add wins)"
     )
+
+
+def _program() -> str:
+    """The command that trained: `lightfit`, or a project's own (`affair_risk`, whose configs
+    are the package `affair_risk.conf`, the main config source of its runs)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        for source in HydraConfig.get().runtime.config_sources:
+            if source.provider == "main" and source.path.startswith("pkg://"):
+                return source.path.removeprefix("pkg://").removesuffix(".conf")
+    return "lightfit"
 
 
 def _config_dirs() -> str:
