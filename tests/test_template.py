@@ -245,8 +245,9 @@ def test_copier_refuses_bad_answers(tmp_path, answers, message):
 def test_lightfit_new_makes_the_copier_project_at_the_installed_commit(tmp_path):
     head = git("rev-parse", "HEAD", cwd=ROOT).strip()
     new, copied = tmp_path / "new", tmp_path / "copied"
-    out = run(sys.executable, "-m", "lightfit", "new", "affair_risk", new, "--defaults", cwd=tmp_path)
-    generate(ROOT, copied, {"package_name": "affair_risk"}, vcs_ref=head)
+    title = ["--data", "project_name=Affair Risk"]  # else each takes its folder's name
+    out = run(sys.executable, "-m", "lightfit", "new", "affair_risk", new, "--defaults", *title, cwd=tmp_path)
+    generate(ROOT, copied, {"package_name": "affair_risk", "project_name": "Affair Risk"}, vcs_ref=head)
     files = sorted(str(p.relative_to(new)) for p in new.rglob("*") if p.is_file())
     assert files == sorted(str(p.relative_to(copied)) for p in copied.rglob("*") if p.is_file())
     assert all((new / f).read_bytes() == (copied / f).read_bytes() for f in files), out
