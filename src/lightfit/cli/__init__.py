@@ -2,8 +2,10 @@
 
 `lightfit train|evaluate|predict|new|plot|compare ...` (or `python -m lightfit ...`) hands
 the rest of the command line to the subcommand's module, so Hydra's own flags (`-m`,
-`--cfg job`, `--help`) work after it. May import everything below: loops, api, tasks,
-data, nets, run, errors. Nothing imports from here except the aliases.
+`--cfg job`, `--help`) work after it. A project's own command is the same `main` with its
+name and its configs: `main(prog="affair_risk", config_module="affair_risk.conf")`.
+May import everything below: loops, api, tasks, data, nets, run, errors. Nothing imports
+from here except the aliases.
 """
 
 from __future__ import annotations
@@ -11,50 +13,60 @@ from __future__ import annotations
 import importlib
 import sys
 
-# subcommand -> (module with main(), one line for `lightfit --help`)
+PROG = "lightfit"
+CONFIG_MODULE = "lightfit.conf"
+# subcommand -> (module with main(), one line for `<prog> --help`); `new` is lightfit's own only
 COMMANDS = {
-    "train": ("lightfit.cli.train", "train with Hydra overrides: lightfit train loop=manual task=regression"),
-    "evaluate": ("lightfit.cli.evaluate", "test metrics of a checkpoint: lightfit evaluate ckpt_path=..."),
+    "train": ("lightfit.cli.train", "train with Hydra overrides: {prog} train loop=manual task=regression"),
+    "evaluate": ("lightfit.cli.evaluate", "test metrics of a checkpoint: {prog} evaluate ckpt_path=..."),
     "predict": (
         "lightfit.cli.predict",
-        "predictions for a .npy: lightfit predict ckpt_path=... input=... output=...",
+        "predictions for a .npy: {prog} predict ckpt_path=... input=... output=...",
     ),
-    "new": ("lightfit.cli.new", "copy this template as a new project: lightfit new NAME DEST"),
-    "plot": ("lightfit.cli.plot", "curves (and confusion matrix) of a run as PNG: lightfit plot [RUN]"),
+    "new": ("lightfit.cli.new", "copy this template as a new project: {prog} new NAME DEST"),
+    "plot": ("lightfit.cli.plot", "curves (and confusion matrix) of a run as PNG: {prog} plot [RUN]"),
     "compare": (
         "lightfit.cli.compare",
-        "rank runs or a sweep by the monitored metric: lightfit compare DIR...",
+        "rank runs or a sweep by the monitored metric: {prog} compare DIR...",
     ),
 }
 
 
-def usage() -> str:
-    width = max(map(len, COMMANDS))
-    lines = [f"  {name:<{width}}  {help_line}" for name, (_, help_line) in COMMANDS.items()]
+def commands(prog: str) -> dict[str, tuple[str, str]]:
+    return {name: entry for name, entry in COMMANDS.items() if name != "new" or prog == PROG}
+
+
+def usage(prog: str = PROG) -> str:
+    available = commands(prog)
+    width = max(map(len, available))
+    lines = [f"  {name:<{width}}  {text.format(prog=prog)}" for name, (_, text) in available.items()]
     return "\n".join(
         [
-            "usage: lightfit <command> [arguments]",
+            f"usage: {prog} <command> [arguments]",
             "",
             "commands:",
             *lines,
             "",
-            "`lightfit <command> --help` for the command's own options (Hydra's, for train,",
+            f"`{prog} <command> --help` for the command's own options (Hydra's, for train,",
             "evaluate and predict).",
         ]
     )
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, *, prog: str = PROG, config_module: str = CONFIG_MODULE) -> None:
+    """Run `<prog> <command> [arguments]`; the Hydra commands compose `config_module`'s configs."""
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help", "help"):
-        print(usage())
+        print(usage(prog))
         raise SystemExit(0 if args else 2)
     name, rest = args[0], args[1:]
-    if name not in COMMANDS:
-        print(
-            f"lightfit: error: unknown command '{name}'; choose from {', '.join(COMMANDS)}", file=sys.stderr
-        )
+    available = commands(prog)
+    if name not in available:
+        print(f"{prog}: error: unknown command '{name}'; choose from {', '.join(available)}", file=sys.stderr)
         raise SystemExit(2)
-    module = importlib.import_module(COMMANDS[name][0])
-    sys.argv = [f"lightfit {name}", *rest]  # Hydra and argparse read the command line from here
-    module.main()
+    module = importlib.import_module(available[name][0])
+    sys.argv = [f"{prog} {name}", *rest]  # Hydra and argparse read the command line from here
+    if name == "new":
+        module.main()
+    else:
+        module.main(prog=prog, config_module=config_module)

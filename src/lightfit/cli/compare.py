@@ -39,7 +39,6 @@ from lightfit.run.sweep import (
     write_csv,
 )
 
-PROG = "lightfit compare"
 DEFAULT_TASK = "classification"  # runs from before the task config group
 DEFAULT_MONITOR = "val/loss"
 LOWER_IS_BETTER = ("loss", "mae", "mse", "rmse", "mape")
@@ -266,8 +265,10 @@ def compare(
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None, *, prog: str = "lightfit", config_module: str = "") -> None:
+    """`<prog> compare DIR...` (reads run folders, no config: `config_module` is not used)."""
+    label = f"{prog} compare"
+    parser = argparse.ArgumentParser(prog=label, description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run directories, or folders with runs below")
     parser.add_argument("--output", type=Path, help="also write the table to this CSV file")
     parser.add_argument(
@@ -278,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--monitor", help="rank by this metric of results.json (default: the runs' own)")
     args = parser.parse_args(argv)
     png = None if args.no_png else args.png or (args.runs[0] / PNG if len(args.runs) == 1 else Path(PNG))
-    with reported(PROG):
+    with reported(label):
         compare(args.runs, task=args.task, monitor=args.monitor, output=args.output, png=png)
 
 

@@ -12,13 +12,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lightfit.errors import LightfitError, reported_in_job, run_hydra_entry
+from lightfit.errors import LightfitError
 
 log = logging.getLogger("lightfit")
-PROG = "lightfit-evaluate"
 EVAL = "eval.json"
 
 
@@ -98,17 +96,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(config_path="pkg://lightfit.conf", config_name="evaluate", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> None:
-    with reported_in_job(PROG):
-        evaluate(cfg)
-
-
-def main() -> None:
+def main(*, prog: str = "lightfit", config_module: str = "lightfit.conf") -> None:
+    """`<prog> evaluate ckpt_path=...`: compose evaluate.yaml (the project's, else lightfit's)."""
     from lightfit.cli import config
+    from lightfit.cli.entry import run_command
 
     config.register()  # the data/ and trainer/ groups extend the typed schemas
-    run_hydra_entry(PROG, _hydra_main)
+    run_command(evaluate, label=f"{prog}-evaluate", config_module=config_module, config_name="evaluate")
 
 
 if __name__ == "__main__":

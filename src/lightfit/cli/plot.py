@@ -20,7 +20,6 @@ from typing import Any
 
 from lightfit.errors import LightfitError, reported
 
-PROG = "lightfit-plot"
 METRICS = "metrics.csv"
 CONFUSION = "test_confusion.csv"  # written by the training run (rows: true class, columns: predicted)
 STAGES = ("train", "val")
@@ -126,12 +125,14 @@ def _title(run: Path) -> str:
     return name
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None, *, prog: str = "lightfit", config_module: str = "") -> None:
+    """`<prog> plot [RUN]` (reads run folders, no config: `config_module` is not used)."""
+    label = f"{prog}-plot"
+    parser = argparse.ArgumentParser(prog=label, description=__doc__.split("\n")[0])
     parser.add_argument("run", nargs="?", type=Path, help="run directory or metrics.csv (default: latest)")
     parser.add_argument("--out", type=Path, help="PNG to write (default: <run>/curves.png)")
     args = parser.parse_args(argv)
-    with reported(PROG):
+    with reported(label):
         run = args.run or latest_run()
         print(plot_run(run, args.out))
         table = (run.parent if run.suffix == ".csv" else run) / CONFUSION

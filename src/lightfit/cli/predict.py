@@ -13,15 +13,13 @@ import logging
 import os
 from pathlib import Path
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig
 
 from lightfit.data.arrays import read_npy
-from lightfit.errors import LightfitError, reported_in_job, run_hydra_entry
+from lightfit.errors import LightfitError
 
 log = logging.getLogger("lightfit")
-PROG = "lightfit-predict"
 KINDS = ("probs", "labels", "values")
 
 
@@ -129,14 +127,11 @@ def predict(cfg: DictConfig) -> Path:
     return output
 
 
-@hydra.main(config_path="pkg://lightfit.conf", config_name="predict", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> None:
-    with reported_in_job(PROG):
-        predict(cfg)
+def main(*, prog: str = "lightfit", config_module: str = "lightfit.conf") -> None:
+    """`<prog> predict ckpt_path=... input=... output=...`: predict.yaml, the project's or lightfit's."""
+    from lightfit.cli.entry import run_command
 
-
-def main() -> None:
-    run_hydra_entry(PROG, _hydra_main)
+    run_command(predict, label=f"{prog}-predict", config_module=config_module, config_name="predict")
 
 
 if __name__ == "__main__":

@@ -12,15 +12,13 @@ import json
 import logging
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from lightfit.cli import config
-from lightfit.errors import reported_in_job, run_hydra_entry
+from lightfit.cli.entry import run_command
 from lightfit.run import distributed, slurm
 
 log = logging.getLogger("lightfit")
-PROG = "lightfit-train"
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -79,15 +77,10 @@ def train(cfg: DictConfig) -> float | None:
     return results.get(optimized)
 
 
-@hydra.main(config_path="pkg://lightfit.conf", config_name="train", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> float | None:
-    with reported_in_job(PROG):
-        return train(cfg)
-
-
-def main() -> None:
+def main(*, prog: str = "lightfit", config_module: str = "lightfit.conf") -> None:
+    """`<prog> train [overrides]`: compose `config_module`'s train.yaml and train."""
     config.register()  # the typed schemas Hydra checks the composed config against
-    run_hydra_entry(PROG, _hydra_main)
+    run_command(train, label=f"{prog}-train", config_module=config_module, config_name="train")
 
 
 if __name__ == "__main__":

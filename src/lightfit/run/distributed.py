@@ -34,6 +34,7 @@ from omegaconf import DictConfig
 from lightfit.errors import LAUNCHER_PID, LightfitError
 
 ENTRY_POINT = "lightfit.cli.train"  # what each rank runs: python -m lightfit.cli.train
+LIGHTFIT_CONF = "pkg://lightfit.conf"  # the configs it composes unless the job's command had others
 # Hydra overrides that shape the job process (sweeps, launchers, where it writes), not the ranks.
 JOB_ONLY = (
     "hydra.mode",
@@ -87,13 +88,20 @@ def processes_to_start(trainer: DictConfig) -> int:
 
 
 def rank_command(hydra: Any, run_dir: Path) -> list[str]:
-    """The arguments after `python` for every rank: this job's config and overrides, its run directory."""
-    config_dirs = [s.path for s in hydra.runtime.config_sources if s.provider == "command-line"]
+    """The arguments after `python` for every rank: this job's config and overrides, its run directory.
+
+    A project's command (`affair_risk train`) is lightfit's train on the project's config
+    module: the ranks compose the same one (`--config-path=pkg://affair_risk.conf`).
+    """
+    sources = hydra.runtime.config_sources
+    config_dirs = [s.path for s in sources if s.provider == "command-line"]
+    main = [f"{s.schema}://{s.path}" for s in sources if s.provider == "main"]
     hydra_overrides = [o for o in hydra.overrides.hydra if not o.lstrip("+~").startswith(JOB_ONLY)]
     return [
         "-m",
         ENTRY_POINT,
         f"--config-name={hydra.job.config_name}",
+        *(f"--config-path={path}" for path in main if path != LIGHTFIT_CONF),
         *(f"--config-dir={path}" for path in config_dirs),
         *hydra.overrides.task,
         *hydra_overrides,
