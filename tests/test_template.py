@@ -154,7 +154,7 @@ def assert_only_the_chosen_files(project: Path, package: str, loops: list[str]) 
     readme = (project / "README.md").read_text()
     assert "template" not in readme.replace("copier update", "").split("## Updating")[0].lower()
     pyproject = (project / "pyproject.toml").read_text()
-    assert re.search(r'"lightfit @ git\+file:///\S+@[0-9a-f]{40}"', pyproject), pyproject
+    assert re.search(r'"lightfit @ git\+file://localhost/\S+@[0-9a-f]{40}"', pyproject), pyproject
 
 
 L1_INIT = "        scheduler: SchedulerFactory | None = None,\n    ) -> None:\n        super().__init__()\n"
@@ -251,7 +251,7 @@ def test_lightfit_new_makes_the_copier_project_at_the_installed_commit(tmp_path)
     files = sorted(str(p.relative_to(new)) for p in new.rglob("*") if p.is_file())
     assert files == sorted(str(p.relative_to(copied)) for p in copied.rglob("*") if p.is_file())
     assert all((new / f).read_bytes() == (copied / f).read_bytes() for f in files), out
-    assert f"git+file://{ROOT}@{head}" in (new / "pyproject.toml").read_text()
+    assert f"git+file://localhost{ROOT}@{head}" in (new / "pyproject.toml").read_text()
 
 
 def test_lightfit_new_refuses_in_one_line(tmp_path):
