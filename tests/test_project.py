@@ -8,6 +8,7 @@ through Hydra's search path.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -104,3 +105,25 @@ def test_ddp_ranks_compose_the_projects_configs(project, monkeypatch, tmp_path):
     command = rank_command(cfg.hydra, tmp_path / "run")
     assert command[:4] == ["-m", "lightfit.cli.train", "--config-name=train", "--config-path=pkg://proj.conf"]
     assert "loop=mine" in command
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("+loop.module.l1=0.1", "loop.module (lightfit.loops.AutomaticLoop): Key 'l1' not in"),
+        (
+            "loop.module._target_=lightfit.loops.Nothing",
+            "loop.module._target_=lightfit.loops.Nothing cannot be",
+        ),
+        ("+loop.fit.epochs_=x", "loop.fit (lightfit.loops.explicit.fit): Key 'epochs_' not in"),
+    ],
+)
+def test_a_loops_own_keys_are_checked_against_its_signature(tmp_path, override, message):
+    from conftest import run_train
+
+    from lightfit.errors import LightfitError
+
+    loop = "loop=explicit" if "loop.fit" in override else "loop=automatic"
+    with pytest.raises(LightfitError, match=re.escape(message)):
+        run_train(tmp_path / "run", loop, override, "logger=none")
+    assert not (tmp_path / "run" / "checkpoints").exists()  # stopped before anything ran

@@ -123,9 +123,13 @@ class TaskSchema:
 
 @dataclass
 class LoopSchema:
-    name: str = "automatic"  # automatic | manual | explicit
+    name: str = "automatic"  # automatic | manual | explicit, or a project's loop: a label in results.json
     accumulate_grad_batches: int = 1
     gradient_clip_val: Optional[float] = None  # noqa: UP045
+    # Lightning loops: {_target_: a LightningModule, its own constructor arguments}
+    module: Any = None
+    # the explicit loop: {_target_: a fit function, its own keyword arguments}
+    fit: Any = None
 
 
 @dataclass

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightfit.cli import config
 from lightfit.cli.entry import run_command
+from lightfit.errors import LightfitError
 from lightfit.run import distributed, slurm
 
 log = logging.getLogger("lightfit")
@@ -41,6 +42,7 @@ def train(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     config.check_counts(cfg)
     mode = check_task_config(cfg.task, cfg.monitor)  # a wrong metric name stops here, before any data
+    check_loop(cfg.loop)  # the module or fit function exists, and its own keys fit its signature
     optimized = cfg.get("optimized_metric") or cfg.monitor
     if nprocs := distributed.processes_to_start(cfg.trainer):
         # DDP: this process starts the ranks (each runs this job's command) and waits for them.
@@ -56,7 +58,7 @@ def train(cfg: DictConfig) -> float | None:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     # ckpt_path: a file, last, or auto (the newest readable one of this run dir, or a fresh start)
     resume = load_resume(cfg.ckpt_path, run_dir, net, OmegaConf.to_container(cfg, resolve=True))
-    runner = train_explicit if cfg.loop.name == "explicit" else train_lightning
+    runner = train_explicit if cfg.loop.get("fit") is not None else train_lightning
     with StopRequest() as stop:
         try:
             results = runner(
@@ -75,6 +77,44 @@ def train(cfg: DictConfig) -> float | None:
         log.info(metrics_line("test: ", {k: v for k, v in results.items() if k.startswith("test/")}))
         log.info(f"run dir: {run_dir}")
     return results.get(optimized)
+
+
+def check_loop(loop: DictConfig) -> None:
+    """`loop.module` (a LightningModule) or `loop.fit` (a fit function) names something that
+    exists, and its own keys fit its signature: one line naming the key if not."""
+    from lightfit.loops.run_explicit import FIT_ARGS
+    from lightfit.loops.run_lightning import MODULE_ARGS
+
+    key, supplied = ("fit", FIT_ARGS) if loop.get("fit") is not None else ("module", MODULE_ARGS)
+    node = loop.get(key)
+    if node is None or not node.get("_target_"):
+        raise LightfitError(
+            f"loop={loop.name}: set loop.module._target_ (a LightningModule) "
+            "or loop.fit._target_ (a fit function)"
+        )
+    check_target_keys(node, f"loop.{key}", supplied)
+
+
+def check_target_keys(node: DictConfig, where: str, supplied: tuple[str, ...]) -> None:
+    """The keys of `node` besides `_target_` against its target's signature (types, unknown
+    and missing keys); `supplied` are the arguments lightfit passes itself. A minimal check:
+    the generic one for every `_target_` belongs in cli/config.py."""
+    from hydra.utils import get_object
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        target = get_object(node._target_)
+    except Exception as exc:  # noqa: BLE001 - ImportError, AttributeError, ... : one line
+        raise LightfitError(f"{where}._target_={node._target_} cannot be imported: {exc}") from None
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(config.schema_of(target, skip=supplied)), node)
+    except OmegaConfBaseException as exc:
+        reason = str(exc).strip().splitlines()[0]
+        raise LightfitError(f"{where} ({node._target_}): {reason}") from None
+    if missing := sorted(OmegaConf.missing_keys(merged)):
+        raise LightfitError(
+            f"{where}: {node._target_} needs {', '.join(missing)} (no default in its signature)"
+        )
 
 
 def main(*, prog: str = "lightfit", config_module: str = "lightfit.conf") -> None:

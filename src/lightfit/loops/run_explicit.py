@@ -19,7 +19,6 @@ from lightfit.loops.explicit import (
     StopTraining,
     checkpoint_state,
     evaluate_epoch,
-    fit,
     num_batches,
     restore_state,
 )
@@ -27,13 +26,19 @@ from lightfit.loops.module import CHECKPOINT_KEY
 from lightfit.run.best import BEST_KEY
 from lightfit.run.checkpoint_io import BackgroundCheckpointIO, copies
 from lightfit.run.console import epoch_line
-from lightfit.run.context import Run, checkpoint_config, load_net_weights
+from lightfit.run.context import Run, built, checkpoint_config, load_net_weights
 from lightfit.run.loggers import build_loggers
 from lightfit.run.resume import EPOCH_KEY, INTERRUPTED, epoch_position, restore_position
 from lightfit.run.signals import TrainingInterrupted
 
 log = logging.getLogger("lightfit")
 STAGES = ("train", "val", "test")
+# What lightfit passes a fit function itself; the loop.fit node's other keys are the function's own.
+FIT_ARGS = (
+    "fabric", "model", "optimizer", "train_loader", "val_loader", "task", "epochs", "scheduler",
+    "accumulate_grad_batches", "gradient_clip_val", "start_epoch", "start_batch", "limit_train_batches",
+    "limit_val_batches", "on_epoch_end", "on_step", "should_stop", "train_metrics",
+)  # fmt: skip
 
 
 class ExplicitRun:
@@ -79,6 +84,10 @@ class ExplicitRun:
         self.train_metrics = run.task.stage_metrics("train").to(self.fabric.device)
         self.loggers = build_loggers(cfg)  # logger=csv, tensorboard, mlflow, none, or a list of them
         self.extra = {CHECKPOINT_KEY: checkpoint_config(cfg, dm)}
+        # loop.fit: the function that trains (lightfit.loops.explicit.fit, or a project's own)
+        self.fit = built(
+            "loop.fit", cfg.loop.fit, lambda: instantiate(cfg.loop.fit, _partial_=True, _convert_="all")
+        )
 
     def state(self, epoch: int, batches: int) -> dict[str, Any]:
         """A checkpoint of this moment (Lightning's layout), with the best score so far and the
@@ -134,7 +143,7 @@ class ExplicitRun:
         for logger in self.loggers:
             run.resume.keep_metrics(logger)
         try:
-            fit(
+            self.fit(
                 self.fabric, self.model, self.optimizer, self.loaders["train"], self.loaders["val"],
                 epochs=self.epochs, task=run.task, scheduler=self.scheduler,
                 accumulate_grad_batches=loop.accumulate_grad_batches,

@@ -6,6 +6,7 @@ callbacks (run/callbacks.py); the explicit loop does the same things in run_expl
 
 from __future__ import annotations
 
+import inspect
 import sys
 import warnings
 from pathlib import Path
@@ -15,16 +16,18 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lightfit.errors import LightfitError
-from lightfit.loops import LIGHTNING_LOOPS
 from lightfit.run import slurm
 from lightfit.run.callbacks import RunCheckpoints, StopOnSignal
 from lightfit.run.checkpoint_io import BackgroundCheckpointIO, CheckpointWriteFailed
-from lightfit.run.context import Run, checkpoint_config, load_net_weights
+from lightfit.run.context import Run, built, checkpoint_config, load_net_weights
 from lightfit.run.loggers import build_loggers
 from lightfit.run.progress import progress_callbacks
 from lightfit.run.resume import INTERRUPTED
 from lightfit.run.signals import TrainingInterrupted
+
+# What lightfit passes a module itself; the loop.module node's other keys are the module's own.
+MODULE_ARGS = ("net", "task", "optimizer", "scheduler", "accumulate_grad_batches", "gradient_clip_val")
+KNOBS = ("accumulate_grad_batches", "gradient_clip_val")  # to the module if it takes them, else the Trainer
 
 
 def trainer(cfg: DictConfig, run_dir: Path, callbacks: list, logger: Any, **loop_kwargs: Any) -> L.Trainer:
@@ -44,24 +47,35 @@ def trainer(cfg: DictConfig, run_dir: Path, callbacks: list, logger: Any, **loop
     )
 
 
-def train_lightning(run: Run) -> dict[str, Any]:
-    """Fit, then validate and test the best weights; returns the metrics for results.json."""
+def build_module(run: Run) -> tuple[L.LightningModule, dict[str, Any]]:
+    """`loop.module` built for this run, and the loop settings the Trainer applies instead.
+
+    The module gets the network, the task and the optimizer and scheduler factories; a module
+    whose signature takes `accumulate_grad_batches` / `gradient_clip_val` (manual optimization:
+    Trainer flags would raise) gets those too, else the Trainer does. The node's other keys
+    are the module's own constructor arguments.
+    """
     cfg, loop = run.cfg, run.cfg.loop
-    if loop.name not in LIGHTNING_LOOPS:
-        raise LightfitError(f"loop={loop.name} is not a Lightning loop")
-    knobs = {
-        "accumulate_grad_batches": loop.accumulate_grad_batches,
-        "gradient_clip_val": loop.gradient_clip_val,
-    }
-    module = LIGHTNING_LOOPS[loop.name](
-        run.net,
-        run.task,
+    make = built(
+        "loop.module", loop.module, lambda: instantiate(loop.module, _partial_=True, _convert_="all")
+    )
+    takes = inspect.signature(make).parameters
+    knobs = {key: loop[key] for key in KNOBS}
+    module = make(
+        net=run.net,
+        task=run.task,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        run_config=checkpoint_config(cfg, run.datamodule),
-        # manual: the module does accumulation and clipping itself; Trainer flags would raise.
-        **(knobs if loop.name == "manual" else {}),
+        **({"run_config": checkpoint_config(cfg, run.datamodule)} if "run_config" in takes else {}),
+        **{key: value for key, value in knobs.items() if key in takes},
     )
+    return module, {key: value for key, value in knobs.items() if key not in takes}
+
+
+def train_lightning(run: Run) -> dict[str, Any]:
+    """Fit, then validate and test the best weights; returns the metrics for results.json."""
+    cfg = run.cfg
+    module, trainer_knobs = build_module(run)
     checkpoints = RunCheckpoints(run.checkpoints, run.best, cfg.checkpoint.every_n_train_steps)
     if run.resume.mid_epoch:
         # The train loader skips the batches trained before the checkpoint (IndexBatchSampler),
@@ -75,9 +89,7 @@ def train_lightning(run: Run) -> dict[str, Any]:
         run.resume.keep_metrics(logger)
     stopper = StopOnSignal(run.stop, run.checkpoints / INTERRUPTED)
     callbacks = [checkpoints, stopper]  # few: each costs its hook calls at every step
-    fitter = trainer(
-        cfg, run.run_dir, callbacks, loggers or False, **(knobs if loop.name == "automatic" else {})
-    )
+    fitter = trainer(cfg, run.run_dir, callbacks, loggers or False, **trainer_knobs)
     try:
         fitter.fit(module, datamodule=run.datamodule, ckpt_path=run.resume.path, weights_only=True)
     except BaseException as exc:  # SIGTERMException and SystemExit included: Lightning raises those on a stop
