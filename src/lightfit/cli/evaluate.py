@@ -66,6 +66,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
 
     from lightfit.loops import AutomaticLoop
+    from lightfit.run.callbacks import RunCallback
     from lightfit.run.console import metrics_line, quiet_lightning
     from lightfit.run.results import write_json_atomic
 
@@ -81,8 +82,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     module = AutomaticLoop(net, task)
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
+        callbacks=[RunCallback()],  # without checkpoints: computes and logs the metrics only
         logger=False,
-        enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
     )

@@ -8,20 +8,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
-from lightfit.loops.module import TaskModule
+from lightfit.loops.module import OptimizerFactory, SchedulerFactory, TaskModule
+from lightfit.tasks import Task
 
 
 class ManualLoop(TaskModule):
     def __init__(
         self,
-        *args: Any,
-        accumulate_grad_batches: int = 1,
-        gradient_clip_val: float | None = None,
-        **kwargs: Any,
+        net: nn.Module,
+        task: Task,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        accumulate_grad_batches: int = 1,  # auto: Trainer(accumulate_grad_batches=...)
+        gradient_clip_val: float | None = None,  # auto: Trainer(gradient_clip_val=...)
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(net, task, optimizer, scheduler)
         self.automatic_optimization = False  # we call zero_grad, backward and step ourselves
         self.accumulate_grad_batches = accumulate_grad_batches
         self.gradient_clip_val = gradient_clip_val

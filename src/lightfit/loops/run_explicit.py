@@ -22,8 +22,8 @@ from lightfit.loops.explicit import (
     num_batches,
     restore_state,
 )
-from lightfit.loops.module import CHECKPOINT_KEY
 from lightfit.run.best import BEST_KEY
+from lightfit.run.checkpoint import CHECKPOINT_KEY
 from lightfit.run.checkpoint_io import BackgroundCheckpointIO, copies
 from lightfit.run.console import epoch_line
 from lightfit.run.context import Run, built, checkpoint_config, load_net_weights

@@ -17,12 +17,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lightfit.run import slurm
-from lightfit.run.callbacks import RunCheckpoints, StopOnSignal
+from lightfit.run.callbacks import RunCallback
 from lightfit.run.checkpoint_io import BackgroundCheckpointIO, CheckpointWriteFailed
 from lightfit.run.context import Run, built, checkpoint_config, load_net_weights
 from lightfit.run.loggers import build_loggers
 from lightfit.run.progress import progress_callbacks
-from lightfit.run.resume import INTERRUPTED
 from lightfit.run.signals import TrainingInterrupted
 
 # What lightfit passes a module itself; the loop.module node's other keys are the module's own.
@@ -66,7 +65,6 @@ def build_module(run: Run) -> tuple[L.LightningModule, dict[str, Any]]:
         task=run.task,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        **({"run_config": checkpoint_config(cfg, run.datamodule)} if "run_config" in takes else {}),
         **{key: value for key, value in knobs.items() if key in takes},
     )
     return module, {key: value for key, value in knobs.items() if key not in takes}
@@ -76,7 +74,13 @@ def train_lightning(run: Run) -> dict[str, Any]:
     """Fit, then validate and test the best weights; returns the metrics for results.json."""
     cfg = run.cfg
     module, trainer_knobs = build_module(run)
-    checkpoints = RunCheckpoints(run.checkpoints, run.best, cfg.checkpoint.every_n_train_steps)
+    callback = RunCallback(
+        run.checkpoints,
+        run.best,
+        every_n_train_steps=cfg.checkpoint.every_n_train_steps,
+        stop=run.stop,
+        run_config=checkpoint_config(cfg, run.datamodule),
+    )
     if run.resume.mid_epoch:
         # The train loader skips the batches trained before the checkpoint (IndexBatchSampler),
         # so Lightning's warning that a mid-epoch resume replays data does not apply.
@@ -87,29 +91,28 @@ def train_lightning(run: Run) -> dict[str, Any]:
     loggers = build_loggers(cfg)  # logger=csv, tensorboard, mlflow, none, or a list of them
     for logger in loggers:
         run.resume.keep_metrics(logger)
-    stopper = StopOnSignal(run.stop, run.checkpoints / INTERRUPTED)
-    callbacks = [checkpoints, stopper]  # few: each costs its hook calls at every step
-    fitter = trainer(cfg, run.run_dir, callbacks, loggers or False, **trainer_knobs)
+    # One callback: each costs its hook calls at every step.
+    fitter = trainer(cfg, run.run_dir, [callback], loggers or False, **trainer_knobs)
     try:
         fitter.fit(module, datamodule=run.datamodule, ckpt_path=run.resume.path, weights_only=True)
     except BaseException as exc:  # SIGTERMException and SystemExit included: Lightning raises those on a stop
         if run.stop.signum is None or isinstance(exc, CheckpointWriteFailed):  # nothing saved: say why
             raise
-        raise TrainingInterrupted(run.stop.signum, stopper.where, stopper.saved, run.run_dir) from None
+        raise TrainingInterrupted(run.stop.signum, callback.where, callback.saved, run.run_dir) from None
     # Rank 0 finished its checkpoint writes when fit ended (the writer's teardown); the other
     # ranks wait for that before they read best.ckpt.
     fitter.strategy.barrier("checkpoints written")
-    best_path = checkpoints.best_path  # None after fast_dev_run: test the current weights
+    best_path = callback.best_path  # None after fast_dev_run: test the current weights
     if best_path:
         load_net_weights(run.net, best_path)
     # A second Trainer without logger for the final evaluation: metrics.csv keeps one row
     # per epoch and stage, and results.json gets the numbers.
-    evaluator = trainer(cfg, run.run_dir, [], False, enable_checkpointing=False)
+    evaluator = trainer(cfg, run.run_dir, [callback], False)  # the callback logs the metrics
     results: dict[str, Any] = {}
     for evaluate in (evaluator.validate, evaluator.test):
         metrics = evaluate(module, datamodule=run.datamodule, verbose=False)[0]
         results.update({k: float(v) for k, v in metrics.items()})
-    results["tables"] = module.tables
+    results["tables"] = callback.tables
     results["best_checkpoint"] = str(best_path) if best_path else None
     results["epochs"] = fitter.current_epoch
     return results

@@ -1,4 +1,13 @@
-"""Lightning callbacks: the epoch line with best and last checkpoints, stopping on a signal."""
+"""The one Lightning callback a run needs, for any LightningModule that keeps the contract.
+
+`RunCallback` does what the explicit loop does in plain code (run_explicit.py): the stage
+metrics computed and logged once per epoch, the finite-loss check, the epoch line, best and
+last checkpoints (and every N optimizer steps), the run's state in every checkpoint and its
+restore on resume, and the stop on a signal. So a module stays a plain `L.LightningModule`:
+network, task, `train_metrics` / `val_metrics` / `test_metrics`, its steps and its optimizers
+(`lightfit.contract.TrainingModule`). One callback, not several: Lightning calls six hooks of
+every callback at every step, about 10 us per callback here.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +16,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import Callback, Checkpoint
+from lightning.pytorch.callbacks import Checkpoint
+from torch import Tensor
 
 from lightfit.run.best import BestScore
+from lightfit.run.checkpoint import CHECKPOINT_KEY
 from lightfit.run.checkpoint_io import copies
 from lightfit.run.console import epoch_line
+from lightfit.run.resume import (
+    EPOCH_KEY,
+    INTERRUPTED,
+    RNG_KEY,
+    epoch_position,
+    restore_position,
+    restore_rng_states,
+    rng_states,
+)
 from lightfit.run.signals import StopRequest
+from lightfit.tasks import scalars
 
 log = logging.getLogger("lightfit")
 
@@ -21,39 +42,137 @@ class StopRequested(Exception):
     """Raised at a batch end after a Ctrl-C, to leave `trainer.fit` through its error path."""
 
 
-class StopOnSignal(Callback):
-    """The Lightning side of `StopRequest`: stop at a batch end and save `path`.
+class RunCallback(Checkpoint):
+    """A run's machinery around a LightningModule. Without `checkpoints` (evaluation only) it
+    only computes and logs the stage metrics.
 
-    Lightning installs its own SIGTERM handler when training starts. Under DDP that
+    Each epoch end: the epoch line (rank 0), then `best.ckpt` when the monitored metric
+    improves (ties: see BestScore) and `last.ckpt`, after validation, as ModelCheckpoint
+    does by default; with `every_n_train_steps`, `last.ckpt` every N optimizer steps too. A
+    `Checkpoint` subclass, so Lightning runs it after the other callbacks. Its state (the best
+    score) travels in every checkpoint, so a resumed run keeps it.
+
+    Stops: Lightning installs its own SIGTERM handler when training starts. Under DDP that
     handler broadcasts from inside the signal handler, in the middle of whatever collective
     the rank was in, and the ranks can wait on each other until the launcher kills them
     (Lightning issue 20806). So SIGTERM is taken back here, like Ctrl-C it only sets a
     flag, and the ranks agree at each batch end (`StopRequest.agreed`): all of them stop
-    at the same batch, and all of them take part in saving the checkpoint.
+    at the same batch, and all of them take part in saving `interrupted.ckpt`.
     """
 
-    def __init__(self, stop: StopRequest, path: Path) -> None:
-        self.stop, self.path = stop, path
-        self.where, self.saved = "", None
+    def __init__(
+        self,
+        checkpoints: Path | None = None,
+        best: BestScore | None = None,
+        *,
+        every_n_train_steps: int | None = None,
+        stop: StopRequest | None = None,
+        run_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.dirpath, self.best, self.stop = checkpoints, best, stop
+        self.every_n_train_steps = every_n_train_steps
+        self.run_config = run_config or {}  # what rebuilds the network: in every checkpoint
+        self.best_path: Path | None = None
+        self.tables: dict[str, Tensor] = {}  # the last non-scalar metrics (a confusion matrix)
+        self.validated = False  # this epoch: callback_metrics keeps older epochs' val metrics
+        self.saved_step = -1
+        self.where, self.saved = "", None  # where a stop happened, and its checkpoint
+
+    # Metrics are logged once per epoch: logging every step would cost more than the step
+    # itself on small networks. Train metrics are logged at the last batch, so that they are
+    # in callback_metrics when the epoch ends.
+    def log_stage(self, pl_module: Any, stage: str) -> None:
+        metrics = getattr(pl_module, f"{stage}_metrics")
+        values = metrics.compute()  # syncs metric states across ranks itself: no sync_dist
+        pl_module.log_dict(scalars(values), on_step=False, on_epoch=True)
+        self.tables.update({k: v.cpu() for k, v in values.items() if v.ndim > 0})  # .cpu(): for the CSV
+        metrics.reset()
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self.log_stage(pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self.log_stage(pl_module, "test")
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        self.stop.reclaim_sigterm()  # Lightning registered its handler just before this hook
+        if self.stop is not None:
+            self.stop.reclaim_sigterm()  # Lightning registered its handler just before this hook
+        self.saved_step = trainer.global_step  # a resumed run does not save its first step again
+        self.start = time.perf_counter()  # a run resumed mid-epoch gets no on_train_epoch_start for it
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self.start = time.perf_counter()
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not may_save_mid_epoch(trainer, batch_idx):
+        if batch_idx + 1 >= trainer.num_training_batches:  # the epoch's last batch
+            # Before validation and before any checkpoint: diverged weights are never saved.
+            pl_module.train_metrics.check_finite(trainer.current_epoch)
+            self.log_stage(pl_module, "train")
+            return
+        if self.dirpath is None or not may_save_mid_epoch(trainer, batch_idx):
             return  # the same batches on every rank: the ranks' exchanges stay in step
-        if self.stop.agreed(trainer.world_size > 1):
+        if self.stop is not None and self.stop.agreed(trainer.world_size > 1):
             raise StopRequested(self.stop.signum)  # Lightning calls on_exception, then re-raises
+        # last.ckpt every N optimizer steps (trainer.global_step counts steps, not batches)
+        n, step = self.every_n_train_steps, trainer.global_step
+        if n and step % n == 0 and step != self.saved_step and not trainer.fast_dev_run:
+            with trainer.strategy.checkpoint_io.timed():  # its cost: in train.log at the end
+                trainer.save_checkpoint(self.dirpath / "last.ckpt", weights_only=False)  # rank 0 writes
+            self.saved_step = step
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         if not isinstance(exception, StopRequested):
             return  # a real error, not a stop: nothing to save
         batch = trainer.fit_loop.epoch_loop.batch_progress.current.completed + 1  # counted after this hook
         self.where = f"epoch {trainer.current_epoch + 1}, batch {batch}"
-        trainer.save_checkpoint(self.path, weights_only=False)  # every rank: rank 0 writes, all wait
-        self.saved = self.path
+        path = self.dirpath / INTERRUPTED
+        trainer.save_checkpoint(path, weights_only=False)  # every rank: rank 0 writes, all wait
+        self.saved = path
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        self.validated = not trainer.sanity_checking
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.is_global_zero:
+            seconds, metrics = time.perf_counter() - self.start, trainer.callback_metrics
+            log.info(epoch_line(trainer.current_epoch + 1, trainer.max_epochs, metrics, seconds))
+        validated, self.validated = self.validated, False
+        if trainer.fast_dev_run or self.dirpath is None:
+            return  # like Lightning: no checkpoints in a smoke run
+        best = None
+        if validated and self.best.update(trainer.callback_metrics, trainer.current_epoch):
+            self.best_path = best = self.dirpath / "best.ckpt"
+        # Rank 0 writes last.ckpt and, when the score improved, best.ckpt: one file, two names.
+        last = self.dirpath / "last.ckpt"
+        with trainer.strategy.checkpoint_io.timed():
+            trainer.save_checkpoint(last, weights_only=False, storage_options=copies(best))
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = self.run_config
+        checkpoint[RNG_KEY] = rng_states()  # dropout draws from these: needed for an exact resume
+        # Batches trained in this epoch: `processed` counts the batch whose on_train_batch_end
+        # is running (a step checkpoint, a stop); Lightning's own loop state restarts after it.
+        trained = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        done = trained >= trainer.num_training_batches
+        checkpoint[EPOCH_KEY] = epoch_position(trainer.current_epoch, trained, done, pl_module.train_metrics)
+
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        if EPOCH_KEY in checkpoint:  # this rank's RNGs and, mid-epoch, its training metrics so far
+            restore_position(checkpoint[EPOCH_KEY], trainer.global_rank, pl_module.train_metrics)
+        elif RNG_KEY in checkpoint:
+            restore_rng_states(checkpoint[RNG_KEY])
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.best is None:
+            return {}
+        return {**self.best.state_dict(), "best_path": str(self.best_path) if self.best_path else None}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.best is not None:
+            self.best.load_state_dict(state_dict)
+        self.best_path = Path(state_dict["best_path"]) if state_dict.get("best_path") else None
 
 
 def may_save_mid_epoch(trainer: Any, batch_idx: int) -> bool:
@@ -64,67 +183,3 @@ def may_save_mid_epoch(trainer: Any, batch_idx: int) -> bool:
         return False
     accumulate = getattr(trainer.lightning_module, "accumulate_grad_batches", trainer.accumulate_grad_batches)
     return (batch_idx + 1) % accumulate == 0
-
-
-class RunCheckpoints(Checkpoint):
-    """What each epoch end does, as `on_epoch_end` does in the explicit loop: the epoch line
-    (rank 0), then `best.ckpt` when the monitored metric improves (ties: see BestScore) and
-    `last.ckpt`; with `every_n_train_steps`, `last.ckpt` every N optimizer steps too.
-
-    Saved at the end of each training epoch, after validation, as ModelCheckpoint does by
-    default; a `Checkpoint` subclass, so Lightning runs it after the other callbacks. Its
-    state (the best score) travels in every checkpoint, so a resumed run keeps it. The epoch
-    line lives here too, not in a callback of its own: Lightning calls six hooks of every
-    callback at every step, about 10 us per callback here.
-    """
-
-    def __init__(self, dirpath: Path, best: BestScore, every_n_train_steps: int | None = None) -> None:
-        self.dirpath, self.best = dirpath, best
-        self.best_path: Path | None = None
-        self.validated = False  # this epoch: callback_metrics keeps older epochs' val metrics
-        self.every_n_train_steps = every_n_train_steps
-        self.saved_step = -1
-
-    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        self.saved_step = trainer.global_step  # a resumed run does not save its first step again
-        self.start = time.perf_counter()  # a run resumed mid-epoch gets no on_train_epoch_start for it
-
-    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        self.start = time.perf_counter()
-
-    def on_train_batch_end(
-        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        """`last.ckpt` every N optimizer steps (trainer.global_step counts steps, not batches)."""
-        n, step = self.every_n_train_steps, trainer.global_step
-        if not n or step % n or step == self.saved_step or trainer.fast_dev_run:
-            return
-        if may_save_mid_epoch(trainer, batch_idx):
-            with trainer.strategy.checkpoint_io.timed():  # its cost: in train.log at the end
-                trainer.save_checkpoint(self.dirpath / "last.ckpt", weights_only=False)  # rank 0 writes
-            self.saved_step = step
-
-    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        self.validated = not trainer.sanity_checking
-
-    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        if trainer.is_global_zero:
-            seconds, metrics = time.perf_counter() - self.start, trainer.callback_metrics
-            log.info(epoch_line(trainer.current_epoch + 1, trainer.max_epochs, metrics, seconds))
-        validated, self.validated = self.validated, False
-        if trainer.fast_dev_run:
-            return  # like Lightning: no checkpoints in a smoke run
-        best = None
-        if validated and self.best.update(trainer.callback_metrics, trainer.current_epoch):
-            self.best_path = best = self.dirpath / "best.ckpt"
-        # Rank 0 writes last.ckpt and, when the score improved, best.ckpt: one file, two names.
-        last = self.dirpath / "last.ckpt"
-        with trainer.strategy.checkpoint_io.timed():
-            trainer.save_checkpoint(last, weights_only=False, storage_options=copies(best))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**self.best.state_dict(), "best_path": str(self.best_path) if self.best_path else None}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.best.load_state_dict(state_dict)
-        self.best_path = Path(state_dict["best_path"]) if state_dict.get("best_path") else None

@@ -21,8 +21,7 @@ from torch import nn
 
 from lightfit.errors import LightfitError
 
-# Written by `TaskModule.on_save_checkpoint` (loops/module.py). Repeated here so that
-# predicting does not import Lightning.
+# Written into every checkpoint by both runners (run/callbacks.py, loops/run_explicit.py).
 CHECKPOINT_KEY = "lightfit"
 NET_PREFIX = "net."  # the TaskModule keeps the network (Standardize + model) as `self.net`
 PACKAGE = __name__.split(".")[0]  # "lightfit", or whatever a copy of the template renames it to
