@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
+import torch
 
 TRAIN_YAML = """\
 defaults:
@@ -127,3 +130,146 @@ def test_a_loops_own_keys_are_checked_against_its_signature(tmp_path, override, 
     with pytest.raises(LightfitError, match=re.escape(message)):
         run_train(tmp_path / "run", loop, override, "logger=none")
     assert not (tmp_path / "run" / "checkpoints").exists()  # stopped before anything ran
+
+
+class L1Module(L.LightningModule):
+    """A project's own module, written from scratch: lightfit's contract and an L1 penalty."""
+
+    def __init__(self, net, task, optimizer, scheduler=None, l1: float = 0.0) -> None:
+        super().__init__()
+        self.net, self.task, self.l1 = net, task, l1
+        self.make_optimizer = optimizer
+        self.train_metrics = task.stage_metrics("train")
+        self.val_metrics = task.stage_metrics("val")
+        self.test_metrics = task.stage_metrics("test")
+
+    def step(self, batch, metrics):
+        x, y = batch
+        outputs = self.net(x)
+        loss = self.task.loss(outputs, y)
+        metrics.update(outputs, y, loss)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        penalty = self.l1 * sum(p.abs().sum() for p in self.net.parameters())
+        return self.step(batch, self.train_metrics) + penalty
+
+    def validation_step(self, batch, batch_idx):
+        self.step(batch, self.val_metrics)
+
+    def test_step(self, batch, batch_idx):
+        self.step(batch, self.test_metrics)
+
+    def configure_optimizers(self):
+        return self.make_optimizer(self.parameters())
+
+
+class NoMetrics(L.LightningModule):
+    def __init__(self, net, task, optimizer, scheduler=None) -> None:
+        super().__init__()
+        self.net, self.task = net, task
+
+    def training_step(self, batch, batch_idx):
+        return self.task.loss(self.net(batch[0]), batch[1])
+
+
+def no_hooks_fit(fabric, model, optimizer, train_loader, val_loader=None, *, task, epochs):
+    return {}
+
+
+def test_a_module_missing_the_contract_fails_in_one_line(tmp_path):
+    from conftest import run_train
+
+    from lightfit.errors import LightfitError
+
+    with pytest.raises(LightfitError) as error:
+        run_train(tmp_path / "run", "loop.module._target_=test_project.NoMetrics", "logger=none")
+    message = str(error.value)
+    assert message == (
+        "loop.module (test_project.NoMetrics) does not keep lightfit.contract.TrainingModule: "
+        "no train_metrics, val_metrics, test_metrics"
+    )
+    with pytest.raises(
+        LightfitError, match=r"loop.fit \(test_project.no_hooks_fit\) does not keep .*FitLoop: "
+    ):
+        run_train(
+            tmp_path / "run2", "loop=explicit", "loop.fit._target_=test_project.no_hooks_fit", "logger=none"
+        )
+
+
+def test_the_contract_names_what_a_data_module_lacks():
+    from lightfit.contract import DataModule, FitLoop, check
+    from lightfit.errors import LightfitError
+    from lightfit.loops.explicit import fit
+
+    check(fit, FitLoop, "loop.fit")  # lightfit's own keep it
+    with pytest.raises(
+        LightfitError, match=r"^data \(builtins.dict\) does not keep .*DataModule: no input_shape, "
+    ):
+        check({}, DataModule, "data")
+    with pytest.raises(LightfitError, match=r"no parameter scheduler, .*parameter hooks$"):
+        check(no_hooks_fit, FitLoop, "loop.fit")
+
+
+def test_a_projects_module_trains_with_its_own_key_and_resumes_exactly(tmp_path, monkeypatch):
+    """loop.module._target_ names a module defined here; `l1` comes from the config, is used,
+    and a run stopped mid-epoch by SIGTERM resumes to the weights of the uninterrupted run."""
+    from conftest import assert_same_weights, run_train
+    from test_resume import SLOW, start, wait_for_line
+
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+    )
+    overrides = [
+        *SLOW,
+        "trainer.max_epochs=3",
+        "loop.module._target_=test_project.L1Module",
+        "+loop.module.l1=0.001",
+    ]
+    whole = run_train(tmp_path / "whole", *overrides, "logger=csv")
+    plain = run_train(tmp_path / "plain", *overrides[:-1], "logger=none")
+    assert whole["test/loss"] != plain["test/loss"]  # the penalty changed the training
+
+    proc = start(tmp_path / "stopped", *overrides, "logger=csv")
+    wait_for_line(proc, "epoch 1/3")
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    interrupted = tmp_path / "stopped/checkpoints/interrupted.ckpt"
+    position = torch.load(interrupted, weights_only=True)["epoch_position"]
+    assert not position["epoch_done"], position  # stopped inside an epoch
+    resumed = run_train(tmp_path / "stopped", *overrides, "logger=csv", f"ckpt_path={interrupted}")
+    assert_same_weights(tmp_path / "whole/checkpoints/last.ckpt", tmp_path / "stopped/checkpoints/last.ckpt")
+    assert resumed["test/acc"] == whole["test/acc"] and resumed["test/loss"] == whole["test/loss"]
+    rows = [(tmp_path / run / "metrics.csv").read_text() for run in ("whole", "stopped")]
+    assert rows[0] == rows[1]
+
+
+def test_a_checkpoints_targets_may_name_the_running_projects_functions(project, monkeypatch):
+    """evaluate/predict call a checkpoint's `_target_`s: lightfit's and the running project's
+    functions, networks and data modules; never another callable."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from lightfit.errors import LightfitError
+    from lightfit.run.checkpoint import check_targets
+
+    (project / "proj" / "data.py").write_text("def load(path):\n    return path\n")
+    monkeypatch.syspath_prepend(str(project))
+    node = {"data": {"_target_": "proj.data.load", "path": "x.npz"}}
+    with pytest.raises(
+        LightfitError, match="'proj.data.load' is not a network, a data module or part of lightfit;"
+    ):
+        check_targets(node, "the checkpoint's config")  # outside the project's command
+    GlobalHydra.instance().clear()
+    with initialize_config_module("proj.conf", version_base="1.3"):
+        cfg = compose("train", return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    HydraConfig.instance().set_config(cfg)
+    try:
+        check_targets(node, "the checkpoint's config")  # the project's own function
+        with pytest.raises(LightfitError, match="'os.system' is not a network, .* part of lightfit or proj;"):
+            check_targets({"_target_": "os.system"}, "the checkpoint's config")
+    finally:
+        HydraConfig.instance().cfg = None

@@ -34,6 +34,7 @@ from lightfit.errors import LightfitError
 from lightfit.loops.explicit import evaluate_epoch
 from lightfit.loops.explicit import fit as fit_loop
 from lightfit.run.console import epoch_line
+from lightfit.run.hooks import FitHooks
 from lightfit.tasks import CLASSIFICATION, REGRESSION, Task, scalars
 from lightfit.tasks.task import LOSSES
 
@@ -171,6 +172,17 @@ def _split(
     return inputs[:cut], labels[:cut], inputs[cut:], labels[cut:]
 
 
+class EpochLines(FitHooks):
+    """Keras' verbose=1: one line per epoch, printed as it ends."""
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        print(epoch_line(epoch + 1, self.epochs, metrics, metrics["time"]))
+
+
 def fit(
     model: nn.Module,
     x: np.ndarray,
@@ -217,12 +229,6 @@ def fit(
     if val_inputs is not None:
         val_loader = fabric.setup_dataloaders(_loader(val_inputs, val_labels, batch_size, False, seed))
 
-    def report(epoch: int, metrics: dict[str, float]) -> None:
-        if verbose:
-            print(epoch_line(epoch + 1, epochs, metrics, metrics["time"]))
-
-    steps = fit_loop(
-        fabric, model, opt, train_loader, val_loader,
-        epochs=epochs, task=the_task, on_epoch_end=report,
-    )  # fmt: skip
+    hooks = EpochLines(epochs) if verbose else None  # else the default: a plain loop
+    steps = fit_loop(fabric, model, opt, train_loader, val_loader, task=the_task, epochs=epochs, hooks=hooks)
     return History({keras_name(k): v for k, v in steps.items() if "/" in k}, list(range(epochs)))

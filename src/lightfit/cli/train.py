@@ -33,6 +33,7 @@ def train(cfg: DictConfig) -> float | None:
     from lightfit.run.best import BestScore
     from lightfit.run.console import metrics_line, quiet_lightning
     from lightfit.run.context import Run, build_network_and_task
+    from lightfit.run.contract import DataModule, check
     from lightfit.run.results import RESULTS, write_json_atomic, write_tables
     from lightfit.run.resume import AUTO, load_resume
     from lightfit.run.signals import StopRequest, TrainingInterrupted
@@ -52,6 +53,7 @@ def train(cfg: DictConfig) -> float | None:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data, task=cfg.task.name)
     datamodule.setup("fit")
+    check(datamodule, DataModule, "data")  # what lightfit needs of it, before the network is built
     net, task = build_network_and_task(cfg, datamodule)
     # Training's randomness (dropout) starts from the seed in every loop and strategy:
     # Lightning's DDP strategy re-seeds this way when fit starts, Fabric and one device do not.

@@ -8,5 +8,6 @@ tasks, data, nets, run and errors; nothing from cli or api.
 from lightfit.loops.automatic import AutomaticLoop
 from lightfit.loops.manual import ManualLoop
 from lightfit.loops.module import TaskModule
+from lightfit.run.hooks import FitHooks, StopTraining
 
-__all__ = ["AutomaticLoop", "ManualLoop", "TaskModule"]
+__all__ = ["AutomaticLoop", "FitHooks", "ManualLoop", "StopTraining", "TaskModule"]

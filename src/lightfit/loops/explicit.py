@@ -15,10 +15,9 @@ Lightning): with the same seed all three end with the same weights.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -29,19 +28,11 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
 from lightfit.run.checkpoint import net_weights
+from lightfit.run.hooks import FitHooks, StopTraining
 from lightfit.run.resume import RNG_KEY, restore_rng_states, rng_states
 from lightfit.tasks import StageMetrics, Task, scalars
 
-EpochHook = Callable[[int, dict[str, float]], None]  # (epoch, metrics of that epoch)
-StepHook = Callable[[int, int], None]  # (epoch, batches trained in it), right after an optimizer step
-
-
-class StopTraining(Exception):
-    """`fit` stopped because `should_stop()` said so (a signal); `epoch`, `batch` say where."""
-
-    def __init__(self, epoch: int, batch: int) -> None:
-        super().__init__(f"epoch {epoch + 1}, batch {batch}")
-        self.epoch, self.batch = epoch, batch
+NO_HOOKS = FitHooks()  # a plain loop: from the first epoch, all batches, nothing called
 
 
 def num_batches(loader: DataLoader, limit: int | float | None) -> int:
@@ -77,22 +68,22 @@ def train_epoch(
     loader: DataLoader,
     task: Task,
     metrics: StageMetrics,
+    *,
+    epoch: int = 0,
+    start_batch: int = 0,
     accumulate_grad_batches: int = 1,
     gradient_clip_val: float | None = None,
-    limit_batches: int | float | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    start_batch: int = 0,
-    on_step: Callable[[int], None] | None = None,
+    hooks: FitHooks = NO_HOOKS,
 ) -> int:
     """One pass over `loader`; returns the number of batches trained (fewer if stopped).
 
     `start_batch`: the epoch resumes after that many batches, which the loader skips itself
-    (`IndexBatchSampler(resume_at=...)`). `on_step(batches)` and `should_stop()` are asked
+    (`IndexBatchSampler(resume_at=...)`). `hooks.on_step` and `hooks.should_stop` are called
     only right after an optimizer step and before the last batch: a checkpoint or a stop
     there loses no accumulated gradients and resumes exactly.
     """
     model.train()
-    n = num_batches(loader, limit_batches)
+    n = num_batches(loader, hooks.limit_train_batches)
     batch_idx = start_batch - 1
     batches = itertools.islice(loader, n - start_batch)
     for batch_idx, (x, y) in enumerate(batches, start_batch):  # Fabric moved x, y to the device
@@ -112,9 +103,8 @@ def train_epoch(
             optimizer.step()
             optimizer.zero_grad()
             if batch_idx + 1 < n:
-                if on_step is not None:
-                    on_step(batch_idx + 1)  # a step checkpoint
-                if should_stop is not None and should_stop():
+                hooks.on_step(epoch, batch_idx + 1)  # a step checkpoint
+                if hooks.should_stop():
                     break
     return batch_idx + 1
 
@@ -142,54 +132,52 @@ def fit(  # long: the whole loop in one function, to be read (and copied) in one
     train_loader: DataLoader,
     val_loader: DataLoader | None = None,
     *,
-    epochs: int,
     task: Task,
+    epochs: int,
     scheduler: LRScheduler | None = None,
     accumulate_grad_batches: int = 1,
     gradient_clip_val: float | None = None,
-    start_epoch: int = 0,
-    start_batch: int = 0,
-    limit_train_batches: int | float | None = None,
-    limit_val_batches: int | float | None = None,
-    on_epoch_end: EpochHook | None = None,
-    on_step: StepHook | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    train_metrics: StageMetrics | None = None,
+    hooks: FitHooks | None = None,
 ) -> dict[str, list[float]]:
     """Train `model` (set up with `fabric.setup`) for `epochs`; return per-epoch metrics.
 
     The history maps `train/loss`, `val/loss`, `{stage}/{metric}` for each of the task's
-    metrics (`train/acc`, `val/r2`, ...) and `time` to one value per epoch.
-    `on_epoch_end(epoch, metrics)` runs after each epoch (print, log, checkpoint there).
-    `start_epoch` continues a run restored from a checkpoint, `start_batch` (with the
-    `train_metrics` accumulated so far) one written in the middle of that epoch.
-    `on_step(epoch, batches)` runs after optimizer steps inside an epoch (a step checkpoint
-    there). When `should_stop()` turns true, the epoch ends after the next optimizer step
-    (not at an epoch's last batch) and `StopTraining` is raised; a NaN or infinite loss
-    raises `NonFiniteLoss` at the end of the epoch.
+    metrics (`train/acc`, `val/r2`, ...) and `time` to one value per epoch. `hooks` is where
+    a run's machinery comes in (`FitHooks`: where to start, batch limits, `on_step`,
+    `should_stop`, `on_epoch_end`); without it this is a plain loop. When
+    `hooks.should_stop()` turns true, the epoch ends after the next optimizer step (not at
+    an epoch's last batch) and `StopTraining` is raised; a NaN or infinite loss raises
+    `NonFiniteLoss` at the end of the epoch.
     """
+    hooks = hooks or NO_HOOKS
     task = fabric.to_device(task)  # Fabric: instead of task.to(device) (loss weights, y statistics)
-    if train_metrics is None:
-        train_metrics = task.stage_metrics("train")
+    train_metrics = hooks.train_metrics if hooks.train_metrics is not None else task.stage_metrics("train")
     train_metrics = train_metrics.to(fabric.device)
     val_metrics = task.stage_metrics("val").to(fabric.device)
     history: dict[str, list[float]] = {}
-    for epoch in range(start_epoch, epochs):
+    for epoch in range(hooks.start_epoch, epochs):
         start = time.perf_counter()
         set_epoch(train_loader, epoch)
-        first = start_batch if epoch == start_epoch else 0
         batches = train_epoch(
-            fabric, model, optimizer, train_loader, task, train_metrics,
-            accumulate_grad_batches, gradient_clip_val, limit_train_batches, should_stop,
-            first, functools.partial(on_step, epoch) if on_step else None,
-        )  # fmt: skip
-        if batches < num_batches(train_loader, limit_train_batches):
+            fabric,
+            model,
+            optimizer,
+            train_loader,
+            task,
+            train_metrics,
+            epoch=epoch,
+            start_batch=hooks.start_batch if epoch == hooks.start_epoch else 0,
+            accumulate_grad_batches=accumulate_grad_batches,
+            gradient_clip_val=gradient_clip_val,
+            hooks=hooks,
+        )
+        if batches < num_batches(train_loader, hooks.limit_train_batches):
             raise StopTraining(epoch, batches)
         train_metrics.check_finite(epoch)  # before anything is saved
         epoch_metrics = train_metrics.compute()
         train_metrics.reset()
         if val_loader is not None:
-            val_batches = itertools.islice(val_loader, num_batches(val_loader, limit_val_batches))
+            val_batches = itertools.islice(val_loader, num_batches(val_loader, hooks.limit_val_batches))
             epoch_metrics |= evaluate_epoch(model, val_batches, task, val_metrics)
         if scheduler is not None:
             scheduler.step()  # once per epoch, like Lightning's interval="epoch"
@@ -198,8 +186,7 @@ def fit(  # long: the whole loop in one function, to be read (and copied) in one
         values["time"] = time.perf_counter() - start
         for key, value in values.items():
             history.setdefault(key, []).append(value)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, values)
+        hooks.on_epoch_end(epoch, values)
     return history
 
 

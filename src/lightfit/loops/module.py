@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from lightfit.tasks import Task
+from lightfit.tasks import StageMetrics, Task
 
 OptimizerFactory = Callable[..., Optimizer]  # params -> optimizer (a Hydra `_partial_` target)
 SchedulerFactory = Callable[[Optimizer], LRScheduler]
@@ -48,7 +48,7 @@ class TaskModule(L.LightningModule):
         x, y = batch  # x: (B, *input_shape), y: (B,) labels or (B,) / (B, k) targets
         outputs = self(x)  # (B, num_classes) scores, or targets in the units of y
         loss = self.task.loss(outputs, y)
-        getattr(self, f"{stage}_metrics").update(outputs, y, loss)  # on the device: no sync per step
+        self.stage_metrics(stage).update(outputs, y, loss)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -56,6 +56,9 @@ class TaskModule(L.LightningModule):
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._common_step(batch, "test")
+
+    def stage_metrics(self, stage: str) -> StageMetrics:
+        return getattr(self, f"{stage}_metrics")
 
     def is_last_batch(self, batch_idx: int) -> bool:
         return batch_idx + 1 >= self.trainer.num_training_batches

@@ -10,13 +10,13 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from hydra.utils import instantiate
 from lightning.fabric import Fabric
 
 from lightfit.loops.explicit import (
-    StopTraining,
     checkpoint_state,
     evaluate_epoch,
     num_batches,
@@ -27,6 +27,8 @@ from lightfit.run.checkpoint import CHECKPOINT_KEY
 from lightfit.run.checkpoint_io import BackgroundCheckpointIO, copies
 from lightfit.run.console import epoch_line
 from lightfit.run.context import Run, built, checkpoint_config, load_net_weights
+from lightfit.run.contract import FitLoop, check
+from lightfit.run.hooks import FitHooks, StopTraining
 from lightfit.run.loggers import build_loggers
 from lightfit.run.resume import EPOCH_KEY, INTERRUPTED, epoch_position, restore_position
 from lightfit.run.signals import TrainingInterrupted
@@ -36,8 +38,7 @@ STAGES = ("train", "val", "test")
 # What lightfit passes a fit function itself; the loop.fit node's other keys are the function's own.
 FIT_ARGS = (
     "fabric", "model", "optimizer", "train_loader", "val_loader", "task", "epochs", "scheduler",
-    "accumulate_grad_batches", "gradient_clip_val", "start_epoch", "start_batch", "limit_train_batches",
-    "limit_val_batches", "on_epoch_end", "on_step", "should_stop", "train_metrics",
+    "accumulate_grad_batches", "gradient_clip_val", "hooks",
 )  # fmt: skip
 
 
@@ -88,6 +89,7 @@ class ExplicitRun:
         self.fit = built(
             "loop.fit", cfg.loop.fit, lambda: instantiate(cfg.loop.fit, _partial_=True, _convert_="all")
         )
+        check(self.fit, FitLoop, "loop.fit")
 
     def state(self, epoch: int, batches: int) -> dict[str, Any]:
         """A checkpoint of this moment (Lightning's layout), with the best score so far and the
@@ -130,6 +132,9 @@ class ExplicitRun:
             best = self.run.checkpoints / "best.ckpt" if improved else None
             self.fabric.strategy.save_checkpoint(self.run.checkpoints / "last.ckpt", state, copies(best))
 
+    def should_stop(self) -> bool:
+        return self.run.stop.agreed(self.fabric.world_size > 1)  # under DDP: every rank's answer
+
     def train(self) -> None:
         run, loop = self.run, self.run.cfg.loop
         start_epoch, start_batch = 0, 0
@@ -142,16 +147,15 @@ class ExplicitRun:
                 start_epoch, start_batch = run.resume.mid_epoch
         for logger in self.loggers:
             run.resume.keep_metrics(logger)
+        hooks = RunHooks(
+            start_epoch, start_batch, self.train_metrics, self.limits["train"], self.limits["val"], run=self
+        )
         try:
             self.fit(
                 self.fabric, self.model, self.optimizer, self.loaders["train"], self.loaders["val"],
-                epochs=self.epochs, task=run.task, scheduler=self.scheduler,
+                task=run.task, epochs=self.epochs, scheduler=self.scheduler,
                 accumulate_grad_batches=loop.accumulate_grad_batches,
-                gradient_clip_val=loop.gradient_clip_val, start_epoch=start_epoch, start_batch=start_batch,
-                limit_train_batches=self.limits["train"], limit_val_batches=self.limits["val"],
-                on_epoch_end=self.on_epoch_end, on_step=self.on_step,
-                should_stop=lambda: run.stop.agreed(self.fabric.world_size > 1),
-                train_metrics=self.train_metrics,
+                gradient_clip_val=loop.gradient_clip_val, hooks=hooks,
             )  # fmt: skip
         except StopTraining as stopped:  # every rank stopped at the same batch: all take part in the save
             saved = run.checkpoints / INTERRUPTED
@@ -181,6 +185,22 @@ class ExplicitRun:
         results["best_checkpoint"] = str(best_path) if best_path.is_file() else None
         results["epochs"] = self.epochs
         return results
+
+
+@dataclass
+class RunHooks(FitHooks):
+    """The run's side of `fit`: step and epoch checkpoints, the epoch line, a stop on a signal."""
+
+    run: ExplicitRun | None = None
+
+    def on_step(self, epoch: int, batches: int) -> None:
+        self.run.on_step(epoch, batches)
+
+    def should_stop(self) -> bool:
+        return self.run.should_stop()
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.run.on_epoch_end(epoch, metrics)
 
 
 def train_explicit(run: Run) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from lightfit.run import slurm
 from lightfit.run.callbacks import RunCallback
 from lightfit.run.checkpoint_io import BackgroundCheckpointIO, CheckpointWriteFailed
 from lightfit.run.context import Run, built, checkpoint_config, load_net_weights
+from lightfit.run.contract import TrainingModule, check
 from lightfit.run.loggers import build_loggers
 from lightfit.run.progress import progress_callbacks
 from lightfit.run.signals import TrainingInterrupted
@@ -67,6 +68,7 @@ def build_module(run: Run) -> tuple[L.LightningModule, dict[str, Any]]:
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         **{key: value for key, value in knobs.items() if key in takes},
     )
+    check(module, TrainingModule, "loop.module")
     return module, {key: value for key, value in knobs.items() if key not in takes}
 
 

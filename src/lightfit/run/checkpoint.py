@@ -6,7 +6,8 @@ refused, not run. The network is then rebuilt from what the training run stored 
 `checkpoint["lightfit"]`: the resolved config, the shape of one sample, the output width
 and, for regression, the targets' shape.
 Its configs name what to call (`_target_`); calling that is code execution too, so only
-networks, data modules and this package's own functions are accepted there.
+networks, data modules and the functions of lightfit and of the project whose command runs
+(`affair_risk evaluate`: the package of its config module) are accepted there.
 """
 
 from __future__ import annotations
@@ -54,15 +55,29 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
+def own_packages() -> set[str]:
+    """lightfit, and the packages whose configs the running command composes: a project's
+    command (`affair_risk evaluate`, config module `affair_risk.conf`) adds `affair_risk`."""
+    from hydra.core.hydra_config import HydraConfig
+
+    found = {PACKAGE}
+    if HydraConfig.initialized():
+        for source in HydraConfig.get().runtime.config_sources:
+            if source.schema == "pkg" and source.provider != "hydra":  # not Hydra's own configs
+                found.add(source.path.replace("/", ".").split(".")[0])
+    return found - {"hydra", "hydra_plugins"}
+
+
 def _allowed_target(target: str) -> bool:
-    """A class or function of this package, an nn.Module, or a LightningDataModule."""
+    """A class or function of lightfit or of the project whose command runs, an nn.Module,
+    or a LightningDataModule; never any other callable (`os.system`)."""
     from hydra.utils import get_object
 
     try:
         obj = get_object(target)
     except Exception:  # noqa: BLE001 - not importable: refused below with the name
         return False
-    if getattr(obj, "__module__", "").startswith(PACKAGE + ".") and callable(obj):
+    if getattr(obj, "__module__", "").split(".")[0] in own_packages() and callable(obj):
         return True
     if not isinstance(obj, type):
         return False
@@ -83,7 +98,8 @@ def check_targets(node: Any, where: str) -> None:
         target = node.get("_target_")
         if target is not None and not _allowed_target(str(target)):
             raise LightfitError(
-                f"{where}: _target_ {target!r} is not a network, a data module or part of {PACKAGE}; "
+                f"{where}: _target_ {target!r} is not a network, a data module or part of "
+                f"{' or '.join(sorted(own_packages()))}; "
                 "refusing to call it"
             )
         for key, value in node.items():
