@@ -6,7 +6,7 @@
 #   make kill-test ARGS="--loops explicit --kills 8"       kill, resume, compare (see scripts/kill_test.py)
 #   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu   pick a PyTorch build
 #   make plot RUN=outputs/<date>/<time>                   loss and accuracy curves as a PNG
-#   make new-project NAME=<package> DEST=<folder>         this template under a new name
+#   make new-project NAME=<package> DEST=<folder>         a new project from template/ (= lightfit new)
 #   make compare RUNS="multirun/<date>/<time>"             runs ranked side by side, their curves in one PNG
 #   make docs                                             the documentation site, into site/
 
@@ -94,14 +94,17 @@ mlflow-ui: $(STAMP_RUN) ## the MLflow UI on the runs of logger=mlflow (pip insta
 	@$(PY) -c "import mlflow" 2>/dev/null || { echo 'MLflow is not installed: $(PIP) install -e ".[mlflow]"'; exit 2; }
 	$(PY) -m mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" $(ARGS)
 
-# No install needed: `lightfit new` runs the same script, which needs nothing but Python and git.
-new-project: ## copy this template as a new project: make new-project NAME=<package> DEST=<folder>
-	$(PYTHON) scripts/new_project.py --name "$(NAME)" --dest "$(DEST)"
+# copier renders template/ (the template extra); ARGS="--defaults" takes the other answers' defaults.
+new-project: $(STAMP_RUN) ## a new project: make new-project NAME=<package> DEST=<folder> (lightfit new)
+	@$(PY) -c "import copier" 2>/dev/null || $(PIP) install -e ".[template]"
+	$(PY) -m lightfit new "$(NAME)" "$(DEST)" $(ARGS)
 
 test: $(STAMP_DEV) ## the test suite without the slow tests (about 2 minutes on 2 cores)
 	$(PY) -m pytest -m "not slow" $(ARGS)
 
+# copier (the template extra) for the template's tests, which generate projects and run them.
 test-all: $(STAMP_DEV) ## the whole test suite, slow tests included (install the extras to run theirs)
+	@$(PY) -c "import copier" 2>/dev/null || $(PIP) install -e ".[template]"
 	$(PY) -m pytest $(ARGS)
 
 bench: $(STAMP_RUN) $(VENV)/.installed-bench ## benchmark, writes bench/results.md: make bench ARGS="--quick"

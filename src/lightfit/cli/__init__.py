@@ -23,7 +23,7 @@ COMMANDS = {
         "lightfit.cli.predict",
         "predictions for a .npy: {prog} predict ckpt_path=... input=... output=...",
     ),
-    "new": ("lightfit.cli.new", "copy this template as a new project: {prog} new NAME DEST"),
+    "new": ("lightfit.cli.new", "a new project from the template, by copier: {prog} new NAME DEST"),
     "plot": ("lightfit.cli.plot", "curves (and confusion matrix) of a run as PNG: {prog} plot [RUN]"),
     "compare": (
         "lightfit.cli.compare",
