@@ -95,7 +95,7 @@ def fill_predictions(
 
 def read_any_input(path: Path, stored: dict, keep: list[str]) -> tuple[np.ndarray, dict[str, list]]:
     """Features from a `.npy` (memory-mapped) or a CSV/Parquet table, and the `keep` columns."""
-    from lightfit.data.table import table_kind
+    from lightfit.data.table_read import table_kind
 
     if table_kind(path) is not None:
         from lightfit.cli.predict_table import read_table_inputs

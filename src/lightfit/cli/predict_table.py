@@ -24,7 +24,8 @@ def read_table_inputs(
     path: Path, stored: dict[str, Any], keep: list[str]
 ) -> tuple[np.ndarray, dict[str, list]]:
     """The encoded features (N, width) float32 and the `keep` columns' values of a table."""
-    from lightfit.data.table import TableEncoding, check_columns, encode_features, missing_error, read_table
+    from lightfit.data.table import TableEncoding, encode_features
+    from lightfit.data.table_read import check_columns, missing_error, missing_mask, read_table
 
     if "table" not in stored:
         raise LightfitError(
@@ -35,14 +36,9 @@ def read_table_inputs(
     check_columns(path, enc.features, table.column_names, "training's feature")
     check_columns(path, keep, table.column_names, "keep")
     fill = enc.missing == "mean"
-    if not fill:
-        from lightfit.data.table import missing_mask
-
-        if missing_mask(table, enc.features).any():
-            advice = (
-                f"the checkpoint was trained with data.missing={enc.missing}; data.missing=mean fills them"
-            )
-            raise missing_error(path, table, enc.features, advice)
+    if not fill and missing_mask(table, enc.features).any():
+        advice = f"the checkpoint was trained with data.missing={enc.missing}; data.missing=mean fills them"
+        raise missing_error(path, table, enc.features, advice)
     x = encode_features(table, enc, path, fill=fill)
     return x, {name: table[name].to_pylist() for name in keep}
 

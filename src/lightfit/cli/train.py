@@ -54,7 +54,8 @@ def train(cfg: DictConfig) -> float | None:
     datamodule = instantiate(cfg.data, task=cfg.task.name)
     datamodule.setup("fit")
     if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
-        save_splits(datamodule, run_dir)  # the rows of each split, for a baseline on the same rows
+        data = OmegaConf.to_container(cfg.data, resolve=True) | {"task": cfg.task.name}
+        save_splits(datamodule, run_dir, data)  # the rows of each split, for a baseline on the same rows
     net, task = build_network_and_task(cfg, datamodule)
     # Training's randomness (dropout) starts from the seed in every loop and strategy:
     # Lightning's DDP strategy re-seeds this way when fit starts, Fabric and one device do not.

@@ -3,12 +3,14 @@
 A baseline (scikit-learn, XGBoost) is only comparable when it trains and is tested on the
 same rows. `splits.npz` holds the row numbers of the train, val and test splits (rows of the
 file: for a table, 0 is the first row after the header, whatever `data.missing=drop` left
-out). `load_split(run_dir)` rebuilds the run's data module from its config and returns the
-same float32 features and labels the network saw, as NumPy arrays.
+out), and the data config that made them (JSON text, nothing pickled). `load_split(run_dir)`
+rebuilds the run's data module from that config and returns the same float32 features and
+labels the network saw, as NumPy arrays.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -21,12 +23,17 @@ SPLITS = "splits.npz"
 STAGES = ("train", "val", "test")
 
 
-def save_splits(datamodule: Any, run_dir: str | Path) -> Path:
-    """Write `<run_dir>/splits.npz` (train, val, test: int64 row numbers), atomically."""
+def save_splits(datamodule: Any, run_dir: str | Path, data: dict[str, Any]) -> Path:
+    """Write `<run_dir>/splits.npz` (train, val, test: int64 row numbers; `data`: the resolved
+    data config, task included), atomically."""
     path = Path(run_dir) / SPLITS
     partial = path.with_name("splits.partial.npz")
     rows = datamodule.split_rows_in_file()
-    np.savez(partial, **{name: np.asarray(rows[name], dtype=np.int64) for name in STAGES})
+    arrays = {name: np.asarray(rows[name], dtype=np.int64) for name in STAGES}
+    for key in ("path", "labels"):  # load_split may run from another folder
+        if data.get(key):
+            data = data | {key: str(Path(data[key]).expanduser().resolve())}
+    np.savez(partial, **arrays, data=np.array(json.dumps(data)))
     os.replace(partial, path)
     return path
 
@@ -46,25 +53,22 @@ def load_split(run_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         print(model.score(*split["test"]))
     """
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
-    run_dir = Path(run_dir).expanduser()
-    saved, config = run_dir / SPLITS, run_dir / ".hydra" / "config.yaml"
-    for path in (saved, config):
-        if not path.is_file():
-            raise LightfitError(f"{run_dir} is not a lightfit run directory (no {path.relative_to(run_dir)})")
-    cfg = OmegaConf.load(config)
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    datamodule = instantiate(data, task=cfg.task.name, _convert_="all")
-    datamodule.setup("fit")
-    rows = datamodule.split_rows_in_file()
+    saved = Path(run_dir).expanduser() / SPLITS
+    if not saved.is_file():
+        raise LightfitError(f"{run_dir} is not a lightfit run directory (no {SPLITS})")
     with np.load(saved, allow_pickle=False) as stored:
-        for name in STAGES:
-            if not np.array_equal(stored[name], rows[name]):
-                raise LightfitError(
-                    f"{data.get('path') or 'the data'} no longer gives the {name} split of {run_dir} "
-                    "(the file or the data config changed since the run)"
-                )
+        rows = {name: stored[name] for name in STAGES}
+        data = json.loads(str(stored["data"]))
+    _check_target(data.get("_target_"), saved)
+    datamodule = instantiate(data)
+    datamodule.setup("fit")
+    for name, now in datamodule.split_rows_in_file().items():
+        if not np.array_equal(now, rows[name]):
+            raise LightfitError(
+                f"{data.get('path') or 'the data'} no longer gives the {name} split of {run_dir} "
+                "(the file or the data config changed since the run)"
+            )
     arrays = {}
     for name in STAGES:
         split = datamodule.splits[name]
@@ -72,3 +76,19 @@ def load_split(run_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         picked = split.rows.numpy()
         arrays[name] = (np.asarray(x[picked]), split.y.numpy()[picked])
     return arrays
+
+
+def _check_target(target: Any, saved: Path) -> None:
+    """Call only a data module (or a function of this package) from a file: `instantiate`
+    calls whatever `_target_` names."""
+    import lightning as L
+    from hydra.utils import get_object
+
+    try:
+        obj = get_object(str(target))
+    except Exception:  # noqa: BLE001 - not importable: refused below with the name
+        obj = None
+    package = __name__.split(".")[0] + "."  # "lightfit.", or a renamed copy's
+    ours = callable(obj) and getattr(obj, "__module__", "").startswith(package)
+    if not ours and not (isinstance(obj, type) and issubclass(obj, L.LightningDataModule)):
+        raise LightfitError(f"{saved}: _target_ {target!r} is not a data module; refusing to call it")

@@ -7,154 +7,23 @@ the training split (the feature columns, the categories, the class names, the me
 fill missing values) is a `TableEncoding`: every checkpoint carries it as plain lists, so
 `lightfit predict` turns raw rows into the same features. No Lightning and no torch here.
 
-pyarrow is the optional extra `table`. CSV numeric columns are parsed straight into float32
-(types inferred from the first block, as pyarrow does anyway), so the table in memory is
-no larger than the feature array made from it.
+The file is read by table_read.py (pyarrow, the optional extra `table`).
 """
 
 from __future__ import annotations
 
-import difflib
+import logging
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lightfit.data.table_read import is_numeric, is_text
 from lightfit.errors import LightfitError
 
-CSV_SUFFIXES = (".csv", ".tsv", ".txt")  # also compressed: data.csv.gz, .bz2 (pyarrow decompresses)
-PARQUET_SUFFIXES = (".parquet", ".pq")
+log = logging.getLogger("lightfit")
 UNKNOWN = ("error", "ignore")
 MISSING = ("error", "drop", "mean")
-
-
-def pyarrow():
-    try:
-        import pyarrow as pa
-    except ImportError:
-        raise LightfitError(
-            "data=table reads CSV and Parquet with pyarrow: pip install 'lightfit[table]'"
-        ) from None
-    return pa
-
-
-def table_kind(path: Path) -> str | None:
-    """csv, parquet, or None for a file that is not a table (by its name)."""
-    suffixes = [s.lower() for s in path.suffixes[-2:]]
-    if suffixes and suffixes[-1] in PARQUET_SUFFIXES:
-        return "parquet"
-    if any(s in CSV_SUFFIXES for s in suffixes):
-        return "csv"
-    return None
-
-
-def read_table(path: str | Path, as_is: tuple[str, ...] = ()) -> Any:
-    """The whole file as a pyarrow Table; numeric columns not in `as_is` as float32."""
-    pa = pyarrow()
-    import pyarrow.compute as pc
-
-    path = Path(path).expanduser()
-    kind = table_kind(path)
-    if not path.is_file():
-        raise LightfitError(f"data file not found: {path}")
-    if kind is None:
-        raise LightfitError(f"{path} is not a table: expected .csv, .tsv or .parquet (or .csv.gz)")
-    try:
-        table = _read_csv(path, as_is) if kind == "csv" else _read_parquet(path)
-    except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "Empty CSV file" in reason:
-            raise LightfitError(
-                f"{path} is empty; expected a header line naming the columns, then rows"
-            ) from None
-        raise LightfitError(f"{path} cannot be read as {kind}: {reason}") from None
-    names = table.column_names
-    if names and all(_is_number(n) for n in names):
-        raise LightfitError(
-            f"{path} has no header: its first line ({', '.join(names[:4])}, ...) holds numbers; "
-            "add a first line naming the columns"
-        )
-    if table.num_rows == 0:
-        raise LightfitError(f"{path} has a header ({len(names)} columns) but no rows")
-    for name in names:  # Parquet keeps its types: numeric features as float32, as for CSV
-        column = table[name]
-        if name not in as_is and _is_numeric(column.type) and column.type != pa.float32():
-            table = table.set_column(names.index(name), name, pc.cast(column, pa.float32()))
-    return table
-
-
-def _read_csv(path: Path, as_is: tuple[str, ...]) -> Any:
-    import pyarrow as pa
-    from pyarrow import csv
-
-    parse = csv.ParseOptions(delimiter="\t" if ".tsv" in path.suffixes else ",")
-    with csv.open_csv(path, parse_options=parse) as reader:  # the types of the first block only
-        schema = reader.schema
-    types = {
-        f.name: pa.float32()
-        for f in schema
-        if f.name not in as_is and _is_numeric(f.type) and f.type != pa.null()
-    }
-    convert = csv.ConvertOptions(column_types=types, strings_can_be_null=True)
-    return csv.read_csv(path, parse_options=parse, convert_options=convert)
-
-
-def _read_parquet(path: Path) -> Any:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_numeric(arrow_type: Any) -> bool:
-    import pyarrow.types as t
-
-    return t.is_integer(arrow_type) or t.is_floating(arrow_type) or t.is_null(arrow_type)
-
-
-def _is_text(arrow_type: Any) -> bool:
-    import pyarrow.types as t
-
-    return t.is_string(arrow_type) or t.is_large_string(arrow_type) or t.is_dictionary(arrow_type)
-
-
-def check_columns(source: Any, names: list[str], available: list[str], what: str) -> None:
-    """One line for a column not in the file: the columns it has, and the nearest name."""
-    for name in names:
-        if name not in available:
-            near = difflib.get_close_matches(name, available, n=1)
-            hint = f"; did you mean '{near[0]}'?" if near else ""
-            raise LightfitError(
-                f"{source}: {what} column '{name}' is not in the file (columns: {', '.join(available)}){hint}"
-            )
-
-
-def missing_mask(table: Any, columns: list[str]) -> np.ndarray:
-    """Rows with a null or NaN in any of `columns`, as a boolean array."""
-    import pyarrow.compute as pc
-
-    mask = np.zeros(table.num_rows, dtype=bool)
-    for name in columns:
-        column = table[name]
-        is_float = str(column.type).startswith(("float", "double", "halffloat"))
-        if column.null_count or is_float:
-            nulls = pc.is_null(column, nan_is_null=True) if is_float else pc.is_null(column)
-            mask |= nulls.to_numpy(zero_copy_only=False)
-    return mask
-
-
-def missing_error(source: Any, table: Any, columns: list[str], advice: str) -> LightfitError:
-    bad = [name for name in columns if missing_mask(table, [name]).any()]
-    rows = int(missing_mask(table, bad).sum())
-    return LightfitError(f"{source}: {rows} rows have missing values (columns: {', '.join(bad)}); {advice}")
 
 
 @dataclass
@@ -211,7 +80,7 @@ def fit_encoding(
     categories, means = {}, {}
     for name in features:
         column = train_rows[name]
-        if _is_text(column.type):
+        if is_text(column.type):
             values = pc.unique(column.drop_null()).to_pylist()
             if len(values) > max_categories:
                 raise LightfitError(
@@ -220,7 +89,7 @@ def fit_encoding(
                     "or encode it yourself"
                 )
             categories[name] = sorted(values)
-        elif _is_numeric(column.type) or str(column.type) == "bool":
+        elif is_numeric(column.type) or str(column.type) == "bool":
             mean = pc.mean(pc.cast(column, "float64"), skip_nulls=True).as_py()
             means[name] = 0.0 if mean is None or mean != mean else float(mean)  # an all-missing column: 0
         else:
@@ -244,11 +113,15 @@ def fit_encoding(
     return TableEncoding(features, categories, means, target, classes, **options)
 
 
-def encode_features(table: Any, enc: TableEncoding, source: Any, fill: bool = False) -> np.ndarray:
+def encode_features(
+    table: Any, enc: TableEncoding, source: Any, fill: bool = False, training: bool = False
+) -> np.ndarray:
     """(N, enc.width) float32: numeric columns as they are, text columns one-hot.
 
     `fill`: missing numbers become the training means and missing text all zeros; else the
-    caller has made sure there are none.
+    caller has made sure there are none. `training`: the table the categories were learned
+    from; a category only its val/test rows have is all zeros (with a warning), as it would
+    be for new data with data.unknown=ignore, rather than a run that fails by the luck of the split.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -258,7 +131,7 @@ def encode_features(table: Any, enc: TableEncoding, source: Any, fill: bool = Fa
     for name in enc.features:
         column = table[name]
         if name in enc.categories:
-            if not _is_text(column.type):
+            if not is_text(column.type):
                 raise LightfitError(
                     f"{source}: column '{name}' holds {column.type}; in training it held text"
                 )
@@ -266,7 +139,13 @@ def encode_features(table: Any, enc: TableEncoding, source: Any, fill: bool = Fa
             codes = pc.index_in(pc.cast(column, pa.string()), value_set=known).to_numpy(zero_copy_only=False)
             found = ~np.isnan(codes) if codes.dtype.kind == "f" else np.ones(len(codes), bool)
             unseen = ~found & ~pc.is_null(column).to_numpy(zero_copy_only=False)
-            if unseen.any() and enc.unknown != "ignore":
+            if unseen.any() and training and enc.unknown != "ignore":
+                log.warning(
+                    f"{source}: column '{name}' has categories no training row has, in "
+                    f"{int(unseen.sum())} val/test rows (e.g. '{column[int(np.argmax(unseen))].as_py()}'); "
+                    "encoded as zeros"
+                )
+            elif unseen.any() and enc.unknown != "ignore":
                 value = column[int(np.argmax(unseen))].as_py()
                 raise LightfitError(
                     f"{source}: column '{name}' has the category '{value}' (row {int(np.argmax(unseen))}), "
@@ -277,7 +156,7 @@ def encode_features(table: Any, enc: TableEncoding, source: Any, fill: bool = Fa
             out[rows, at + codes[rows].astype(np.int64)] = 1.0
             at += len(enc.categories[name])
             continue
-        if _is_text(column.type):
+        if is_text(column.type):
             raise LightfitError(f"{source}: column '{name}' holds text; in training it held numbers")
         values = column.to_numpy(zero_copy_only=False)  # (N,), NaN where missing
         if fill:

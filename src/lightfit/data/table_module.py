@@ -14,18 +14,8 @@ import numpy as np
 
 from lightfit.data.datamodule import ArrayDataModule
 from lightfit.data.splits import split_rows
-from lightfit.data.table import (
-    MISSING,
-    UNKNOWN,
-    TableEncoding,
-    check_columns,
-    encode_features,
-    encode_target,
-    fit_encoding,
-    missing_error,
-    missing_mask,
-    read_table,
-)
+from lightfit.data.table import MISSING, UNKNOWN, TableEncoding, encode_features, encode_target, fit_encoding
+from lightfit.data.table_read import check_columns, missing_error, missing_mask, read_table
 from lightfit.errors import LightfitError
 
 
@@ -153,8 +143,8 @@ class TableDataModule(ArrayDataModule):
                 missing=self.missing,
                 multi_target=self.multi_target,
             )
-        self.encoding = stored
-        x = encode_features(table, stored, self.path, fill=fill)
+        training, self.encoding = self.stored_encoding is None, stored
+        x = encode_features(table, stored, self.path, fill=fill, training=training)
         y = encode_target(table, stored, self.path)
         if stored.classes is not None:
             self.num_classes = len(stored.classes)
