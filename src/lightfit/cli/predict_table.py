@@ -39,8 +39,10 @@ def read_table_inputs(
     if not fill and missing_mask(table, enc.features).any():
         advice = f"the checkpoint was trained with data.missing={enc.missing}; data.missing=mean fills them"
         raise missing_error(path, table, enc.features, advice)
-    x = encode_features(table, enc, path, fill=fill)
-    return x, {name: table[name].to_pylist() for name in keep}
+    kept = {name: table[name].to_pylist() for name in keep}
+    batches = table.select(enc.features).to_batches()
+    del table  # the batches are the last reference: encode_features frees them as it goes
+    return encode_features(batches, enc, path, fill=fill), kept
 
 
 def prediction_columns(stored: dict[str, Any], width: int) -> tuple[list[str], list[Any] | None]:

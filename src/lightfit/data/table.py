@@ -13,6 +13,7 @@ The file is read by table_read.py (pyarrow, the optional extra `table`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -67,21 +68,27 @@ def fit_encoding(
     source: Any,
     features: list[str],
     target: list[str],
-    train: np.ndarray,
+    train_rows: Callable[[], np.ndarray],
     *,
     classification: bool,
     max_categories: int,
     **options: Any,
 ) -> TableEncoding:
-    """Categories, means and class names from the training rows `train` of `table`."""
+    """Categories, means and class names from the training rows (`train_rows()`) of `table`.
+
+    A table of numbers without missing values needs no training rows: they are not made.
+    """
     import pyarrow.compute as pc
 
-    train_rows = table.take(train)
+    # Only what the encoding needs of the training rows: text columns, and numbers for their means.
+    fill = options.get("missing") == "mean"
+    needed = [n for n in features if is_text(table[n].type) or fill]
+    train = table.select(needed).take(train_rows()) if needed else None
     categories, means = {}, {}
     for name in features:
-        column = train_rows[name]
-        if is_text(column.type):
-            values = pc.unique(column.drop_null()).to_pylist()
+        kind = table[name].type
+        if is_text(kind):
+            values = pc.unique(train[name].drop_null()).to_pylist()
             if len(values) > max_categories:
                 raise LightfitError(
                     f"{source}: text column '{name}' has {len(values)} categories, more than "
@@ -89,14 +96,14 @@ def fit_encoding(
                     "or encode it yourself"
                 )
             categories[name] = sorted(values)
-        elif is_numeric(column.type) or str(column.type) == "bool":
-            mean = pc.mean(pc.cast(column, "float64"), skip_nulls=True).as_py()
-            means[name] = 0.0 if mean is None or mean != mean else float(mean)  # an all-missing column: 0
-        else:
+        elif not (is_numeric(kind) or str(kind) == "bool"):
             raise LightfitError(
-                f"{source}: column '{name}' holds {column.type}, neither numbers nor text; "
+                f"{source}: column '{name}' holds {kind}, neither numbers nor text; "
                 f"drop it (data.drop=[{name}]) or convert it"
             )
+        elif fill:
+            mean = pc.mean(pc.cast(train[name], "float64"), skip_nulls=True).as_py()
+            means[name] = 0.0 if mean is None or mean != mean else float(mean)  # an all-missing column: 0
     classes = None
     if classification:
         labels = table[target[0]].drop_null()
@@ -114,22 +121,46 @@ def fit_encoding(
 
 
 def encode_features(
-    table: Any, enc: TableEncoding, source: Any, fill: bool = False, training: bool = False
+    batches: list[Any], enc: TableEncoding, source: Any, fill: bool = False, training: bool = False
 ) -> np.ndarray:
-    """(N, enc.width) float32: numeric columns as they are, text columns one-hot.
+    """(N, enc.width) float32 from a table's record batches: numbers as they are, text one-hot.
 
-    `fill`: missing numbers become the training means and missing text all zeros; else the
-    caller has made sure there are none. `training`: the table the categories were learned
-    from; a category only its val/test rows have is all zeros (with a warning), as it would
-    be for new data with data.unknown=ignore, rather than a run that fails by the luck of the split.
+    `batches` (`table.select(enc.features).to_batches()`, with no other reference to the
+    table left) is emptied as it goes: each batch's memory is freed once its rows are in the
+    array, so a table and its features are not both held whole. `fill`: missing numbers
+    become the training means, missing text all zeros; else the caller has made sure there
+    are none. `training`: the table the categories were learned from; a category that only
+    its val/test rows have is all zeros (with a warning), as new data with
+    data.unknown=ignore would be, rather than a run that fails by the luck of the split.
     """
+    import pyarrow as pa
+
+    out = np.empty((sum(len(b) for b in batches), enc.width), dtype=np.float32)
+    unseen: dict[str, list[Any]] = {}  # column -> [rows, an example] (training only)
+    start = 0
+    for i in range(len(batches)):
+        batch, batches[i] = batches[i], None
+        _encode_batch(batch, out[start : start + len(batch)], enc, source, fill, start, unseen, training)
+        start += len(batch)
+        del batch
+        if i % 16 == 15:
+            pa.default_memory_pool().release_unused()  # give the freed batches back now, not later
+    for name, (count, example) in unseen.items():
+        log.warning(
+            f"{source}: column '{name}' has categories no training row has, in {count} val/test rows "
+            f"(e.g. '{example}'); encoded as zeros"
+        )
+    return out
+
+
+def _encode_batch(batch, block, enc, source, fill, start, unseen, training) -> None:  # noqa: ANN001
+    """Rows start.. of the features into `block`, a view of the output array."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    out = np.zeros((table.num_rows, enc.width), dtype=np.float32)
     at = 0
     for name in enc.features:
-        column = table[name]
+        column = batch.column(name)
         if name in enc.categories:
             if not is_text(column.type):
                 raise LightfitError(
@@ -138,32 +169,29 @@ def encode_features(
             known = pa.array(enc.categories[name], type=pa.string())
             codes = pc.index_in(pc.cast(column, pa.string()), value_set=known).to_numpy(zero_copy_only=False)
             found = ~np.isnan(codes) if codes.dtype.kind == "f" else np.ones(len(codes), bool)
-            unseen = ~found & ~pc.is_null(column).to_numpy(zero_copy_only=False)
-            if unseen.any() and training and enc.unknown != "ignore":
-                log.warning(
-                    f"{source}: column '{name}' has categories no training row has, in "
-                    f"{int(unseen.sum())} val/test rows (e.g. '{column[int(np.argmax(unseen))].as_py()}'); "
-                    "encoded as zeros"
-                )
-            elif unseen.any() and enc.unknown != "ignore":
-                value = column[int(np.argmax(unseen))].as_py()
+            new = ~found & ~pc.is_null(column).to_numpy(zero_copy_only=False)
+            if new.any() and training and enc.unknown != "ignore":
+                seen = unseen.setdefault(name, [0, column[int(np.argmax(new))].as_py()])
+                seen[0] += int(new.sum())
+            elif new.any() and enc.unknown != "ignore":
+                row = int(np.argmax(new))
                 raise LightfitError(
-                    f"{source}: column '{name}' has the category '{value}' (row {int(np.argmax(unseen))}), "
-                    f"never seen in training ({int(unseen.sum())} rows); "
-                    "data.unknown=ignore encodes it as zeros"
+                    f"{source}: column '{name}' has the category '{column[row].as_py()}' "
+                    f"(row {start + row}), never seen in training; data.unknown=ignore encodes it as zeros"
                 )
+            width = len(enc.categories[name])
+            block[:, at : at + width] = 0.0
             rows = np.flatnonzero(found)
-            out[rows, at + codes[rows].astype(np.int64)] = 1.0
-            at += len(enc.categories[name])
+            block[rows, at + codes[rows].astype(np.int64)] = 1.0
+            at += width
             continue
         if is_text(column.type):
             raise LightfitError(f"{source}: column '{name}' holds text; in training it held numbers")
-        values = column.to_numpy(zero_copy_only=False)  # (N,), NaN where missing
+        values = column.to_numpy(zero_copy_only=False)  # NaN where missing
         if fill:
             values = np.where(np.isnan(values), np.float32(enc.means[name]), values)
-        out[:, at] = values
+        block[:, at] = values
         at += 1
-    return out
 
 
 def encode_target(table: Any, enc: TableEncoding, source: Any) -> np.ndarray:

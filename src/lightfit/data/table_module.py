@@ -130,13 +130,13 @@ class TableDataModule(ArrayDataModule):
                 )
         if stored is None:
             # The same cut as ArrayDataModule._read_and_split makes: rows and seed decide it.
-            train = split_rows(table.num_rows, [self.test_fraction, self.val_fraction], self.seed)[2]
+            fractions, rows = [self.test_fraction, self.val_fraction], table.num_rows
             stored = fit_encoding(
                 table,
                 self.path,
                 features,
                 self.target,
-                train.numpy(),
+                lambda: split_rows(rows, fractions, self.seed)[2].numpy(),
                 classification=self.task == "classification",
                 max_categories=self.max_categories,
                 unknown=self.unknown,
@@ -144,8 +144,10 @@ class TableDataModule(ArrayDataModule):
                 multi_target=self.multi_target,
             )
         training, self.encoding = self.stored_encoding is None, stored
-        x = encode_features(table, stored, self.path, fill=fill, training=training)
         y = encode_target(table, stored, self.path)
+        batches = table.select(stored.features).to_batches()
+        del table  # the batches are the last reference: encode_features frees them as it goes
+        x = encode_features(batches, stored, self.path, fill=fill, training=training)
         if stored.classes is not None:
             self.num_classes = len(stored.classes)
         return {"x": x, "y": y}
