@@ -230,3 +230,13 @@ def test_predict_refuses_a_table_without_a_training_column(trained, tmp_path):
         f"lightfit-predict: error: {rows}: training's feature column 'income' is not in the file "
         "(columns: age, city, plan)"
     )
+
+
+def test_the_bench_case_reads_both_ways(tmp_path):
+    from bench.table_read import case_table_read, table_read_markdown, table_read_rows
+
+    result = case_table_read(3000, tmp_path, repeats=1)
+    assert result["lightfit"]["array_bytes"] == 3000 * 20 * 4 and result["lightfit"]["dtype"] == "float32"
+    assert result["pyarrow"]["seconds"] > 0 and result["time_ratio"] > 0 and result["peak_over_array"] > 0
+    assert "Reading a 3,000-row, 20-feature CSV" in "\n".join(table_read_markdown(result))
+    assert [row[0][:23] for row in table_read_rows(result)] == ["data=table reads a 3,00"] * 2
