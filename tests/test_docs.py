@@ -66,6 +66,10 @@ def test_the_readme_is_a_front_page():
 def test_python_block_runs(where, code, tmp_path, monkeypatch):
     if "import keras" in code and importlib.util.find_spec("keras") is None:
         pytest.skip("keras is not installed (pip install keras)")
+    if "data=table" in code and importlib.util.find_spec("pyarrow") is None:
+        pytest.skip("data=table needs pyarrow: pip install 'lightfit[table]'")
+    if "from sklearn" in code and importlib.util.find_spec("sklearn") is None:
+        pytest.skip("scikit-learn is not installed (pip install scikit-learn): a baseline in the docs only")
     monkeypatch.chdir(tmp_path)  # blocks that save arrays write them here
     exec(compile(code, where, "exec"), {"__name__": "__docs__"})
 
