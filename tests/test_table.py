@@ -202,8 +202,7 @@ def test_too_many_categories_and_unseen_ones(churn, tmp_path):
     stored = {"table": table_module(churn, missing="mean").encoding.to_dict()}
     with pytest.raises(LightfitError, match=r"column 'city' has the category 'Oslo' \(row 0\), never seen"):
         read_table_inputs(rows, stored, [])
-    stored["table"]["unknown"] = "ignore"
-    x, _ = read_table_inputs(rows, stored, [])
+    x, _ = read_table_inputs(rows, stored, [], unknown="ignore")  # predict's unknown=ignore
     assert x[0, 2:6].tolist() == [0, 0, 0, 0] and x[0, 6:].tolist() == [1, 0]
 
 

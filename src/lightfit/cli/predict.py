@@ -93,7 +93,9 @@ def fill_predictions(
             out[start : start + len(rows)] = names[result] if kind == "labels" else result
 
 
-def read_any_input(path: Path, stored: dict, keep: list[str]) -> tuple[np.ndarray, dict[str, list]]:
+def read_any_input(
+    path: Path, stored: dict, keep: list[str], unknown: str | None = None
+) -> tuple[np.ndarray, dict[str, list]]:
     """Features from a `.npy` (memory-mapped) or a CSV/Parquet table, and the `keep` columns."""
     from lightfit.data.table_read import table_kind
 
@@ -102,7 +104,7 @@ def read_any_input(path: Path, stored: dict, keep: list[str]) -> tuple[np.ndarra
 
         if not path.is_file():
             raise LightfitError(f"input file not found: {path}")
-        return read_table_inputs(path, stored, keep)
+        return read_table_inputs(path, stored, keep, unknown)
     if keep:
         raise LightfitError(f"keep={keep} names columns of a table; {path} is not a CSV or Parquet file")
     return read_inputs(path), {}
@@ -136,7 +138,8 @@ def predict(cfg: DictConfig) -> Path:
         kind = "values" if task_name == "regression" else "probs"
     task = build_task({"name": task_name, "metrics": []}, num_outputs(stored))
     task.check_kind(kind)  # before anything is read or written
-    x, kept = read_any_input(input_path, stored, [str(k) for k in cfg.get("keep") or []])
+    keep = [str(k) for k in cfg.get("keep") or []]
+    x, kept = read_any_input(input_path, stored, keep, cfg.get("unknown"))
     expected = tuple(stored["input_shape"])
     if x.ndim == 0 or tuple(x.shape[1:]) != expected:
         raise LightfitError(

@@ -21,10 +21,13 @@ from lightfit.errors import LightfitError
 
 
 def read_table_inputs(
-    path: Path, stored: dict[str, Any], keep: list[str]
+    path: Path, stored: dict[str, Any], keep: list[str], unknown: str | None = None
 ) -> tuple[np.ndarray, dict[str, list]]:
-    """The encoded features (N, width) float32 and the `keep` columns' values of a table."""
-    from lightfit.data.table import TableEncoding, encode_features
+    """The encoded features (N, width) float32 and the `keep` columns' values of a table.
+
+    `unknown`: error or ignore for a category never seen in training; None: as trained.
+    """
+    from lightfit.data.table import UNKNOWN, TableEncoding, encode_features
     from lightfit.data.table_read import check_columns, missing_error, missing_mask, read_table
 
     if "table" not in stored:
@@ -32,6 +35,10 @@ def read_table_inputs(
             f"{path} is a table, but the checkpoint was trained on arrays; give a .npy of its features"
         )
     enc = TableEncoding.from_dict(stored["table"])
+    if unknown is not None:
+        if unknown not in UNKNOWN:
+            raise LightfitError(f"unknown={unknown} is not one of {', '.join(UNKNOWN)}")
+        enc.unknown = unknown
     table = read_table(path, as_is=tuple(keep))
     check_columns(path, enc.features, table.column_names, "training's feature")
     check_columns(path, keep, table.column_names, "keep")

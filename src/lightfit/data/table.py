@@ -177,7 +177,7 @@ def _encode_batch(batch, block, enc, source, fill, start, unseen, training) -> N
                 row = int(np.argmax(new))
                 raise LightfitError(
                     f"{source}: column '{name}' has the category '{column[row].as_py()}' "
-                    f"(row {start + row}), never seen in training; data.unknown=ignore encodes it as zeros"
+                    f"(row {start + row}), never seen in training; unknown=ignore encodes it as zeros"
                 )
             width = len(enc.categories[name])
             block[:, at : at + width] = 0.0
