@@ -119,6 +119,14 @@ def test_train_writes_names_split_and_encoding(trained, churn):
         np.testing.assert_array_equal(y, module.splits[name].y.numpy()[saved[name]])
 
 
+def test_plot_names_the_classes(trained):
+    pytest.importorskip("matplotlib", reason="lightfit plot needs matplotlib: pip install 'lightfit[plot]'")
+    from lightfit.cli.plot import plot_confusion
+
+    png = plot_confusion(trained / "test_confusion.csv")
+    assert png.stat().st_size > 1000
+
+
 def test_predict_takes_raw_rows_and_writes_a_table(trained, churn, tmp_path):
     # The new rows: other column order, no label, an extra column, a missing income (mean).
     new = tmp_path / "new.csv"
@@ -164,6 +172,19 @@ def test_regression_on_several_target_columns(tmp_path):
     assert module.target_shape == (2,) and module.num_outputs == 2
     np.testing.assert_allclose(module.splits["train"].y.numpy()[:2], [[100 + 10 * x[0, 0], 5 - x[0, 1]],
                                [100 + 10 * x[1, 0], 5 - x[1, 1]]], rtol=1e-5)  # fmt: skip
+
+
+def test_true_false_columns_are_numbers_and_dates_are_refused(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("member,score,label\n" + "true,1.5,a\nfalse,,b\n" * 20)
+    module = table_module(path, target="label", drop=[], missing="mean")
+    x = module.splits["train"].x.numpy()
+    assert module.encoding.categories == {} and module.input_shape == (2,)  # no one-hot: numbers
+    assert sorted(set(x[:, 0].tolist())) == [0.0, 1.0] and np.isfinite(x).all()
+    path.write_text("day,score,label\n" + "2024-01-02,1.5,a\n2024-01-03,2.5,b\n" * 20)
+    refused = r"column 'day' holds date32\[day\], neither numbers nor text; drop it \(data.drop=\[day\]\)"
+    with pytest.raises(LightfitError, match=refused):
+        table_module(path, target="label", drop=[])
 
 
 def test_integer_labels_map_to_sorted_ids(tmp_path):

@@ -110,6 +110,27 @@ def read_any_input(
     return read_inputs(path), {}
 
 
+def write_output(output: Path, kept: dict, stored: dict, shape: tuple, dtype: Any, args: tuple) -> None:
+    """A CSV table (built in memory), or a `.npy` filled batch by batch; whole or not at all."""
+    if output.suffix.lower() == ".csv":
+        from lightfit.cli.predict_table import write_csv
+
+        out = np.empty(shape, dtype)
+        fill_predictions(out, *args)
+        write_csv(output, kept, out, stored)
+        return
+    partial = output.with_name(output.name + ".partial")
+    try:
+        out = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=shape)
+        fill_predictions(out, *args)
+        out.flush()
+        del out  # closes the memory map before the rename
+        os.replace(partial, output)  # atomic: readers see the whole file or none
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
 def predict(cfg: DictConfig) -> Path:
     """Write `cfg.output`: class probabilities (N, C) float32 or labels (N,) for a classifier,
     values (N,) or (N, k) float32 in the units of y for a regression; or, for an output
@@ -152,23 +173,7 @@ def predict(cfg: DictConfig) -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
     (shape, dtype), names = output_shape(kind, len(x), stored), class_names(stored)
     args = (net, task, x, kind, names, int(cfg.batch_size), device, input_path)
-    if as_csv:
-        from lightfit.cli.predict_table import write_csv
-
-        out = np.empty(shape, dtype)
-        fill_predictions(out, *args)
-        write_csv(output, kept, out, stored)
-    else:
-        partial = output.with_name(output.name + ".partial")
-        try:
-            out = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=shape)
-            fill_predictions(out, *args)
-            out.flush()
-            del out  # closes the memory map before the rename
-            os.replace(partial, output)  # atomic: readers see the whole file or none
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
+    write_output(output, kept, stored, shape, dtype, args)
     log.info(f"wrote {output}: {'a table' if as_csv else kind} for {len(x)} samples on {device}")
     return output
 

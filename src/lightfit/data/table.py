@@ -187,7 +187,9 @@ def _encode_batch(batch, block, enc, source, fill, start, unseen, training) -> N
             continue
         if is_text(column.type):
             raise LightfitError(f"{source}: column '{name}' holds text; in training it held numbers")
-        values = column.to_numpy(zero_copy_only=False)  # NaN where missing
+        # float32 first: integers and true/false as numbers, NaN where missing (a null int or
+        # bool would otherwise come out as Python objects)
+        values = pc.cast(column, pa.float32()).to_numpy(zero_copy_only=False)
         if fill:
             values = np.where(np.isnan(values), np.float32(enc.means[name]), values)
         block[:, at] = values
