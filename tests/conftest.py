@@ -32,6 +32,7 @@ EXTRAS = {
     "plot": "matplotlib",
     "rich": "rich",
     "slurm": "hydra_plugins.hydra_submitit_launcher",
+    "table": "pyarrow",
     "template": "copier",
     "tensorboard": "tensorboard",
 }

@@ -26,7 +26,7 @@ from lightfit.run.distributed import processes_to_start, rank_command
 from lightfit.tasks import StageMetrics, build_task
 
 DDP = ["trainer=ddp_cpu", "trainer.max_epochs=1"]
-RUN_FILES = {".hydra", "checkpoints", "metrics.csv", "results.json", "train.log"}
+RUN_FILES = {".hydra", "checkpoints", "metrics.csv", "results.json", "splits.npz", "train.log"}
 
 
 def processes_mentioning(text: str) -> list[str]:

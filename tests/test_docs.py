@@ -4,6 +4,7 @@ site builds with `mkdocs build --strict`."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -66,6 +67,10 @@ def test_the_readme_is_a_front_page():
 def test_python_block_runs(where, code, tmp_path, monkeypatch):
     if "import keras" in code:
         require("bench")
+    if "data=table" in code:
+        require("table")
+    if "from sklearn" in code and importlib.util.find_spec("sklearn") is None:
+        pytest.skip("scikit-learn is not installed (pip install scikit-learn): a baseline in the docs only")
     monkeypatch.chdir(tmp_path)  # blocks that save arrays write them here
     exec(compile(code, where, "exec"), {"__name__": "__docs__"})
 

@@ -189,6 +189,7 @@ def register() -> None:
     # Read from the source: importing the data module would import Lightning (about 3 s).
     data_module = init_from_source("lightfit.data.datamodule", "ArrayDataModule", {"np": np})
     data_target = "lightfit.data.datamodule.ArrayDataModule"
+    table_module = init_from_source("lightfit.data.table_module", "TableDataModule", {"Any": Any})
 
     # hydra.run.dir: outputs/slurm-<job id> in a SLURM batch job, so that a requeued job finds
     # its run again; else the time. Cached like Hydra's ${now:}: one value per composed config.
@@ -209,6 +210,9 @@ def register() -> None:
             data_module, skip=(*bundled, "num_classes"), name="lightfit.data.diabetes"
         ),
         "data/npz": schema_of(data_module, skip=arrays, name=data_target),
+        "data/table": schema_of(
+            table_module, skip=("task", "encoding"), name="lightfit.data.TableDataModule"
+        ),
         # The public names (lightfit.nets.MLP), not the defining module's: checkpoints store them.
         "model/mlp": schema_of(
             nets.MLP, partial=True, skip=("input_shape", "num_outputs"), name="lightfit.nets.MLP"

@@ -71,7 +71,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from lightfit.run.results import write_json_atomic
 
     quiet_lightning()
-    datamodule = instantiate(data, task=task.name)
+    # A table is encoded as in training (its columns, categories, class names), not anew.
+    encoding = {"encoding": stored["table"]} if "table" in stored else {}
+    datamodule = instantiate(data, task=task.name, **encoding)
     datamodule.setup("test")
     if tuple(datamodule.input_shape) != tuple(stored["input_shape"]):
         raise LightfitError(

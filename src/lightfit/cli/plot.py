@@ -95,7 +95,9 @@ def plot_confusion(table: Path, out: Path | None = None) -> Path:
     """The test confusion matrix as a heat map with its counts; returns the PNG."""
     plt = pyplot()
     with table.open(newline="") as f:
-        counts = [[int(float(v)) for v in row] for row in csv.reader(f)]
+        rows = list(csv.reader(f))
+    names = rows[0][1:] if rows and not _is_count(rows[0][0]) else None  # a table's class names
+    counts = [[int(float(v)) for v in (row[1:] if names else row)] for row in rows[1 if names else 0 :]]
     n = len(counts)
     fig, ax = plt.subplots(figsize=(1.0 + 0.45 * n, 0.8 + 0.45 * n))
     ax.imshow(counts, cmap="Blues")
@@ -105,11 +107,22 @@ def plot_confusion(table: Path, out: Path | None = None) -> Path:
             ax.text(j, i, count, ha="center", va="center", fontsize=8,
                     color="white" if count > most / 2 else "black")  # fmt: skip
     ax.set(xlabel="predicted", ylabel="true", xticks=range(n), yticks=range(n), title="test confusion matrix")
+    if names:
+        ax.set_xticklabels(names, rotation=45, ha="right")
+        ax.set_yticklabels(names)
     fig.tight_layout()
     out = out or table.with_name("confusion.png")
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def _is_count(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _title(run: Path) -> str:

@@ -1,4 +1,7 @@
-"""Predictions for a `.npy` of raw inputs: `lightfit predict ckpt_path=... input=... output=...`.
+"""Predictions for raw inputs: `lightfit predict ckpt_path=... input=... output=...`.
+
+The input is a `.npy` of features, or a CSV/Parquet table with the training columns (a
+checkpoint of `data=table`); `output=pred.csv` writes a table (cli/predict_table.py).
 
 The checkpoint alone rebuilds the network, its `Standardize` layer included, so the inputs
 are raw features as in training. The input is memory-mapped and read one batch at a time,
@@ -12,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
@@ -46,24 +50,32 @@ def device_for(accelerator: str):
     return torch.device("cuda" if use_gpu else "cpu")
 
 
-def output_shape(kind: str, n: int, stored: dict) -> tuple[tuple[int, ...], type]:
-    """The shape and dtype of the predictions: (N, C) float32, (N,) int64, or (N,)/(N, k) float32."""
+def output_shape(kind: str, n: int, stored: dict) -> tuple[tuple[int, ...], Any]:
+    """The shape and dtype of the predictions: (N, C) float32, (N,) labels (int64, or a table's
+    class names), or (N,)/(N, k) float32."""
     from lightfit.run.checkpoint import num_outputs
 
     if kind == "labels":
-        return (n,), np.int64
+        return (n,), class_names(stored).dtype
     if kind == "probs":
         return (n, num_outputs(stored)), np.float32
     return (n, *stored["target_shape"]), np.float32
 
 
-def write_predictions(
-    path: Path, net, task, x: np.ndarray, kind: str, shape: tuple, batch: int, device, source: Path
+def class_names(stored: dict) -> np.ndarray:
+    """What `kind=labels` writes for class 0..C-1: a table's label names, else the ids."""
+    from lightfit.run.checkpoint import num_outputs
+
+    table = stored.get("table") or {}
+    return np.asarray(table["classes"] if table.get("classes") else np.arange(num_outputs(stored)))
+
+
+def fill_predictions(
+    out: np.ndarray, net, task, x: np.ndarray, kind: str, names, batch: int, device, source
 ) -> None:
-    """Fill a new `.npy` at `path`, one batch at a time; the memory map is closed on return."""
+    """Write the predictions for `x` into `out`, one batch at a time."""
     import torch
 
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=shape[1], shape=shape[0])
     with torch.inference_mode():  # no autograd bookkeeping: nothing here is trained
         for start in range(0, len(x), batch):
             # np.array copies: it reads this batch from the file into a writable array for torch.
@@ -75,14 +87,52 @@ def write_predictions(
                 )
             # from_numpy shares memory with `rows`; .to(device) copies only to a GPU.
             outputs = net(torch.from_numpy(rows).to(device))  # (B, C) scores, or (B,)/(B, k) values
-            result = task.predictions(outputs, kind)
-            out[start : start + len(rows)] = result.cpu().numpy()  # .cpu(): NumPy needs host memory
-    out.flush()
+            result = task.predictions(outputs, kind).cpu().numpy()  # .cpu(): NumPy needs host memory
+            out[start : start + len(rows)] = names[result] if kind == "labels" else result
+
+
+def read_any_input(
+    path: Path, stored: dict, keep: list[str], unknown: str | None = None
+) -> tuple[np.ndarray, dict[str, list]]:
+    """Features from a `.npy` (memory-mapped) or a CSV/Parquet table, and the `keep` columns."""
+    from lightfit.data.table_read import table_kind
+
+    if table_kind(path) is not None:
+        from lightfit.cli.predict_table import read_table_inputs
+
+        if not path.is_file():
+            raise LightfitError(f"input file not found: {path}")
+        return read_table_inputs(path, stored, keep, unknown)
+    if keep:
+        raise LightfitError(f"keep={keep} names columns of a table; {path} is not a CSV or Parquet file")
+    return read_inputs(path), {}
+
+
+def write_output(output: Path, kept: dict, stored: dict, shape: tuple, dtype: Any, args: tuple) -> None:
+    """A CSV table (built in memory), or a `.npy` filled batch by batch; whole or not at all."""
+    if output.suffix.lower() == ".csv":
+        from lightfit.cli.predict_table import write_csv
+
+        out = np.empty(shape, dtype)
+        fill_predictions(out, *args)
+        write_csv(output, kept, out, stored)
+        return
+    partial = output.with_name(output.name + ".partial")
+    try:
+        out = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=shape)
+        fill_predictions(out, *args)
+        out.flush()
+        del out  # closes the memory map before the rename
+        os.replace(partial, output)  # atomic: readers see the whole file or none
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def predict(cfg: DictConfig) -> Path:
-    """Write `cfg.output`: class probabilities (N, C) float32 or labels (N,) int64 for a
-    classifier, values (N,) or (N, k) float32 in the units of y for a regression; returns its path."""
+    """Write `cfg.output`: class probabilities (N, C) float32 or labels (N,) for a classifier,
+    values (N,) or (N, k) float32 in the units of y for a regression; or, for an output
+    ending in .csv, a table of them (see cli/predict_table.py); returns its path."""
     from lightfit.run.checkpoint import (
         CHECKPOINT_KEY,
         load_checkpoint,
@@ -100,11 +150,15 @@ def predict(cfg: DictConfig) -> Path:
     checkpoint = load_checkpoint(cfg.ckpt_path)
     stored = checkpoint[CHECKPOINT_KEY]
     task_name = task_config(stored)["name"]
+    input_path, output = Path(cfg.input).expanduser(), Path(cfg.output).expanduser()
+    as_csv = output.suffix.lower() == ".csv"
     kind = cfg.kind or ("values" if task_name == "regression" else "probs")
+    if as_csv:  # the table has the label and every probability: kind does not apply
+        kind = "values" if task_name == "regression" else "probs"
     task = build_task({"name": task_name, "metrics": []}, num_outputs(stored))
     task.check_kind(kind)  # before anything is read or written
-    input_path, output = Path(cfg.input).expanduser(), Path(cfg.output).expanduser()
-    x = read_inputs(input_path)
+    keep = [str(k) for k in cfg.get("keep") or []]
+    x, kept = read_any_input(input_path, stored, keep, cfg.get("unknown"))
     expected = tuple(stored["input_shape"])
     if x.ndim == 0 or tuple(x.shape[1:]) != expected:
         raise LightfitError(
@@ -115,15 +169,10 @@ def predict(cfg: DictConfig) -> Path:
         raise LightfitError(f"{input_path} has no samples (shape {x.shape})")
     net = rebuild_network(checkpoint).to(device)
     output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(output.name + ".partial")
-    shape = output_shape(kind, len(x), stored)
-    try:
-        write_predictions(partial, net, task, x, kind, shape, int(cfg.batch_size), device, input_path)
-        os.replace(partial, output)  # atomic: readers see the whole file or none
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    log.info(f"wrote {output}: {kind} for {len(x)} samples on {device}")
+    (shape, dtype), names = output_shape(kind, len(x), stored), class_names(stored)
+    args = (net, task, x, kind, names, int(cfg.batch_size), device, input_path)
+    write_output(output, kept, stored, shape, dtype, args)
+    log.info(f"wrote {output}: {'a table' if as_csv else kind} for {len(x)} samples on {device}")
     return output
 
 

@@ -29,6 +29,7 @@ def train(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
 
+    from lightfit.data.saved_split import save_splits
     from lightfit.loops.run_explicit import train_explicit
     from lightfit.loops.run_lightning import train_lightning
     from lightfit.run.best import BestScore
@@ -55,6 +56,9 @@ def train(cfg: DictConfig) -> float | None:
     datamodule = instantiate(cfg.data, task=cfg.task.name)
     datamodule.setup("fit")
     check(datamodule, DataModule, "data")  # what lightfit needs of it, before the network is built
+    if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
+        data = OmegaConf.to_container(cfg.data, resolve=True) | {"task": cfg.task.name}
+        save_splits(datamodule, run_dir, data)  # the rows of each split, for a baseline on the same rows
     net, task = build_network_and_task(cfg, datamodule)
     # Training's randomness (dropout) starts from the seed in every loop and strategy:
     # Lightning's DDP strategy re-seeds this way when fit starts, Fabric and one device do not.
@@ -74,8 +78,10 @@ def train(cfg: DictConfig) -> float | None:
             raise
     tables = results.pop("tables")
     results |= {"loop": cfg.loop.name, "task": task.name, "monitor": cfg.monitor, "mode": mode}
+    if classes := getattr(datamodule, "class_names", None):  # a table's label names
+        results["classes"] = classes
     if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
-        write_tables(run_dir, {k: v for k, v in tables.items() if k.startswith("test/")})
+        write_tables(run_dir, {k: v for k, v in tables.items() if k.startswith("test/")}, classes)
         write_json_atomic(run_dir / RESULTS, results)
         log.info(metrics_line("test: ", {k: v for k, v in results.items() if k.startswith("test/")}))
         log.info(f"run dir: {run_dir}")

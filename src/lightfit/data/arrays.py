@@ -22,7 +22,7 @@ log = logging.getLogger("lightfit")
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
 KERAS_KEYS = ("x_train", "y_train", "x_test", "y_test")
-CHUNK_BYTES = 16 * 2**20  # how much of an array a scan holds in memory at once
+CHUNK_BYTES = 4 * 2**20  # how much of an array a scan holds at once (column_stats: 4x that, in float64)
 
 
 def read_npy(path: Path, mmap: bool) -> np.ndarray:

@@ -170,6 +170,10 @@ class ArrayDataModule(L.LightningDataModule):
         if self.task == "regression":  # the network learns standardised targets (nets.TargetScale)
             self.target_stats = column_stats(train_split.y, train_split.rows)
 
+    def split_rows_in_file(self) -> dict[str, np.ndarray]:
+        """Each split's rows: rows of x (in the Keras layout, the test split's are rows of x_test)."""
+        return {name: split.rows.cpu().numpy() for name, split in self.splits.items()}
+
     # -- what the network needs to know --------------------------------------------------------
 
     @property

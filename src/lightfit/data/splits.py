@@ -29,13 +29,15 @@ class Split:
 
 def split_rows(n: int, fractions: list[float], seed: int) -> list[Tensor]:
     """Cut a seeded permutation of range(n) into len(fractions)+1 parts (the rest last)."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
     parts, start = [], 0
+    # np.sort, not Tensor.sort: the same rows, but torch's CPU sort took 0.4 s for 700,000
+    # indices on a 2-core machine (np.sort 0.01 s), more than reading the table they index.
     for fraction in fractions:
         size = int(round(n * fraction))
-        parts.append(order[start : start + size].sort().values)
+        parts.append(torch.from_numpy(np.sort(order[start : start + size])))
         start += size
-    parts.append(order[start:].sort().values)
+    parts.append(torch.from_numpy(np.sort(order[start:])))
     return parts
 
 

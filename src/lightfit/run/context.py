@@ -52,6 +52,10 @@ def checkpoint_config(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
     }
     if datamodule.num_classes is not None:
         stored["num_classes"] = int(datamodule.num_classes)
+    if (encoding := getattr(datamodule, "encoding", None)) is not None:
+        stored["table"] = (
+            encoding.to_dict()
+        )  # a table's columns, categories, class names: predict reads raw rows
     return stored
 
 

@@ -24,11 +24,19 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def write_tables(run_dir: Path, tables: dict[str, Tensor]) -> None:
-    """Each table metric as CSV: `test/confusion` -> test_confusion.csv (rows: true, columns: predicted)."""
+def write_tables(run_dir: Path, tables: dict[str, Tensor], classes: list[Any] | None = None) -> None:
+    """Each table metric as CSV: `test/confusion` -> test_confusion.csv (rows: true, columns: predicted).
+
+    With `classes` (the names of a table's labels) a square table gets a header line and a
+    first column naming them.
+    """
     for key, table in tables.items():
         path = run_dir / (key.replace("/", "_") + ".csv")
         tmp = path.with_suffix(".csv.tmp")
+        rows = table.reshape(len(table), -1).tolist()
         with tmp.open("w", newline="") as f:
-            csv.writer(f).writerows(table.reshape(len(table), -1).tolist())
+            if classes is not None and len(rows) == len(classes) == len(rows[0]):
+                csv.writer(f).writerow(["true/predicted", *classes])
+                rows = [[name, *row] for name, row in zip(classes, rows, strict=True)]
+            csv.writer(f).writerows(rows)
         os.replace(tmp, path)

@@ -1,0 +1,216 @@
+"""Tables in: a CSV or Parquet file, read with pyarrow, encoded into float32 NumPy arrays.
+
+Numeric columns become float32 features as they are (the network's `Standardize` scales
+them). A text column becomes one 0/1 column per category of the training split (one-hot).
+Class labels, strings or integers, become 0..C-1 in sorted order. Everything learned from
+the training split (the feature columns, the categories, the class names, the means that
+fill missing values) is a `TableEncoding`: every checkpoint carries it as plain lists, so
+`lightfit predict` turns raw rows into the same features. No Lightning and no torch here.
+
+The file is read by table_read.py (pyarrow, the optional extra `table`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from lightfit.data.table_read import is_numeric, is_text
+from lightfit.errors import LightfitError
+
+log = logging.getLogger("lightfit")
+UNKNOWN = ("error", "ignore")
+MISSING = ("error", "drop", "mean")
+
+
+@dataclass
+class TableEncoding:
+    """What turns a table's rows into features and labels: learned on the training split.
+
+    Plain values only, so a checkpoint (read with `torch.load(weights_only=True)`) can carry it.
+    """
+
+    features: list[str]  # the feature columns, in order
+    categories: dict[str, list[str]]  # text column -> its training categories, one 0/1 column each
+    means: dict[str, float]  # numeric column -> training mean (data.missing=mean)
+    target: list[str]
+    classes: list[Any] | None  # classification: the labels of 0..C-1 (strings or integers)
+    unknown: str = "error"
+    missing: str = "error"
+    multi_target: bool = False  # data.target was a list: targets of shape (N, k)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, stored: dict[str, Any]) -> TableEncoding:
+        return cls(**stored)
+
+    @property
+    def width(self) -> int:
+        """The number of feature columns after one-hot encoding."""
+        return sum(len(self.categories.get(name, [0])) for name in self.features)
+
+    def feature_names(self) -> list[str]:
+        """One name per encoded column: `age`, `city=Paris`, `city=Rome`, ..."""
+        names = []
+        for name in self.features:
+            names += [f"{name}={c}" for c in self.categories[name]] if name in self.categories else [name]
+        return names
+
+
+def fit_encoding(
+    table: Any,
+    source: Any,
+    features: list[str],
+    target: list[str],
+    train_rows: Callable[[], np.ndarray],
+    *,
+    classification: bool,
+    max_categories: int,
+    **options: Any,
+) -> TableEncoding:
+    """Categories, means and class names from the training rows (`train_rows()`) of `table`.
+
+    A table of numbers without missing values needs no training rows: they are not made.
+    """
+    import pyarrow.compute as pc
+
+    # Only what the encoding needs of the training rows: text columns, and numbers for their means.
+    fill = options.get("missing") == "mean"
+    needed = [n for n in features if is_text(table[n].type) or fill]
+    train = table.select(needed).take(train_rows()) if needed else None
+    categories, means = {}, {}
+    for name in features:
+        kind = table[name].type
+        if is_text(kind):
+            values = pc.unique(train[name].drop_null()).to_pylist()
+            if len(values) > max_categories:
+                raise LightfitError(
+                    f"{source}: text column '{name}' has {len(values)} categories, more than "
+                    f"data.max_categories={max_categories}; drop it (data.drop=[{name}]) "
+                    "or encode it yourself"
+                )
+            categories[name] = sorted(values)
+        elif not (is_numeric(kind) or str(kind) == "bool"):
+            raise LightfitError(
+                f"{source}: column '{name}' holds {kind}, neither numbers nor text; "
+                f"drop it (data.drop=[{name}]) or convert it"
+            )
+        elif fill:
+            mean = pc.mean(pc.cast(train[name], "float64"), skip_nulls=True).as_py()
+            means[name] = 0.0 if mean is None or mean != mean else float(mean)  # an all-missing column: 0
+    classes = None
+    if classification:
+        labels = table[target[0]].drop_null()
+        values = pc.unique(labels).to_pylist()
+        if str(labels.type).startswith(("float", "double")):
+            if any(v != int(v) for v in values):
+                raise LightfitError(
+                    f"{source}: target '{target[0]}' holds numbers that are not whole (e.g. "
+                    f"{next(v for v in values if v != int(v)):g}); "
+                    "for real-valued targets use task=regression"
+                )
+            values = [int(v) for v in values]
+        classes = sorted(set(values))
+    return TableEncoding(features, categories, means, target, classes, **options)
+
+
+def encode_features(
+    batches: list[Any], enc: TableEncoding, source: Any, fill: bool = False, training: bool = False
+) -> np.ndarray:
+    """(N, enc.width) float32 from a table's record batches: numbers as they are, text one-hot.
+
+    `batches` (`table.select(enc.features).to_batches()`, with no other reference to the
+    table left) is emptied as it goes: each batch's memory is freed once its rows are in the
+    array, so a table and its features are not both held whole. `fill`: missing numbers
+    become the training means, missing text all zeros; else the caller has made sure there
+    are none. `training`: the table the categories were learned from; a category that only
+    its val/test rows have is all zeros (with a warning), as new data with
+    data.unknown=ignore would be, rather than a run that fails by the luck of the split.
+    """
+    import pyarrow as pa
+
+    out = np.empty((sum(len(b) for b in batches), enc.width), dtype=np.float32)
+    unseen: dict[str, list[Any]] = {}  # column -> [rows, an example] (training only)
+    start = 0
+    for i in range(len(batches)):
+        batch, batches[i] = batches[i], None
+        _encode_batch(batch, out[start : start + len(batch)], enc, source, fill, start, unseen, training)
+        start += len(batch)
+        del batch
+        if i % 16 == 15:
+            pa.default_memory_pool().release_unused()  # give the freed batches back now, not later
+    for name, (count, example) in unseen.items():
+        log.warning(
+            f"{source}: column '{name}' has categories no training row has, in {count} val/test rows "
+            f"(e.g. '{example}'); encoded as zeros"
+        )
+    return out
+
+
+def _encode_batch(batch, block, enc, source, fill, start, unseen, training) -> None:  # noqa: ANN001
+    """Rows start.. of the features into `block`, a view of the output array."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    at = 0
+    for name in enc.features:
+        column = batch.column(name)
+        if name in enc.categories:
+            if not is_text(column.type):
+                raise LightfitError(
+                    f"{source}: column '{name}' holds {column.type}; in training it held text"
+                )
+            known = pa.array(enc.categories[name], type=pa.string())
+            codes = pc.index_in(pc.cast(column, pa.string()), value_set=known).to_numpy(zero_copy_only=False)
+            found = ~np.isnan(codes) if codes.dtype.kind == "f" else np.ones(len(codes), bool)
+            new = ~found & ~pc.is_null(column).to_numpy(zero_copy_only=False)
+            if new.any() and training and enc.unknown != "ignore":
+                seen = unseen.setdefault(name, [0, column[int(np.argmax(new))].as_py()])
+                seen[0] += int(new.sum())
+            elif new.any() and enc.unknown != "ignore":
+                row = int(np.argmax(new))
+                raise LightfitError(
+                    f"{source}: column '{name}' has the category '{column[row].as_py()}' "
+                    f"(row {start + row}), never seen in training; unknown=ignore encodes it as zeros"
+                )
+            width = len(enc.categories[name])
+            block[:, at : at + width] = 0.0
+            rows = np.flatnonzero(found)
+            block[rows, at + codes[rows].astype(np.int64)] = 1.0
+            at += width
+            continue
+        if is_text(column.type):
+            raise LightfitError(f"{source}: column '{name}' holds text; in training it held numbers")
+        # float32 first: integers and true/false as numbers, NaN where missing (a null int or
+        # bool would otherwise come out as Python objects)
+        values = pc.cast(column, pa.float32()).to_numpy(zero_copy_only=False)
+        if fill:
+            values = np.where(np.isnan(values), np.float32(enc.means[name]), values)
+        block[:, at] = values
+        at += 1
+
+
+def encode_target(table: Any, enc: TableEncoding, source: Any) -> np.ndarray:
+    """Class ids 0..C-1 (int64) for classification; float32 (N,) or (N, k) for regression."""
+    if enc.classes is None:
+        columns = [table[name].to_numpy(zero_copy_only=False).astype(np.float32) for name in enc.target]
+        return np.stack(columns, axis=1) if enc.multi_target else columns[0]
+    column = table[enc.target[0]]
+    values = column.to_numpy(zero_copy_only=False)
+    classes = np.asarray(enc.classes)
+    values = values.astype(str if classes.dtype.kind == "U" else np.int64)
+    ids = np.searchsorted(classes, values)
+    unseen = (ids >= len(classes)) | (classes[np.minimum(ids, len(classes) - 1)] != values)
+    if unseen.any():
+        value = values[int(np.argmax(unseen))]
+        raise LightfitError(
+            f"{source}: target '{enc.target[0]}' has the label '{value}' ({int(unseen.sum())} rows), "
+            f"not one of the {len(classes)} classes of training"
+        )
+    return ids.astype(np.int64)
