@@ -15,7 +15,6 @@ import torch
 from conftest import FAST, cli, require, run_train
 
 require("table")
-import pyarrow as pa  # noqa: E402 - after the skip above
 
 from lightfit.data import TableDataModule, load_split  # noqa: E402
 from lightfit.errors import LightfitError  # noqa: E402

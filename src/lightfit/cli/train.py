@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -27,15 +28,12 @@ def train(cfg: DictConfig) -> float | None:
     """The whole run for a composed config; returns the optimized metric (for sweepers)."""
     import lightning as L
     from hydra.core.hydra_config import HydraConfig
-    from hydra.utils import instantiate
 
-    from lightfit.data.saved_split import save_splits
     from lightfit.loops.run_explicit import train_explicit
     from lightfit.loops.run_lightning import train_lightning
     from lightfit.run.best import BestScore
     from lightfit.run.console import metrics_line, quiet_lightning
     from lightfit.run.context import Run, build_network_and_task
-    from lightfit.run.contract import DataModule, check
     from lightfit.run.results import RESULTS, write_json_atomic, write_tables
     from lightfit.run.resume import AUTO, load_resume
     from lightfit.run.signals import StopRequest, TrainingInterrupted
@@ -53,12 +51,7 @@ def train(cfg: DictConfig) -> float | None:
         return json.loads((run_dir / RESULTS).read_text()).get(optimized)  # written by rank 0
     distributed.exit_with_launcher()  # a rank started by distributed.launch dies with the job
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = instantiate(cfg.data, task=cfg.task.name)
-    datamodule.setup("fit")
-    check(datamodule, DataModule, "data")  # what lightfit needs of it, before the network is built
-    if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
-        data = OmegaConf.to_container(cfg.data, resolve=True) | {"task": cfg.task.name}
-        save_splits(datamodule, run_dir, data)  # the rows of each split, for a baseline on the same rows
+    datamodule = prepared_data(cfg, run_dir)
     net, task = build_network_and_task(cfg, datamodule)
     # Training's randomness (dropout) starts from the seed in every loop and strategy:
     # Lightning's DDP strategy re-seeds this way when fit starts, Fabric and one device do not.
@@ -86,6 +79,24 @@ def train(cfg: DictConfig) -> float | None:
         log.info(metrics_line("test: ", {k: v for k, v in results.items() if k.startswith("test/")}))
         log.info(f"run dir: {run_dir}")
     return results.get(optimized)
+
+
+def prepared_data(cfg: DictConfig, run_dir: Path) -> Any:
+    """The data module, set up and checked against the contract; rank 0 writes `splits.npz`,
+    the rows of each split, for a baseline trained on the same rows (`lightfit.data.load_split`)."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from lightfit.data.saved_split import save_splits
+    from lightfit.run.contract import DataModule, check
+
+    datamodule = instantiate(cfg.data, task=cfg.task.name)
+    datamodule.setup("fit")
+    check(datamodule, DataModule, "data")  # what lightfit needs of it, before the network is built
+    if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
+        data = OmegaConf.to_container(cfg.data, resolve=True) | {"task": cfg.task.name}
+        save_splits(datamodule, run_dir, data)
+    return datamodule
 
 
 def check_loop(loop: DictConfig) -> None:
