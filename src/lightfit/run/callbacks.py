@@ -99,13 +99,23 @@ class RunCallback(Checkpoint):
             self.stop.reclaim_sigterm()  # Lightning registered its handler just before this hook
         self.saved_step = trainer.global_step  # a resumed run does not save its first step again
         self.start = time.perf_counter()  # a run resumed mid-epoch gets no on_train_epoch_start for it
+        self.per_epoch(trainer)
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self.start = time.perf_counter()
+        self.per_epoch(trainer)
+
+    def per_epoch(self, trainer: Any) -> None:
+        """What every batch end would otherwise look up: the epoch's last batch, and whether a
+        batch end before it can have anything to do (a step checkpoint, DDP ranks to agree)."""
+        self.last_batch = trainer.num_training_batches - 1
+        self.quiet = self.dirpath is None or (not self.every_n_train_steps and trainer.world_size == 1)
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if batch_idx < self.last_batch and self.quiet and (self.stop is None or self.stop.signum is None):
+            return  # most steps: a few comparisons, not the checks below (~470 steps an epoch)
         if batch_idx + 1 >= trainer.num_training_batches:  # the epoch's last batch
             # Before validation and before any checkpoint: diverged weights are never saved.
             pl_module.train_metrics.check_finite(trainer.current_epoch)

@@ -141,9 +141,10 @@ class StageMetrics(nn.Module):
         # Regression: r2 computes sum(y^2) - (sum y)^2 / n, which float32 gets wrong when the
         # targets' mean is large next to their spread (torchmetrics #3077).
         self.float64 = float64
-        # Per batch, on the device: the loss times the batch size (a short last batch counts
-        # for its size), and the outputs and targets the metrics have not seen yet.
+        # Per batch, on the device: the loss and, on the host, the batch size (a short last batch
+        # counts for its size), and the outputs and targets the metrics have not seen yet.
         self.losses: list[Tensor] = []
+        self.sizes: list[int] = []
         self.outputs: list[Tensor] = []
         self.targets: list[Tensor] = []
         self.kept_bytes = 0
@@ -169,7 +170,8 @@ class StageMetrics(nn.Module):
 
     def update(self, outputs: Tensor, y: Tensor, loss: Tensor) -> None:
         # detach: metrics must not keep the graph alive. Nothing is validated or synced here.
-        self.losses.append(loss.detach() * len(y))
+        self.losses.append(loss.detach())  # weighted by its batch size at the fold: no op per step
+        self.sizes.append(len(y))
         if self.metrics:
             self.outputs.append(outputs.detach())
             self.targets.append(y)
@@ -186,7 +188,7 @@ class StageMetrics(nn.Module):
         bad = ~torch.isfinite(losses)
         here = torch.where(bad.any(), bad.int().argmax() + self.folded, NO_BATCH)  # argmax: first True
         self.first_bad = torch.minimum(self.first_bad, here)
-        self.loss_sum += losses.sum()
+        self.loss_sum += (losses * losses.new_tensor(self.sizes)).sum()  # the same products as per step
         if self.outputs:
             outputs, targets = torch.cat(self.outputs), torch.cat(self.targets)
             outputs = match_targets(outputs, targets)
@@ -195,7 +197,7 @@ class StageMetrics(nn.Module):
             for metric in self.metrics.values():
                 metric.update(outputs, targets)
         self.folded += len(self.losses)
-        self.losses, self.outputs, self.targets, self.kept_bytes = [], [], [], 0
+        self.losses, self.sizes, self.outputs, self.targets, self.kept_bytes = [], [], [], [], 0
 
     def check_finite(self, epoch: int) -> None:
         """Raise NonFiniteLoss if any loss this epoch was NaN or infinite (one sync per epoch)."""
@@ -233,8 +235,9 @@ class StageMetrics(nn.Module):
         one that never stopped, or the float sums come out in another order.
         """
         cpu = torch.device("cpu")
+        weighted = [loss * n for loss, n in zip(self.losses, self.sizes, strict=True)]
         return {
-            "losses": _moved(self.losses, cpu), "outputs": _moved(self.outputs, cpu),
+            "losses": _moved(weighted, cpu), "outputs": _moved(self.outputs, cpu),
             "targets": _moved(self.targets, cpu),
             "kept_bytes": self.kept_bytes, "samples": self.samples, "folded": self.folded,
             "loss_sum": self.loss_sum.cpu(), "first_bad": self.first_bad.cpu(),
@@ -250,6 +253,7 @@ class StageMetrics(nn.Module):
         self.losses, self.outputs, self.targets = (
             _moved(state[k], device) for k in ("losses", "outputs", "targets")
         )
+        self.sizes = [1] * len(self.losses)  # saved weighted by their batch sizes
         self.kept_bytes, self.samples, self.folded = state["kept_bytes"], state["samples"], state["folded"]
         self.loss_sum.copy_(state["loss_sum"])
         self.first_bad.copy_(state["first_bad"])
@@ -259,7 +263,7 @@ class StageMetrics(nn.Module):
                 setattr(metric, key, _moved(value, device))  # the states that add_state declared
 
     def reset(self) -> None:
-        self.losses, self.outputs, self.targets, self.kept_bytes = [], [], [], 0
+        self.losses, self.sizes, self.outputs, self.targets, self.kept_bytes = [], [], [], [], 0
         self.samples = self.folded = 0
         self.loss_sum.zero_()
         self.first_bad.fill_(NO_BATCH)
