@@ -22,9 +22,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import require
 
 ROOT = Path(__file__).resolve().parents[1]
-copier = pytest.importorskip("copier")
+require("template")
+import copier  # noqa: E402 - after the skip above
+
 needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t"}
 GIT_ENV |= {"GIT_COMMITTER_EMAIL": "t@t"}
@@ -269,3 +272,13 @@ def test_lightfit_new_refuses_in_one_line(tmp_path):
         )  # fmt: skip
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_a_project_declares_lightfits_own_version_ranges(tmp_path):
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    project = generate(ROOT, tmp_path / "p", {"package_name": "ranges"})
+    ours = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    theirs = tomllib.loads((project / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert theirs[0].startswith("lightfit @ git+")
+    assert theirs[1:] == ours  # the same five packages, the same lower bounds

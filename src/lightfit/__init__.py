@@ -6,7 +6,7 @@ They are imported on first use, so `lightfit train` does not pay for them.
 
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["History", "evaluate", "fit", "predict"]
 
 
