@@ -276,3 +276,22 @@ def test_a_checkpoints_targets_may_name_the_running_projects_functions(tmp_path,
             check_targets({"_target_": "os.system"}, "the checkpoint's config")
     finally:
         HydraConfig.instance().cfg = None
+
+
+def test_the_stop_hint_names_the_projects_own_command(project, monkeypatch, tmp_path):
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from lightfit.run.signals import resume_hint
+
+    monkeypatch.syspath_prepend(str(project))
+    GlobalHydra.instance().clear()
+    with initialize_config_module("proj.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["loop=mine"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    HydraConfig.instance().set_config(cfg)
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- loop=mine\n")
+    hint = resume_hint(tmp_path)
+    assert hint.startswith(f"continue with: proj train ckpt_path=auto hydra.run.dir={tmp_path}"), hint

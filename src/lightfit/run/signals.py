@@ -61,8 +61,8 @@ def _program() -> str:
 
     if HydraConfig.initialized():
         for source in HydraConfig.get().runtime.config_sources:
-            if source.provider == "main" and source.path.startswith("pkg://"):
-                return source.path.removeprefix("pkg://").removesuffix(".conf")
+            if source.provider == "main" and source.schema == "pkg":  # path: affair_risk.conf
+                return source.path.removesuffix(".conf")
     return "lightfit"
 
 
