@@ -152,9 +152,8 @@ def predict(cfg: DictConfig) -> Path:
     task_name = task_config(stored)["name"]
     input_path, output = Path(cfg.input).expanduser(), Path(cfg.output).expanduser()
     as_csv = output.suffix.lower() == ".csv"
-    kind = cfg.kind or ("values" if task_name == "regression" else "probs")
-    if as_csv:  # the table has the label and every probability: kind does not apply
-        kind = "values" if task_name == "regression" else "probs"
+    default = "values" if task_name == "regression" else "probs"
+    kind = default if as_csv else cfg.kind or default  # a CSV has the label and every probability
     task = build_task({"name": task_name, "metrics": []}, num_outputs(stored))
     task.check_kind(kind)  # before anything is read or written
     keep = [str(k) for k in cfg.get("keep") or []]

@@ -117,8 +117,9 @@ def check_loop(loop: DictConfig) -> None:
 
 def check_target_keys(node: DictConfig, where: str, supplied: tuple[str, ...]) -> None:
     """The keys of `node` besides `_target_` against its target's signature (types, unknown
-    and missing keys); `supplied` are the arguments lightfit passes itself. A minimal check:
-    the generic one for every `_target_` belongs in cli/config.py."""
+    and missing keys); `supplied` are the arguments lightfit passes itself. Beyond
+    cli/known_keys.py's check of every `_target_` (unknown keys), it checks types and required
+    arguments of the loop's module or fit function."""
     from hydra.utils import get_object
     from omegaconf.errors import OmegaConfBaseException
 

@@ -26,8 +26,8 @@ from lightfit.run.progress import progress_callbacks
 from lightfit.run.signals import TrainingInterrupted
 
 # What lightfit passes a module itself; the loop.module node's other keys are the module's own.
-MODULE_ARGS = ("net", "task", "optimizer", "scheduler", "accumulate_grad_batches", "gradient_clip_val")
 KNOBS = ("accumulate_grad_batches", "gradient_clip_val")  # to the module if it takes them, else the Trainer
+MODULE_ARGS = ("net", "task", "optimizer", "scheduler", *KNOBS)
 
 
 def trainer(cfg: DictConfig, run_dir: Path, callbacks: list, logger: Any, **loop_kwargs: Any) -> L.Trainer:

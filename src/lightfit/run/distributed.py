@@ -87,21 +87,29 @@ def processes_to_start(trainer: DictConfig) -> int:
     return strategy.num_processes if strategy.num_processes > 1 else 0
 
 
+def command_configs(runtime: Any) -> tuple[str | None, list[str]]:
+    """What a job's command composed besides lightfit's configs: its main config source
+    (`pkg://affair_risk.conf` for a project's command; None for lightfit's own) and its
+    `--config-dir`s. The DDP ranks and the stop hint rerun the command with them."""
+    sources = runtime.config_sources
+    main = next((f"{s.schema}://{s.path}" for s in sources if s.provider == "main"), None)
+    dirs = [s.path for s in sources if s.provider == "command-line"]
+    return (None if main == LIGHTFIT_CONF else main), dirs
+
+
 def rank_command(hydra: Any, run_dir: Path) -> list[str]:
     """The arguments after `python` for every rank: this job's config and overrides, its run directory.
 
     A project's command (`affair_risk train`) is lightfit's train on the project's config
     module: the ranks compose the same one (`--config-path=pkg://affair_risk.conf`).
     """
-    sources = hydra.runtime.config_sources
-    config_dirs = [s.path for s in sources if s.provider == "command-line"]
-    main = [f"{s.schema}://{s.path}" for s in sources if s.provider == "main"]
+    main, config_dirs = command_configs(hydra.runtime)
     hydra_overrides = [o for o in hydra.overrides.hydra if not o.lstrip("+~").startswith(JOB_ONLY)]
     return [
         "-m",
         ENTRY_POINT,
         f"--config-name={hydra.job.config_name}",
-        *(f"--config-path={path}" for path in main if path != LIGHTFIT_CONF),
+        *([f"--config-path={main}"] if main else []),
         *(f"--config-dir={path}" for path in config_dirs),
         *hydra.overrides.task,
         *hydra_overrides,

@@ -44,7 +44,7 @@ def resume_hint(run_dir: Path) -> str:
     """How to continue a stopped run: pasted alone, the command takes the run's own overrides
     (cli/rerun.py), which Hydra saved in the run directory."""
     where = shlex.quote(str(run_dir))
-    command = f"{_program()} train{_config_dirs()}"
+    command = _command()
     saved = run_dir / ".hydra" / "overrides.yaml"
     if not saved.is_file():  # hydra.output_subdir=null: nothing to take them from
         return f"continue with: {command} <the same overrides> ckpt_path=auto hydra.run.dir={where}"
@@ -54,26 +54,20 @@ def resume_hint(run_dir: Path) -> str:
     )
 
 
-def _program() -> str:
-    """The command that trained: `lightfit`, or a project's own (`affair_risk`, whose configs
-    are the package `affair_risk.conf`, the main config source of its runs)."""
+def _command() -> str:
+    """The command that trained: `lightfit train`, or a project's own (`affair_risk train`,
+    whose configs are the package `affair_risk.conf`), with the run's `--config-dir`s."""
     from hydra.core.hydra_config import HydraConfig
 
-    if HydraConfig.initialized():
-        for source in HydraConfig.get().runtime.config_sources:
-            if source.provider == "main" and source.schema == "pkg":  # path: affair_risk.conf
-                return source.path.removesuffix(".conf")
-    return "lightfit"
-
-
-def _config_dirs() -> str:
-    """` --config-dir=<dir>` for each config folder the run was given (its overrides may name them)."""
-    from hydra.core.hydra_config import HydraConfig
+    from lightfit.run.distributed import command_configs
 
     if not HydraConfig.initialized():
-        return ""
-    sources = HydraConfig.get().runtime.config_sources
-    return "".join(f" --config-dir={shlex.quote(s.path)}" for s in sources if s.provider == "command-line")
+        return "lightfit train"
+    main, dirs = command_configs(HydraConfig.get().runtime)
+    program = "lightfit"
+    if main and main.startswith("pkg://"):  # pkg://affair_risk.conf: the command affair_risk
+        program = main.removeprefix("pkg://").removesuffix(".conf")
+    return f"{program} train" + "".join(f" --config-dir={shlex.quote(d)}" for d in dirs)
 
 
 class StopRequest:
