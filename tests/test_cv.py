@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cli, compose_config
+from conftest import cli, compose_config, require
 
 from lightfit.cli import compare
 from lightfit.cli.train import train
@@ -221,3 +221,61 @@ def test_too_many_folds_from_the_command_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lightfit-train: error: cv.folds=200: class "), proc.stderr
     assert not list(run_dir.glob("fold_*")) and not (run_dir / "results.json").exists()
+
+
+def write_table(path: Path, n: int = 60) -> Path:
+    """n customers: a number, a text column, string labels (one in six `yes`)."""
+    rng = np.random.default_rng(0)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["age", "city", "churn"])
+        for i in range(n):
+            writer.writerow(
+                [int(rng.integers(18, 80)), rng.choice(["Rome", "Paris"]), "yes" if i % 6 else "no"]
+            )
+    return path
+
+
+def test_a_table_is_cut_in_folds_by_its_class_names(tmp_path):
+    require("table")
+    from lightfit.data import TableDataModule
+
+    path = write_table(tmp_path / "churn.csv")
+    folds = []
+    for k in (1, 2, 3):
+        module = TableDataModule(str(path), "churn", batch_size=8)
+        module.use_fold(k, 3)
+        module.setup("fit")
+        folds.append(module)
+    vals = [m.splits["val"].rows.numpy() for m in folds]
+    assert len(np.unique(np.concatenate(vals))) == sum(len(v) for v in vals)  # disjoint
+    assert all(m.encoding.to_dict() == folds[0].encoding.to_dict() for m in folds)  # the same columns
+    module = TableDataModule(str(path), "churn", batch_size=8)
+    module.use_fold(1, 11)  # 10 `no` in 60 rows, not all of them outside the test split
+    with pytest.raises(LightfitError, match=r"cv.folds=11: class no has only \d+ samples outside"):
+        module.setup("fit")
+
+
+@pytest.mark.slow
+def test_optuna_optimizes_the_cross_validated_mean(tmp_path):
+    require("optuna")
+    import yaml
+
+    sweep = tmp_path / "optuna"
+    args = ["hparams_search=digits_optuna", "hydra.sweeper.n_trials=2", "cv.folds=2", *TINY]
+    proc = cli(*args, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    means = [read(sweep / str(job) / "results.json")["val/loss"] for job in (0, 1)]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_value"]
+    assert best == pytest.approx(min(means))  # the folds' mean, not one fold's score
+
+
+@pytest.mark.slow
+def test_a_table_cross_validates(tmp_path):
+    require("table")
+    path = write_table(tmp_path / "churn.csv")
+    run_dir = tmp_path / "table"
+    cross_validate(run_dir, "data=table", f"data.path={path}", "data.target=churn", "data.batch_size=8",
+                   "cv.folds=2", *TINY)  # fmt: skip
+    parent = read(run_dir / "results.json")
+    assert parent["classes"] == ["no", "yes"] and parent["cv"]["folds"] == 2
