@@ -154,8 +154,10 @@ def test_other_loops_cross_validate(tmp_path, loop):
 
 
 @pytest.mark.slow
-def test_a_stop_hint_resumes_the_cross_validation(tmp_path):
-    args = ["cv.folds=2", "trainer.max_epochs=3", "data.batch_size=8", "logger=none"]
+@pytest.mark.parametrize("trainer", ["cpu", "ddp_cpu"])
+def test_a_stop_hint_resumes_the_cross_validation(tmp_path, trainer):
+    # Under DDP rank 0 of fold 2 writes the hint, for the parent run directory.
+    args = [f"trainer={trainer}", "cv.folds=2", "trainer.max_epochs=3", "data.batch_size=8", "logger=none"]
     run_dir = tmp_path / "cv"
     proc = subprocess.Popen(
         [sys.executable, "-m", "lightfit.train", *args, f"hydra.run.dir={run_dir}"],
