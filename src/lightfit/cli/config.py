@@ -140,6 +140,14 @@ class CheckpointSchema:
 
 
 @dataclass
+class CVSchema:
+    """k-fold cross-validation (run/cv.py): K runs in <run dir>/fold_1 ... fold_K, then cv.json."""
+
+    folds: Optional[int] = None  # noqa: UP045 - K >= 2; null: one train/val split
+    fold: Optional[int] = None  # noqa: UP045 - set by lightfit in each fold's own run: leave null
+
+
+@dataclass
 class TrainSchema:
     """The top level of conf/train.yaml; the groups bring their own schemas."""
 
@@ -152,6 +160,7 @@ class TrainSchema:
     trainer: TrainerSchema = field(default_factory=TrainerSchema)
     logger: Any = None
     checkpoint: CheckpointSchema = field(default_factory=CheckpointSchema)
+    cv: CVSchema = field(default_factory=CVSchema)
     seed: int = 0
     # a checkpoint file, "last", or "auto" (newest, or fresh); conf/train.yaml: auto in a SLURM batch job
     ckpt_path: Optional[str] = None  # noqa: UP045
@@ -170,6 +179,8 @@ def check_counts(cfg: Any) -> None:
     for key in AT_LEAST_ONE:
         if (value := OmegaConf.select(cfg, key)) is not None and value < 1:
             raise LightfitError(f"{key}={value} must be at least 1")
+    if (folds := cfg.cv.folds) is not None and folds < 2:
+        raise LightfitError(f"cv.folds={folds}: need at least 2 folds (null: no cross-validation)")
     if (n := cfg.checkpoint.every_n_train_steps) is not None and n < 0:
         raise LightfitError(
             f"checkpoint.every_n_train_steps={n} must be a number of optimizer steps"

@@ -37,6 +37,7 @@ def train(cfg: DictConfig) -> float | None:
     from lightfit.run.results import RESULTS, write_json_atomic, write_tables
     from lightfit.run.resume import AUTO, load_resume
     from lightfit.run.signals import StopRequest, TrainingInterrupted
+    from lightfit.run.sweep import is_fold_dir
     from lightfit.tasks import check_task_config
 
     quiet_lightning()
@@ -45,6 +46,8 @@ def train(cfg: DictConfig) -> float | None:
     mode = check_task_config(cfg.task, cfg.monitor)  # a wrong metric name stops here, before any data
     check_loop(cfg.loop)  # the module or fit function exists, and its own keys fit its signature
     optimized = cfg.get("optimized_metric") or cfg.monitor
+    if cfg.cv.folds is not None and cfg.cv.fold is None:  # k-fold cross-validation: each fold a run
+        return cross_validated(cfg, run_dir).get(optimized)
     if nprocs := distributed.processes_to_start(cfg.trainer):
         # DDP: this process starts the ranks (each runs this job's command) and waits for them.
         distributed.launch(nprocs, run_dir)
@@ -65,6 +68,8 @@ def train(cfg: DictConfig) -> float | None:
                 Run(cfg, run_dir, datamodule, net, task, BestScore(cfg.monitor, mode), resume, stop)
             )
         except TrainingInterrupted as stopped:  # saved: rank 0 may now requeue the SLURM job
+            if cfg.cv.fold is not None and is_fold_dir(run_dir):
+                stopped.resume_in(run_dir.parent)  # ckpt_path=auto there continues at this fold
             rank_zero = L.fabric.utilities.rank_zero.rank_zero_only.rank == 0
             if rank_zero and (note := slurm.requeue(stopped.signum, resumes=cfg.ckpt_path == AUTO)):
                 stopped.instead_of_hint(note)
@@ -81,6 +86,32 @@ def train(cfg: DictConfig) -> float | None:
     return results.get(optimized)
 
 
+def cross_validated(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """`cv.folds=K`: the data checked for K folds before any is trained, then each fold a run
+    (`train` with `cv.fold=k`) in `<run dir>/fold_k`; returns the means (run/cv.py)."""
+    from hydra.utils import instantiate
+
+    from lightfit.run.cv import cross_validate
+    from lightfit.run.resume import AUTO
+
+    folds = cfg.cv.folds
+    if cfg.ckpt_path not in (None, AUTO):
+        raise LightfitError(
+            f"cv.folds={folds}: ckpt_path={cfg.ckpt_path} names one run's checkpoint; "
+            "a cross-validation continues with ckpt_path=auto"
+        )
+    datamodule = instantiate(cfg.data, task=cfg.task.name)
+    if not callable(getattr(datamodule, "use_fold", None)):
+        raise LightfitError(
+            f"cv.folds={folds}: {type(datamodule).__name__} has no use_fold(k, folds); "
+            "cross-validation needs an ArrayDataModule (or a data module with that method)"
+        )
+    datamodule.use_fold(1, folds)
+    datamodule.setup("fit")  # too few samples for K folds: one line now, before any fold is trained
+    del datamodule
+    return cross_validate(cfg, run_dir, train)
+
+
 def prepared_data(cfg: DictConfig, run_dir: Path) -> Any:
     """The data module, set up and checked against the contract; rank 0 writes `splits.npz`,
     the rows of each split, for a baseline trained on the same rows (`lightfit.data.load_split`)."""
@@ -91,6 +122,8 @@ def prepared_data(cfg: DictConfig, run_dir: Path) -> Any:
     from lightfit.run.contract import DataModule, check
 
     datamodule = instantiate(cfg.data, task=cfg.task.name)
+    if cfg.cv.fold is not None:  # one fold of a cross-validation (cross_validated)
+        datamodule.use_fold(cfg.cv.fold, cfg.cv.folds)
     datamodule.setup("fit")
     check(datamodule, DataModule, "data")  # what lightfit needs of it, before the network is built
     if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:

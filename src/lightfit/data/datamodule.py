@@ -24,6 +24,7 @@ from lightfit.data.arrays import (
     warn_integer_targets,
 )
 from lightfit.data.batches import batch_loader
+from lightfit.data.folds import fold_split
 from lightfit.data.splits import Split, column_stats, copy_to_device, shared_tensor, split_rows
 from lightfit.errors import LightfitError
 
@@ -95,8 +96,14 @@ class ArrayDataModule(L.LightningDataModule):
         # Which process this is under DDP, and where its batches go (see `distribute`).
         self.rank, self.world_size, self.device = 0, 1, torch.device("cpu")
         self.resume_at: tuple[int, int] | None = None  # (epoch, batches trained): see resume_train_at
+        self.fold: tuple[int, int] | None = None  # (k, K): cross-validation's fold k of K (use_fold)
 
     # -- reading and splitting -------------------------------------------------------------
+
+    def use_fold(self, k: int, folds: int) -> None:
+        """Before `setup`: validate on fold `k` (from 1) of `folds`, train on the others (data/folds.py).
+        The test split is the one a plain run holds out; the folds cut its train and val rows."""
+        self.fold = (k, folds)
 
     def _load(self) -> dict[str, np.ndarray]:
         if self.arrays is not None:
@@ -151,6 +158,11 @@ class ArrayDataModule(L.LightningDataModule):
         else:
             test, val, train = split_rows(len(y), [self.test_fraction, self.val_fraction], self.seed)
             self.splits["test"] = Split(x, y, test)
+        if self.fold is not None:  # cross-validation: the same test rows, the rest cut in folds
+            classification = self.task == "classification"
+            names = getattr(self, "class_names", None)
+            pool = torch.cat([val, train])
+            val, train = fold_split(pool, y, self.fold, self.seed, stratified=classification, names=names)
         self.splits["train"] = Split(x, y, train)
         self.splits["val"] = Split(x, y, val)
         for name in ("train", "val", "test"):

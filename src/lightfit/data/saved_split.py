@@ -3,7 +3,8 @@
 A baseline (scikit-learn, XGBoost) is only comparable when it trains and is tested on the
 same rows. `splits.npz` holds the row numbers of the train, val and test splits (rows of the
 file: for a table, 0 is the first row after the header, whatever `data.missing=drop` left
-out), and the data config that made them (JSON text, nothing pickled). `load_split(run_dir)`
+out), and the data config that made them (JSON text, nothing pickled); a cross-validation's
+fold also its number (`fold`: k, K). `load_split(run_dir)`
 rebuilds the run's data module from that config and returns the same float32 features and
 labels the network saw, as NumPy arrays.
 """
@@ -33,6 +34,8 @@ def save_splits(datamodule: Any, run_dir: str | Path, data: dict[str, Any]) -> P
     for key in ("path", "labels"):  # load_split may run from another folder
         if data.get(key):
             data = data | {key: str(Path(data[key]).expanduser().resolve())}
+    if getattr(datamodule, "fold", None) is not None:  # cross-validation: fold k of K (use_fold)
+        arrays["fold"] = np.asarray(datamodule.fold, dtype=np.int64)
     np.savez(partial, **arrays, data=np.array(json.dumps(data)))
     os.replace(partial, path)
     return path
@@ -60,8 +63,11 @@ def load_split(run_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     with np.load(saved, allow_pickle=False) as stored:
         rows = {name: stored[name] for name in STAGES}
         data = json.loads(str(stored["data"]))
+        fold = tuple(int(v) for v in stored["fold"]) if "fold" in stored else None
     _check_target(data.get("_target_"), saved)
     datamodule = instantiate(data)
+    if fold is not None:
+        datamodule.use_fold(*fold)
     datamodule.setup("fit")
     for name, now in datamodule.split_rows_in_file().items():
         if not np.array_equal(now, rows[name]):

@@ -129,14 +129,13 @@ class TableDataModule(ArrayDataModule):
                     f"{self.path}: every row has a missing value; nothing is left to train on"
                 )
         if stored is None:
-            # The same cut as ArrayDataModule._read_and_split makes: rows and seed decide it.
-            fractions, rows = [self.test_fraction, self.val_fraction], table.num_rows
+            rows = table.num_rows
             stored = fit_encoding(
                 table,
                 self.path,
                 features,
                 self.target,
-                lambda: split_rows(rows, fractions, self.seed)[2].numpy(),
+                lambda: self._encoding_rows(rows),
                 classification=self.task == "classification",
                 max_categories=self.max_categories,
                 unknown=self.unknown,
@@ -151,6 +150,13 @@ class TableDataModule(ArrayDataModule):
         if stored.classes is not None:
             self.num_classes = len(stored.classes)
         return {"x": x, "y": y}
+
+    def _encoding_rows(self, rows: int) -> np.ndarray:
+        """The rows the encoding is learned on: the training split, cut as ArrayDataModule._read_and_split
+        cuts it (rows and seed decide it). Under cross-validation every row outside the test split,
+        so that every fold has the same feature columns."""
+        _, val, train = split_rows(rows, [self.test_fraction, self.val_fraction], self.seed)
+        return train.numpy() if self.fold is None else np.sort(np.concatenate([val.numpy(), train.numpy()]))
 
     def split_rows_in_file(self) -> dict[str, np.ndarray]:
         """Each split's rows as row numbers of the file (0 = the first row after the header)."""

@@ -27,13 +27,17 @@ class TrainingInterrupted(LightfitError):
         name = signal.Signals(signum).name
         kept = f"saved {saved}; " if saved else ""
         self.head = f"stopped by {name} at {where}; {kept}"
-        if saved or (run_dir / "checkpoints" / "last.ckpt").is_file():
-            hint = resume_hint(run_dir)
-        else:
-            hint = "no epoch had completed, so there is nothing to resume"
+        self.resumable = bool(saved) or (run_dir / "checkpoints" / "last.ckpt").is_file()
+        nothing = "no epoch had completed, so there is nothing to resume"
+        hint = resume_hint(run_dir) if self.resumable else nothing
         super().__init__(self.head + hint)
         self.signum = signum
         self.exit_code = 128 + signum
+
+    def resume_in(self, run_dir: Path) -> None:
+        """The hint resumes `run_dir` (a cross-validation's, whose fold this run was), not the run's own."""
+        if self.resumable:
+            self.args = (self.head + resume_hint(run_dir),)
 
     def instead_of_hint(self, note: str) -> None:
         """Say `note` (what happens next, e.g. the job was requeued) instead of how to resume."""

@@ -56,7 +56,10 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         row["status"] = "ok" if results is not None else "failed"
         row.update(read_overrides(job_dir))
         if results is not None:
-            row.update({k: v for k, v in sorted(results.items()) if k not in LEFT_OUT})
+            row.update({k: v for k, v in sorted(results.items()) if k not in LEFT_OUT and k != "cv"})
+            if cv := results.get("cv"):  # a cross-validation: the means above, the folds and spread here
+                row["cv.folds"] = cv["folds"]
+                row.update({f"{k} std": v for k, v in sorted(cv["std"].items())})
         rows.append(row)
     return rows
 
@@ -79,13 +82,26 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+def is_fold_dir(path: Path) -> bool:
+    """A cross-validation's fold_<k> inside a run directory (whose own results.json sums the folds)."""
+    name, parent = path.name, path.parent
+    is_run = (parent / RESULTS).is_file() or (parent / ".hydra").is_dir() or (parent / "cv.json").is_file()
+    return name.startswith("fold_") and name.removeprefix("fold_").isdigit() and is_run
+
+
+def _cell(row: dict[str, Any], name: str) -> str:
+    value, std = row.get(name, ""), row.get(f"{name} std")
+    if isinstance(value, float) and isinstance(std, float):  # a cross-validation's mean and spread
+        return f"{value:.4f} ± {std:.4f}"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """The rows as aligned text columns, floats to 4 decimals."""
+    """The rows as aligned text columns, floats to 4 decimals; a metric with a `<metric> std`
+    column (a cross-validation) as `0.9530 ± 0.0120`, in one column."""
     names = columns(rows)
-    cells = [names] + [
-        [f"{row[n]:.4f}" if isinstance(row.get(n), float) else str(row.get(n, "")) for n in names]
-        for row in rows
-    ]
+    names = [n for n in names if not (n.endswith(" std") and n.removesuffix(" std") in names)]
+    cells = [names] + [[_cell(row, n) for n in names] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(names))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in cells]
     return "\n".join(line.rstrip() for line in lines)
