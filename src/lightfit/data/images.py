@@ -199,15 +199,13 @@ def cached_pixels(listing: Listing, size: list[int] | None, channels: int, cache
         "classes": listing.classes,
         "files": listing.stats(),
     }
-    quiet = os.environ.get("RANK", "0") != "0"  # DDP: rank 0 says what happened
     with _locked(folder):
         pixels = _reuse(folder, manifest)
         if pixels is not None:
-            if not quiet:
+            if os.environ.get("RANK", "0") == "0":  # DDP: rank 0 says it; the rank that built it said so
                 log.info(f"{len(listing.files):,} images from the cache {folder}")
             return pixels
-        if not quiet:
-            log.info(f"decoding {len(listing.files):,} images into {folder} ...")
+        log.info(f"decoding {len(listing.files):,} images into {folder} ...")
         _build(folder, listing, size, channels, manifest)
         return read_npy(folder / PIXELS, mmap=True)
 
