@@ -10,6 +10,7 @@ import csv
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +166,18 @@ def test_evaluate_reproduces_the_test_metrics(trained):
     assert metrics["test/acc"] == pytest.approx(results["test/acc"], abs=1e-6)
 
 
+def test_a_checkpoints_classes_label_a_folder_with_fewer(photos, tmp_path):
+    fewer = tmp_path / "fewer"
+    for name in ("one", "seven"):
+        shutil.copytree(photos / name, fewer / name)
+    module = image_module(fewer, tmp_path, classes=CLASSES, num_classes=10, batch_size=4)
+    labels = module.listing.labels
+    assert sorted(set(labels.tolist())) == [CLASSES.index("one"), CLASSES.index("seven")]
+    (fewer / "eleven").mkdir()
+    with pytest.raises(LightfitError, match=r"class folder 'eleven' is not one of the checkpoint's classes"):
+        image_module(fewer, tmp_path, classes=CLASSES)
+
+
 def test_bad_folders_and_files_get_one_line(photos, tmp_path):
     with pytest.raises(LightfitError, match=r"missing is not a folder; data=images reads a folder"):
         image_module(tmp_path / "missing", tmp_path)
@@ -179,7 +192,9 @@ def test_bad_folders_and_files_get_one_line(photos, tmp_path):
     with pytest.raises(LightfitError, match=r"bad: class folder 'dog' has no images \(.png, .jpg"):
         image_module(bad, tmp_path)
     (bad / "dog" / "2.png").write_text("not a photo either")
-    with pytest.raises(LightfitError, match=r"dog/2.png is not an image Pillow can read \(cannot identify"):
+    with pytest.raises(
+        LightfitError, match=r"dog/2.png is not an image Pillow can read \(cannot identify image file\)$"
+    ):
         image_module(bad, tmp_path)
     assert not list(tmp_path.glob("bad-*/*.npy*")) and not list(tmp_path.glob("bad-*/manifest*"))
 

@@ -147,6 +147,7 @@ def decode(path: Path, size: tuple[int, int] | None, channels: int) -> np.ndarra
             pixels = np.asarray(img)  # (H, W) or (H, W, 3)
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = reason.replace(f" '{path}'", "")  # Pillow names the file too: once is enough
         raise LightfitError(f"{path} is not an image Pillow can read ({reason})") from None
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)  # (C, H, W)
 
