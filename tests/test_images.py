@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -197,6 +198,12 @@ def test_bad_folders_and_files_get_one_line(photos, tmp_path):
     ):
         image_module(bad, tmp_path)
     assert not list(tmp_path.glob("bad-*/*.npy*")) and not list(tmp_path.glob("bad-*/manifest*"))
+
+
+def test_without_pillow_one_line_says_how_to_install_it(photos, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "PIL", None)  # `from PIL import Image` now fails as if missing
+    with pytest.raises(LightfitError, match=r"^needs Pillow: pip install 'lightfit\[images\]'$"):
+        image_module(photos, tmp_path)
 
 
 def test_cli_errors_are_one_line_and_write_nothing(trained, tmp_path):
