@@ -217,3 +217,16 @@ def test_cli_errors_are_one_line_and_write_nothing(trained, tmp_path):
         f"lightfit-predict: error: {text} is not an image "
         "(.png, .jpg, .jpeg, .bmp, .gif, .webp, .tif, .tiff) or a folder of images"
     )
+
+
+@pytest.mark.slow
+def test_ddp_ranks_decode_the_folder_once(photos, tmp_path):
+    cache = tmp_path / "cache"
+    data = ["data=images", f"data.path={photos}", "data.channels=1", f"data.cache={cache}"]
+    proc = cli(
+        *data, "trainer=ddp_cpu", "trainer.max_epochs=1", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("decoding 400 images") == 1  # by whichever rank took the lock first
+    files = sorted(p.name for p in cache.glob("*/*") if not p.name.startswith("."))
+    assert files == ["labels.npy", "manifest.json", "pixels.npy"]  # one cache, no partial files left
