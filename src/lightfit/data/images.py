@@ -235,7 +235,7 @@ def _build(folder: Path, listing: Listing, size: list[int] | None, channels: int
     first = listing.root / listing.files[0]
     fixed = tuple(size) if size is not None else image_size(first)
     shape = (len(listing.files), channels, *fixed)
-    partial = [folder / f"{name}.partial" for name in (PIXELS, LABELS, MANIFEST)]
+    partial = [folder / f"{name}.{os.getpid()}.partial" for name in (PIXELS, LABELS, MANIFEST)]
     try:
         pixels = np.lib.format.open_memmap(partial[0], mode="w+", dtype=np.uint8, shape=shape)
         _decode_into(pixels, listing, size is not None, first)
