@@ -187,8 +187,12 @@ def test_bad_folders_and_files_get_one_line(photos, tmp_path):
         image_module(flat, tmp_path)
     bad = tmp_path / "bad"
     (bad / "cat").mkdir(parents=True)
-    (bad / "dog").mkdir()
     Image.new("L", (4, 4)).save(bad / "cat" / "1.png")
+    with pytest.raises(
+        LightfitError, match=r"bad has one class folder \(cat\); a classifier needs at least two"
+    ):
+        image_module(bad, tmp_path)
+    (bad / "dog").mkdir()
     (bad / "dog" / "notes.txt").write_text("not a photo")
     with pytest.raises(LightfitError, match=r"bad: class folder 'dog' has no images \(.png, .jpg"):
         image_module(bad, tmp_path)

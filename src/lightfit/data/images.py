@@ -99,6 +99,11 @@ def scan_classes(root: Path, classes: list[str] | None = None) -> Listing:
             f"{root} has no class subfolders; put each class's images in a folder named after it "
             f"({root}/cat/1.png, {root}/dog/2.png, ...)"
         )
+    if classes is None and len(folders) == 1:
+        raise LightfitError(
+            f"{root} has one class folder ({folders[0]}); a classifier needs at least two, "
+            "one subfolder per class"
+        )
     names = list(classes) if classes is not None else folders
     unknown = [f for f in folders if f not in names]
     if unknown:
