@@ -1,6 +1,6 @@
 """`data=images`: a folder of images, one subfolder per class, through the same ArrayDataModule.
 
-The images are decoded once into a uint8 `.npy` cache (data/images.py) and memory-mapped
+The images are decoded once into a uint8 `.npy` cache (data/image_cache.py) and memory-mapped
 from there: the splits, loaders, DDP shards and resume are ArrayDataModule's. A batch is
 read from the file as uint8 and converted to float32 in the loader (data/batches.py), so
 the whole data set is never held as float32; the network's `Standardize` layer scales the
@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from lightfit.data.datamodule import ArrayDataModule
-from lightfit.data.images import Listing, cached_pixels, pillow, scan_classes
+from lightfit.data.image_cache import cached_pixels
+from lightfit.data.images import Listing, pillow, scan_classes
 from lightfit.errors import LightfitError
 
 
