@@ -175,8 +175,27 @@ def test_a_checkpoints_classes_label_a_folder_with_fewer(photos, tmp_path):
     labels = module.listing.labels
     assert sorted(set(labels.tolist())) == [CLASSES.index("one"), CLASSES.index("seven")]
     (fewer / "eleven").mkdir()
-    with pytest.raises(LightfitError, match=r"class folder 'eleven' is not one of the checkpoint's classes"):
+    with pytest.raises(LightfitError, match=r"class folder 'eleven' is not one of the trained classes"):
         image_module(fewer, tmp_path, classes=CLASSES)
+
+
+def test_a_given_test_folder_is_the_test_split(photos, tmp_path):
+    split = tmp_path / "split"
+    for name in NAMES:
+        files = sorted((photos / name).iterdir())
+        for part, chosen in (("train", files[5:]), ("test", files[:5])):
+            (split / part / name).mkdir(parents=True)
+            for f in chosen:
+                shutil.copy(f, split / part / name / f.name)
+    advice = rf"split has the subfolders test, train: splits, not classes; set data.path={split}/train \(and"
+    with pytest.raises(LightfitError, match=advice):
+        image_module(split, tmp_path)
+    shutil.rmtree(split / "test" / "zero")  # a class the test set lacks keeps its label
+    module = image_module(split / "train", tmp_path, test_path=str(split / "test"))
+    test = module.splits["test"]
+    assert len(test.rows) == 45 and len(module.splits["train"].rows) + len(module.splits["val"].rows) == 350
+    assert set(test.y.tolist()) == {CLASSES.index(n) for n in NAMES if n != "zero"}
+    assert test.x.shape == (45, 1, 8, 8)
 
 
 def test_bad_folders_and_files_get_one_line(photos, tmp_path):

@@ -23,7 +23,9 @@ from lightfit.errors import LightfitError
 class ImageDataModule(ArrayDataModule):
     """Train/val/test splits of the images under `path` (`path/<class>/<image>`).
 
-    `size`: [height, width] every image is stretched to; None: they must all be one size.
+    `test_path`: a folder of test images with the same class folders (a class may be missing);
+    then the test split is all of it, and val comes from `path`. `size`: [height, width] every
+    image is stretched to; None: they must all be one size.
     `channels`: 1 (grayscale) or 3 (RGB). `cache`: the folder for the decoded cache (None:
     $XDG_CACHE_HOME/lightfit/images, else ~/.cache/lightfit/images). `classes`: a checkpoint's
     class names (evaluate), so that a folder with fewer classes keeps the trained labels. The
@@ -34,6 +36,7 @@ class ImageDataModule(ArrayDataModule):
         self,
         path: str,
         *,
+        test_path: str | None = None,
         size: list[int] | None = None,
         channels: int = 3,
         cache: str | None = None,
@@ -73,6 +76,7 @@ class ImageDataModule(ArrayDataModule):
             raise LightfitError(f"data.size={list(size)} must be [height, width] in pixels, or null")
         self.size = None if size is None else [int(s) for s in size]
         self.channels, self.cache, self.stored_classes = channels, cache, classes
+        self.test_path = test_path
         self.listing: Listing | None = None
 
     @property
@@ -97,4 +101,9 @@ class ImageDataModule(ArrayDataModule):
         self.listing = listing
         if self.num_classes is None:
             self.num_classes = len(listing.classes)
-        return {"x": pixels, "y": listing.labels}
+        if self.test_path is None:
+            return {"x": pixels, "y": listing.labels}
+        # The Keras layout: the test split is given; labelled by the training folder's class names.
+        test = scan_classes(Path(self.test_path).expanduser(), listing.classes)
+        test_pixels = cached_pixels(test, self.size, self.channels, self.cache)
+        return {"x": pixels, "y": listing.labels, "x_test": test_pixels, "y_test": test.labels}

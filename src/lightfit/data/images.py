@@ -24,6 +24,8 @@ log = logging.getLogger("lightfit")
 # What Pillow reads out of the box; the issue asks for PNG and JPEG, the rest costs nothing.
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MODES = {1: "L", 3: "RGB"}  # data.channels -> Pillow's mode
+# Subfolders that hold splits, not classes (photos/train/cat/...): training's first, test's last.
+SPLIT_NAMES = ("train", "training", "val", "valid", "validation", "test", "testing")
 
 
 def pillow() -> Any:
@@ -83,6 +85,13 @@ def scan_classes(root: Path, classes: list[str] | None = None) -> Listing:
             f"{root} has no class subfolders; put each class's images in a folder named after it "
             f"({root}/cat/1.png, {root}/dog/2.png, ...)"
         )
+    if classes is None and len(folders) > 1 and {f.lower() for f in folders} <= set(SPLIT_NAMES):
+        order = {f: SPLIT_NAMES.index(f.lower()) for f in folders}
+        train, test = min(folders, key=order.get), max(folders, key=order.get)
+        raise LightfitError(
+            f"{root} has the subfolders {', '.join(folders)}: splits, not classes; set "
+            f"data.path={root / train} (and data.test_path={root / test} for a given test set)"
+        )
     if classes is None and len(folders) == 1:
         raise LightfitError(
             f"{root} has one class folder ({folders[0]}); a classifier needs at least two, "
@@ -92,7 +101,7 @@ def scan_classes(root: Path, classes: list[str] | None = None) -> Listing:
     unknown = [f for f in folders if f not in names]
     if unknown:
         raise LightfitError(
-            f"{root}: class folder '{unknown[0]}' is not one of the checkpoint's classes ({', '.join(names)})"
+            f"{root}: class folder '{unknown[0]}' is not one of the trained classes ({', '.join(names)})"
         )
     files, labels, skipped = [], [], [p.name for p in root.iterdir() if p.is_file() and p.name[0] != "."]
     for name in folders:
