@@ -11,6 +11,7 @@ build it once. No Lightning and no torch here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -59,7 +60,8 @@ def _locked(folder: Path) -> Iterator[None]:
         except ImportError:  # Windows: no lock; one process at a time, please
             yield
             return
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        with contextlib.suppress(OSError):  # a file system without locks (some NFS): go on unlocked
+            fcntl.flock(lock, fcntl.LOCK_EX)
         yield
     finally:
         lock.close()  # closing releases the lock

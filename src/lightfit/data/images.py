@@ -155,6 +155,6 @@ def decode(path: Path, size: tuple[int, int] | None, channels: int) -> np.ndarra
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(H, W) of an image as it will be decoded (upright), read from its header."""
+    """(H, W) of an image as it will be decoded (upright: an EXIF rotation swaps them)."""
     pixels = decode(path, None, 1)
     return pixels.shape[1], pixels.shape[2]
