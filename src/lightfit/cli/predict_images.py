@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from lightfit.data.images import Listing, decode, is_image_name, scan_inputs
+from lightfit.data.images import Listing, decode_into, is_image_name, scan_inputs
 from lightfit.errors import LightfitError
 
 
@@ -35,8 +35,8 @@ class DecodedImages:
     def __getitem__(self, rows: slice) -> np.ndarray:
         files = self.listing.files[rows]
         out = np.empty((len(files), *self.shape[1:]), np.uint8)
-        for i, rel in enumerate(files):
-            out[i] = decode(self.listing.root / rel, self.size, self.channels)
+        if files:
+            decode_into(out, Listing(self.listing.root, files), resize=True)  # on several threads
         return out
 
 

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,15 +24,12 @@ from typing import Any
 import numpy as np
 
 from lightfit.data.arrays import read_npy
-from lightfit.data.images import Listing, decode, image_size
+from lightfit.data.images import Listing, decode_into, image_size
 from lightfit.errors import LightfitError
 
 log = logging.getLogger("lightfit")
 CACHE_VERSION = 1  # part of the manifest: a new layout of the cache rebuilds old ones
 PIXELS, LABELS, MANIFEST = "pixels.npy", "labels.npy", "manifest.json"
-# 2,000 JPEGs on 2 cores: 1.0 s on one thread, 0.6 s on two (docs/data.md)
-DECODE_THREADS = min(8, os.cpu_count() or 1)
-DECODE_CHUNK = 256  # files handed to the threads at once
 
 
 def cache_folder(root: Path, size: list[int] | None, channels: int, cache: str | None) -> Path:
@@ -113,7 +109,7 @@ def _build(folder: Path, listing: Listing, size: list[int] | None, channels: int
     partial = [folder / f"{name}.{os.getpid()}.partial" for name in (PIXELS, LABELS, MANIFEST)]
     try:
         pixels = np.lib.format.open_memmap(partial[0], mode="w+", dtype=np.uint8, shape=shape)
-        _decode_into(pixels, listing, size is not None, first)
+        decode_into(pixels, listing, resize=size is not None)
         pixels.flush()
         del pixels  # closes the map before the rename
         with partial[1].open("wb") as f:
@@ -130,28 +126,6 @@ def _build(folder: Path, listing: Listing, size: list[int] | None, channels: int
     except BaseException:  # a bad image, Ctrl-C: no half cache left behind
         _remove(partial)
         raise
-
-
-def _decode_into(pixels: np.ndarray, listing: Listing, resize: bool, first: Path) -> None:
-    """Decode the files into `pixels` (N, C, H, W), in order, on DECODE_THREADS threads (Pillow
-    decodes, converts and resizes without holding the GIL), DECODE_CHUNK files at a time so that
-    no more than a chunk of images waits in memory. The first bad file, in order, stops it."""
-    channels, fixed = pixels.shape[1], tuple(pixels.shape[2:])
-
-    def one(path: Path) -> np.ndarray:
-        return decode(path, fixed if resize else None, channels)
-
-    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
-        for start in range(0, len(listing.files), DECODE_CHUNK):
-            paths = [listing.root / rel for rel in listing.files[start : start + DECODE_CHUNK]]
-            for i, (path, image) in enumerate(zip(paths, pool.map(one, paths), strict=True), start):
-                if image.shape[1:] != fixed:
-                    h, w = fixed
-                    raise LightfitError(
-                        f"{path} is {image.shape[1]}x{image.shape[2]} (height x width) but {first} is "
-                        f"{h}x{w}; set data.size=[{h},{w}] to resize them all to one size"
-                    )
-                pixels[i] = image
 
 
 def _remove(paths: list[Path]) -> None:
