@@ -117,6 +117,16 @@ def test_size_and_channels_resize_and_convert(tmp_path):
     x = module.splits["train"].x
     assert x.shape == (10, 3, 6, 4) and module.class_names == ["blue", "red"]
     assert abs(int(x[0, 2].mean()) - 255) <= 2 and int(x[9, 0].mean()) >= 250  # blue, then red
+    wide = tmp_path / "wide"  # 16-bit grayscale, and a JPEG whose EXIF tag says "turn 90 degrees"
+    wide.mkdir()
+    Image.fromarray(np.array([[0, 4096, 65535, 32768]], np.uint16)).save(wide / "16bit.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
+    Image.new("L", (1, 4), 200).save(wide / "turned.jpg", exif=exif)  # 1 wide, 4 high as stored
+    from lightfit.data.images import decode
+
+    assert decode(wide / "16bit.png", None, 1).tolist() == [[[0, 16, 255, 128]]]
+    assert decode(wide / "turned.jpg", None, 1).shape == (1, 1, 4)  # upright: 4 wide, 1 high
     mixed = r"red/0.JPG is 20x30 \(height x width\) but .*blue/0.JPG is 40x12; set data.size=\[40,12\] to"
     with pytest.raises(LightfitError, match=mixed):
         ImageDataModule(path=str(tmp_path / "p"), cache=str(tmp_path), batch_size=2).setup("fit")
