@@ -69,6 +69,8 @@ def test_python_block_runs(where, code, tmp_path, monkeypatch):
         require("bench")
     if "data=table" in code:
         require("table")
+    if "from PIL" in code:
+        require("images")
     if "from sklearn" in code and importlib.util.find_spec("sklearn") is None:
         pytest.skip("scikit-learn is not installed (pip install scikit-learn): a baseline in the docs only")
     monkeypatch.chdir(tmp_path)  # blocks that save arrays write them here

@@ -201,6 +201,7 @@ def register() -> None:
     data_module = init_from_source("lightfit.data.datamodule", "ArrayDataModule", {"np": np})
     data_target = "lightfit.data.datamodule.ArrayDataModule"
     table_module = init_from_source("lightfit.data.table_module", "TableDataModule", {"Any": Any})
+    image_module = init_from_source("lightfit.data.image_module", "ImageDataModule", {})
 
     # hydra.run.dir: outputs/slurm-<job id> in a SLURM batch job, so that a requeued job finds
     # its run again; else the time. Cached like Hydra's ${now:}: one value per composed config.
@@ -223,6 +224,9 @@ def register() -> None:
         "data/npz": schema_of(data_module, skip=arrays, name=data_target),
         "data/table": schema_of(
             table_module, skip=("task", "encoding"), name="lightfit.data.TableDataModule"
+        ),
+        "data/images": schema_of(
+            image_module, skip=("task", "classes"), name="lightfit.data.ImageDataModule"
         ),
         # The public names (lightfit.nets.MLP), not the defining module's: checkpoints store them.
         "model/mlp": schema_of(

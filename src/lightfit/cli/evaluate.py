@@ -73,6 +73,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     quiet_lightning()
     # A table is encoded as in training (its columns, categories, class names), not anew.
     encoding = {"encoding": stored["table"]} if "table" in stored else {}
+    if "images" in stored:  # labels by the trained class names; the size is the data config's
+        encoding = {key: stored["images"][key] for key in ("classes", "channels")}
     datamodule = instantiate(data, task=task.name, **encoding)
     datamodule.setup("test")
     if tuple(datamodule.input_shape) != tuple(stored["input_shape"]):

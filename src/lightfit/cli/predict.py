@@ -1,7 +1,8 @@
 """Predictions for raw inputs: `lightfit predict ckpt_path=... input=... output=...`.
 
-The input is a `.npy` of features, or a CSV/Parquet table with the training columns (a
-checkpoint of `data=table`); `output=pred.csv` writes a table (cli/predict_table.py).
+The input is a `.npy` of features, a CSV/Parquet table with the training columns (a
+checkpoint of `data=table`), or an image or a folder of images (`data=images`,
+cli/predict_images.py); `output=pred.csv` writes a table (cli/predict_table.py).
 
 The checkpoint alone rebuilds the network, its `Standardize` layer included, so the inputs
 are raw features as in training. The input is memory-mapped and read one batch at a time,
@@ -63,11 +64,12 @@ def output_shape(kind: str, n: int, stored: dict) -> tuple[tuple[int, ...], Any]
 
 
 def class_names(stored: dict) -> np.ndarray:
-    """What `kind=labels` writes for class 0..C-1: a table's label names, else the ids."""
+    """What `kind=labels` writes for class 0..C-1: a table's label names or the class folders'
+    names (data=images), else the ids."""
     from lightfit.run.checkpoint import num_outputs
 
-    table = stored.get("table") or {}
-    return np.asarray(table["classes"] if table.get("classes") else np.arange(num_outputs(stored)))
+    classes = (stored.get("table") or stored.get("images") or {}).get("classes")
+    return np.asarray(classes if classes else np.arange(num_outputs(stored)))
 
 
 def fill_predictions(
@@ -94,9 +96,13 @@ def fill_predictions(
 def read_any_input(
     path: Path, stored: dict, keep: list[str], unknown: str | None = None
 ) -> tuple[np.ndarray, dict[str, list]]:
-    """Features from a `.npy` (memory-mapped) or a CSV/Parquet table, and the `keep` columns."""
+    """Features from a `.npy` (memory-mapped), a CSV/Parquet table or images, and the columns
+    the output table starts with (a table's `keep` columns, the images' `file`)."""
+    from lightfit.cli.predict_images import read_image_inputs, wants_images
     from lightfit.data.table_read import table_kind
 
+    if wants_images(path, stored):
+        return read_image_inputs(path, stored, keep)
     if table_kind(path) is not None:
         from lightfit.cli.predict_table import read_table_inputs
 

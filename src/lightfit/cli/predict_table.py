@@ -59,7 +59,8 @@ def prediction_columns(stored: dict[str, Any], width: int) -> tuple[list[str], l
         targets = enc["target"] if enc else [str(i) for i in range(width)]
         names = [f"predicted_{t}" for t in targets] if width > 1 or enc else ["predicted"]
         return names, None
-    classes = enc["classes"] if enc else list(range(width))
+    images = stored.get("images") or {}  # data=images: the class folders' names
+    classes = enc["classes"] if enc else images.get("classes") or list(range(width))
     return [f"predicted_{enc['target'][0]}" if enc else "predicted"], classes
 
 

@@ -3,6 +3,7 @@
 arrays.py reads and checks files and arrays (NumPy only), splits.py and batches.py make
 index splits and whole-batch loaders, datamodule.py the LightningDataModule, bundled.py
 the shipped data sets; table_read.py, table.py and table_module.py: CSV and Parquet (`data=table`),
+images.py, image_cache.py and image_module.py: a folder of images (`data=images`),
 saved_split.py writes each run's split and reads it back (`load_split`). Imports errors
 only. The names below load on first use, so that
 `lightfit predict` reads its input through arrays.py without importing Lightning.
@@ -25,6 +26,7 @@ _WHERE = {
     "digits": "bundled",
     "digits_path": "bundled",
     "TableDataModule": "table_module",
+    "ImageDataModule": "image_module",
     "load_split": "saved_split",
     "save_splits": "saved_split",
 }

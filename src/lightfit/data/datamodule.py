@@ -243,7 +243,8 @@ class ArrayDataModule(L.LightningDataModule):
         tensors = {id(t): t for s in self.splits.values() for t in (s.x, s.y)}.values()
         if all(isinstance(t, Tensor) and t.device == self.device for t in tensors):
             return True  # moved already (Lightning calls setup once per stage)
-        size = sum(t.nbytes for t in tensors)
+        # A memory-mapped file goes to the device as float32 (copy_to_device): 4 bytes a value.
+        size = sum(t.nbytes if isinstance(t, Tensor) else t.size * 4 for t in tensors)
         free, _ = torch.cuda.mem_get_info(self.device)
         return size <= ON_DEVICE_FRACTION * free
 

@@ -45,8 +45,9 @@ def load_split(run_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """`{"train": (x, y), "val": (x, y), "test": (x, y)}` of a finished or running run.
 
     x: float32 features as the network saw them (text columns one-hot, missing values filled
-    as configured; not standardised, the network does that), y: class ids 0..C-1 or float32
-    targets. The class names are in the run's results.json (`classes`). For example::
+    as configured; not standardised, the network does that; for `data=images` the uint8
+    pixels, (N, C, H, W)), y: class ids 0..C-1 or float32 targets. The class names are in
+    the run's results.json (`classes`). For example::
 
         from sklearn.linear_model import LogisticRegression
         from lightfit.data import load_split

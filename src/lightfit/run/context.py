@@ -56,6 +56,8 @@ def checkpoint_config(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
         stored["table"] = (
             encoding.to_dict()
         )  # a table's columns, categories, class names: predict reads raw rows
+    if (images := getattr(datamodule, "image_format", None)) is not None:
+        stored["images"] = images  # class names, size, channels: predict reads image files
     return stored
 
 
