@@ -70,7 +70,8 @@ def test_inputs_without_labels_or_with_data_get_one_line(digits_run, tmp_path):
     with pytest.raises(LightfitError, match=r"samples of shape \(4, 8\) .*takes samples of shape \(8, 8\)$"):
         evaluate_input(digits_run, wrong, f"output={out}")
     with pytest.raises(
-        LightfitError, match=r"^input=.*only_x.npz and data \(path\) both say what to test; choose"
+        LightfitError,
+        match=r"^input=.*only_x.npz and data=... or \+data.path=... both say what to test; choose one",
     ):
         evaluate_input(digits_run, only_x, f"output={out}", f"+data.path={wrong}")
     assert not out.exists()

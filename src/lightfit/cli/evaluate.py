@@ -63,7 +63,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("input"):  # every sample of a labelled file (cli/evaluate_input.py)
         from lightfit.cli.evaluate_input import input_loader
 
-        test, tested = {"dataloaders": input_loader(cfg, stored)}, {"input": str(cfg.input)}
+        test, tested = (
+            {"dataloaders": input_loader(cfg, stored)},
+            {"input": str(Path(cfg.input).expanduser().resolve())},
+        )
     else:
         data = data_config(cfg, stored)
         check_targets(data, "data config")

@@ -136,8 +136,10 @@ def input_loader(cfg: Any, stored: dict[str, Any]) -> Any:
 
     extra = sorted(set(cfg.data or {}) - set(LOADER_KEYS))
     if extra:
+        key = "path" if "path" in extra else extra[0]
         raise LightfitError(
-            f"input={cfg.input} and data ({', '.join(extra)}) both say what to test; choose one"
+            f"input={cfg.input} and data=... or +data.{key}=... both say what to test; choose one "
+            "(+data.batch_size= may go with input=)"
         )
     x, y = read_labelled(Path(cfg.input).expanduser(), stored)
     batch_size = int((cfg.data or {}).get("batch_size") or stored["config"]["data"].get("batch_size", 64))
