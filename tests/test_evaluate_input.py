@@ -62,6 +62,15 @@ def test_inputs_without_labels_or_with_data_get_one_line(digits_run, tmp_path):
         with pytest.raises(LightfitError) as error:
             evaluate_input(digits_run, path, f"output={out}")
         assert str(error.value) == f"{path} has no labels ({why}); to get predictions use lightfit predict"
+    table, folder = tmp_path / "x.csv", tmp_path / "photos"
+    table.write_text("a,b\n1,2\n")
+    (folder / "cat").mkdir(parents=True)
+    for path, kind, flag in ((table, "a table", "table"), (folder, "images", "images")):
+        with pytest.raises(LightfitError) as error:
+            evaluate_input(digits_run, path, f"output={out}")
+        assert str(error.value) == (
+            f"{path} is {kind}, but the checkpoint was not trained with data={flag}; give a .npz with x and y"
+        )
     wrong = tmp_path / "wrong.npz"
     np.savez(wrong, x=x, y=y + 10)
     with pytest.raises(LightfitError, match=r"wrong.npz: y has \d+ labels >= num_classes=10 \(max 19\)$"):
@@ -192,3 +201,17 @@ def test_a_folder_of_the_test_images_gives_the_runs_metrics(image_run, tmp_path)
     with pytest.raises(LightfitError, match=r"class folder 'eleven' is not one of the trained classes"):
         evaluate_input(run, tmp_path / "holdout", f"output={tmp_path / 'x.json'}")
     assert not (tmp_path / "x.json").exists()
+
+
+def test_a_regression_npz_gives_the_runs_metrics(tmp_path):
+    run = tmp_path / "run"
+    results = run_train(run, "data=diabetes", *FAST)
+    x, y = load_split(run)["test"]
+    np.savez(tmp_path / "holdout.npz", x=x, y=y)
+    metrics = evaluate_input(run, tmp_path / "holdout.npz", f"output={tmp_path / 'eval.json'}")
+    assert metrics == {k: v for k, v in results.items() if k.startswith("test/")}
+    np.savez(tmp_path / "two.npz", x=x, y=np.stack([y, y], axis=1))
+    with pytest.raises(
+        LightfitError, match=r"two.npz has targets of shape \(2,\) per sample; the checkpoint predicts \(\)$"
+    ):
+        evaluate_input(run, tmp_path / "two.npz", f"output={tmp_path / 'two.json'}")

@@ -54,12 +54,25 @@ def read_labelled(path: Path, stored: dict[str, Any]) -> tuple[Any, np.ndarray]:
     return x, y
 
 
+def _what(stored: dict[str, Any]) -> str:
+    """What to give instead, for the data the checkpoint was trained on."""
+    if "table" in stored:
+        return "give a table with its columns"
+    if "images" in stored:
+        return "give a folder with one subfolder per class"
+    return "give a .npz with x and y"
+
+
 def _read_images(path: Path, stored: dict[str, Any]) -> tuple[Any, np.ndarray]:
     """A folder with one subfolder per class; the classes are the checkpoint's (fewer is fine)."""
-    from lightfit.cli.predict_images import DecodedImages, image_format
+    from lightfit.cli.predict_images import DecodedImages
     from lightfit.data.images import pillow, scan_classes
 
-    images = image_format(path, stored)
+    if "images" not in stored:
+        raise LightfitError(
+            f"{path} is images, but the checkpoint was not trained with data=images; {_what(stored)}"
+        )
+    images = stored["images"]
     pillow()  # one line if Pillow is missing, before anything is scanned
     if path.is_file():
         raise no_labels(path, "one image; give a folder with one subfolder per class")
@@ -75,6 +88,10 @@ def _read_table(path: Path, stored: dict[str, Any]) -> tuple[np.ndarray, np.ndar
     from lightfit.data.table import encode_target
     from lightfit.data.table_read import did_you_mean, missing_error, missing_mask, read_table
 
+    if "table" not in stored:
+        raise LightfitError(
+            f"{path} is a table, but the checkpoint was not trained with data=table; {_what(stored)}"
+        )
     enc = stored_encoding(path, stored)
     table = read_table(path, as_is=tuple(enc.target))  # the target as it is, as training read it
     for name in enc.target:
