@@ -1,9 +1,11 @@
-"""Test metrics of a checkpoint: `lightfit evaluate ckpt_path=... [data=...]`.
+"""Test metrics of a checkpoint: `lightfit evaluate ckpt_path=... [input=... | data=...]`.
 
 The network comes from the checkpoint alone (`lightfit.run.checkpoint`). So do the data, unless
 the command line says otherwise: the data config stored in the checkpoint, seed included,
-gives the same test split the run was tested on. The numbers come from the code that tested
-the run, `Trainer.test` on the `AutomaticLoop`, so they match its results.json.
+gives the same test split the run was tested on. `input=` tests every sample of a labelled
+file or folder instead, read as training read its data (cli/evaluate_input.py). The numbers
+come from the code that tested the run, `Trainer.test` on the `AutomaticLoop`, so they match
+its results.json.
 """
 
 from __future__ import annotations
@@ -41,8 +43,6 @@ def default_output(ckpt_path: Path) -> Path:
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test the checkpoint `cfg.ckpt_path`; writes and returns test/loss and the task's metrics."""
-    from hydra.utils import instantiate
-
     from lightfit.run.checkpoint import (
         CHECKPOINT_KEY,
         check_targets,
@@ -60,8 +60,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     task_cfg = task_config(stored)
     check_targets(task_cfg, "the checkpoint's task config")  # a loss or metric by _target_
     task = build_task(task_cfg, num_outputs(stored), net)
-    data = data_config(cfg, stored)
-    check_targets(data, "data config")
+    if cfg.get("input"):  # every sample of a labelled file (cli/evaluate_input.py)
+        from lightfit.cli.evaluate_input import input_loader
+
+        test, tested = (
+            {"dataloaders": input_loader(cfg, stored)},
+            {"input": str(Path(cfg.input).expanduser().resolve())},
+        )
+    else:
+        data = data_config(cfg, stored)
+        check_targets(data, "data config")
+        test, tested = {"datamodule": test_datamodule(data, stored, task.name)}, {"data": data}
 
     import lightning as L
 
@@ -71,17 +80,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from lightfit.run.results import write_json_atomic
 
     quiet_lightning()
-    # A table is encoded as in training (its columns, categories, class names), not anew.
-    encoding = {"encoding": stored["table"]} if "table" in stored else {}
-    if "images" in stored:  # labels by the trained class names; the size is the data config's
-        encoding = {key: stored["images"][key] for key in ("classes", "channels")}
-    datamodule = instantiate(data, task=task.name, **encoding)
-    datamodule.setup("test")
-    if tuple(datamodule.input_shape) != tuple(stored["input_shape"]):
-        raise LightfitError(
-            f"the data have samples of shape {tuple(datamodule.input_shape)} but the checkpoint's "
-            f"network takes {tuple(stored['input_shape'])}"
-        )
     # The optimizer is never built: Trainer.test only runs test_step and the metrics.
     module = AutomaticLoop(net, task)
     trainer = L.Trainer(
@@ -91,14 +89,33 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    metrics = {k: float(v) for k, v in trainer.test(module, datamodule=datamodule, verbose=False)[0].items()}
+    metrics = {k: float(v) for k, v in trainer.test(module, **test, verbose=False)[0].items()}
     output = Path(cfg.output).expanduser() if cfg.output else default_output(ckpt_path)
     if trainer.is_global_zero:
         output.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(output, {**metrics, "checkpoint": str(ckpt_path.resolve()), "data": data})
+        write_json_atomic(output, {**metrics, "checkpoint": str(ckpt_path.resolve()), **tested})
         log.info(metrics_line("test: ", metrics))
         log.info(f"wrote {output}")
     return metrics
+
+
+def test_datamodule(data: dict[str, Any], stored: dict[str, Any], task: str) -> Any:
+    """The data module of `data` (the checkpoint's data config, or the command line's), set up for
+    testing with the checkpoint's table encoding or image classes."""
+    from hydra.utils import instantiate
+
+    # A table is encoded as in training (its columns, categories, class names), not anew.
+    encoding = {"encoding": stored["table"]} if "table" in stored else {}
+    if "images" in stored:  # labels by the trained class names; the size is the data config's
+        encoding = {key: stored["images"][key] for key in ("classes", "channels")}
+    datamodule = instantiate(data, task=task, **encoding)
+    datamodule.setup("test")
+    if tuple(datamodule.input_shape) != tuple(stored["input_shape"]):
+        raise LightfitError(
+            f"the data have samples of shape {tuple(datamodule.input_shape)} but the checkpoint's "
+            f"network takes {tuple(stored['input_shape'])}"
+        )
+    return datamodule
 
 
 def main(*, prog: str = "lightfit", config_module: str = "lightfit.conf") -> None:

@@ -32,8 +32,12 @@ class DecodedImages:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def __getitem__(self, rows: slice) -> np.ndarray:
-        files = self.listing.files[rows]
+    def __getitem__(self, rows: slice | np.ndarray) -> np.ndarray:
+        """A slice (predict) or an array of row numbers (evaluate's loader, see ArrayDataset)."""
+        if isinstance(rows, slice):
+            files = self.listing.files[rows]
+        else:
+            files = [self.listing.files[i] for i in np.asarray(rows).tolist()]
         out = np.empty((len(files), *self.shape[1:]), np.uint8)
         if files:
             decode_into(out, Listing(self.listing.root, files), resize=True)  # on several threads
@@ -48,13 +52,18 @@ def wants_images(path: Path, stored: dict[str, Any]) -> bool:
 
 def read_image_inputs(path: Path, stored: dict[str, Any], keep: list[str]) -> tuple[DecodedImages, dict]:
     """The images under `path` (decoded when read) and the `file` column of the output table."""
+    images = image_format(path, stored)
+    if keep:
+        raise LightfitError(f"keep={keep} names columns of a table; for images the file column is written")
+    listing = scan_inputs(path)
+    return DecodedImages(listing, images["size"], images["channels"]), {"file": listing.files}
+
+
+def image_format(path: Path, stored: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's class names, size and channels; one line if it was not trained on images."""
     if "images" not in stored:
         raise LightfitError(
             f"{path} is images, but the checkpoint was not trained with data=images; "
             "give the features it was trained on (a .npy or a table)"
         )
-    if keep:
-        raise LightfitError(f"keep={keep} names columns of a table; for images the file column is written")
-    listing = scan_inputs(path)
-    images = stored["images"]
-    return DecodedImages(listing, images["size"], images["channels"]), {"file": listing.files}
+    return stored["images"]

@@ -27,8 +27,16 @@ def read_table_inputs(
 
     `unknown`: error or ignore for a category never seen in training; None: as trained.
     """
-    from lightfit.data.table import UNKNOWN, TableEncoding, encode_features
-    from lightfit.data.table_read import check_columns, missing_error, missing_mask, read_table
+    from lightfit.data.table_read import read_table
+
+    enc = stored_encoding(path, stored, unknown)
+    # Not bound to a name here: encode_table holds the only reference and frees it as it goes.
+    return encode_table(read_table(path, as_is=tuple(keep)), path, enc, keep)
+
+
+def stored_encoding(path: Path, stored: dict[str, Any], unknown: str | None = None) -> Any:
+    """The checkpoint's `TableEncoding`; one line if it was not trained on a table."""
+    from lightfit.data.table import UNKNOWN, TableEncoding
 
     if "table" not in stored:
         raise LightfitError(
@@ -39,7 +47,15 @@ def read_table_inputs(
         if unknown not in UNKNOWN:
             raise LightfitError(f"unknown={unknown} is not one of {', '.join(UNKNOWN)}")
         enc.unknown = unknown
-    table = read_table(path, as_is=tuple(keep))
+    return enc
+
+
+def encode_table(table: Any, path: Path, enc: Any, keep: list[str]) -> tuple[np.ndarray, dict[str, list]]:
+    """A table read by `read_table` as the checkpoint's features, and its `keep` columns' values
+    (predict), as training encoded them. Frees the table's columns as it goes."""
+    from lightfit.data.table import encode_features
+    from lightfit.data.table_read import check_columns, missing_error, missing_mask
+
     check_columns(path, enc.features, table.column_names, "training's feature")
     check_columns(path, keep, table.column_names, "keep")
     fill = enc.missing == "mean"

@@ -37,7 +37,8 @@ def read_npy(path: Path, mmap: bool) -> np.ndarray:
         raise LightfitError(f"{path} is truncated or corrupt ({exc})") from None
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a `.npz`, by key; never unpickled, one line for a bad file."""
     try:
         with np.load(path, allow_pickle=False) as archive:
             keys = list(archive.files)
@@ -65,7 +66,7 @@ def read_arrays(path: str | Path, labels: str | Path | None = None) -> dict[str,
     with path.open("rb") as f:
         magic = f.read(6)
     if magic.startswith(ZIP_MAGIC):
-        arrays = _read_npz(path)
+        arrays = read_npz(path)
     elif magic == NPY_MAGIC:
         if labels is None:
             raise LightfitError(f"{path} is a .npy of features; also set the labels file (data.labels=...)")

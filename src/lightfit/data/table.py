@@ -208,9 +208,9 @@ def encode_target(table: Any, enc: TableEncoding, source: Any) -> np.ndarray:
     ids = np.searchsorted(classes, values)
     unseen = (ids >= len(classes)) | (classes[np.minimum(ids, len(classes) - 1)] != values)
     if unseen.any():
-        value = values[int(np.argmax(unseen))]
+        row = int(np.argmax(unseen))
         raise LightfitError(
-            f"{source}: target '{enc.target[0]}' has the label '{value}' ({int(unseen.sum())} rows), "
-            f"not one of the {len(classes)} classes of training"
+            f"{source}: target '{enc.target[0]}' has the label '{values[row]}' (row {row}; "
+            f"{int(unseen.sum())} rows), not one of the {len(classes)} classes of training"
         )
     return ids.astype(np.int64)

@@ -129,11 +129,16 @@ def check_columns(source: Any, names: list[str], available: list[str], what: str
     """One line for a column not in the file: the columns it has, and the nearest name."""
     for name in names:
         if name not in available:
-            near = difflib.get_close_matches(name, available, n=1)
-            hint = f"; did you mean '{near[0]}'?" if near else ""
             raise LightfitError(
-                f"{source}: {what} column '{name}' is not in the file (columns: {', '.join(available)}){hint}"
+                f"{source}: {what} column '{name}' is not in the file "
+                f"(columns: {', '.join(available)}){did_you_mean(name, available)}"
             )
+
+
+def did_you_mean(name: str, available: list[str]) -> str:
+    """ "; did you mean 'Age'?" for the nearest of `available`, or "" when none is near."""
+    near = difflib.get_close_matches(name, available, n=1)
+    return f"; did you mean '{near[0]}'?" if near else ""
 
 
 def missing_mask(table: Any, columns: list[str]) -> np.ndarray:
