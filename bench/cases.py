@@ -158,16 +158,25 @@ class EpochClock(L.Callback):
 
 
 def lightning_fit(
-    w: Workload, loader: DataLoader, clock: EpochClock | None = None, **trainer_flags: Any
+    w: Workload,
+    loader: DataLoader | None,
+    clock: EpochClock | None = None,
+    module: type[MinimalModule] | None = None,
+    **trainer_flags: Any,
 ) -> dict[str, Any]:
-    """Fit the minimal module; `clock`, its only callback, may be a subclass (bench/turn_worker.py)."""
+    """Fit the minimal module (or `module`) on `loader`, or on the workload's data module when
+    `loader` is None; `clock`, its only callback, may be a subclass (bench/turn_worker.py)."""
     L.seed_everything(0, verbose=False)
     clock = clock or EpochClock()
     flags = {"max_epochs": w.epochs, "accelerator": "auto", "devices": 1, **trainer_flags}
     trainer = L.Trainer(callbacks=[clock], **flags)
-    trainer.fit(MinimalModule(network(w), partial(optimizer, w)), loader)
+    net = (module or MinimalModule)(network(w), partial(optimizer, w))
+    if loader is None:
+        trainer.fit(net, datamodule=w.datamodule)
+    else:
+        trainer.fit(net, loader)
     seconds = [b - a for a, b in zip(clock.ends, clock.ends[1:], strict=False)]
-    return summary(seconds, len(loader.dataset))
+    return summary(seconds, w.train_samples)
 
 
 def case_lightning_barebones(w: Workload, clock: EpochClock | None = None) -> dict[str, Any]:
@@ -180,6 +189,24 @@ def case_lightning_trainer(w: Workload, clock: EpochClock | None = None) -> dict
     model summary off (lightfit brings its own): what Lightning costs per step beyond barebones."""
     off = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
     return lightning_fit(w, w.datamodule.train_dataloader(), clock, enable_model_summary=False, **off)
+
+
+class ValidatedModule(MinimalModule):
+    """The minimal module that also validates: the loss on the validation split, logged per epoch."""
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self.net(x), y))
+
+
+def case_lightning_validated(w: Workload, clock: EpochClock | None = None) -> dict[str, Any]:
+    """lightning-trainer as Lightning's docs train: the workload's LightningDataModule passed to
+    fit and a validation_step each epoch (600 samples in (b)), what every lightfit run also does.
+    What Lightning costs for that (its per-batch data-module hook checks, the evaluation loop)
+    is then set apart from what lightfit adds."""
+    off = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+    flags = {"enable_model_summary": False, "num_sanity_val_steps": 0, **off}
+    return lightning_fit(w, None, clock, module=ValidatedModule, **flags)
 
 
 def case_naive_lightning(w: Workload) -> dict[str, Any]:

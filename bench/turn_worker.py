@@ -92,6 +92,8 @@ def main(argv: list[str]) -> None:
         cases.case_lightning_barebones(w, clock=PassTurn(baton))
     elif case == "lightning-trainer":
         cases.case_lightning_trainer(w, clock=PassTurn(baton))
+    elif case == "lightning-validated":
+        cases.case_lightning_validated(w, clock=PassTurn(baton))
     else:
         raise SystemExit(f"bench.turn_worker: no case {case!r}")
 

@@ -12,9 +12,11 @@ and the order reverses every turn, so that a drift favours neither side of a pai
 turn's ratio sets epochs against each other that ran a second or two apart; the median
 over the turns is what is judged, the middle half of the turns' ratios says how they spread.
 
-Two more references split each ratio into the framework's part and lightfit's: fabric-loop
-(plain-loop written with Fabric) and lightning-trainer (the minimal module with the full
-Trainer, its own logger, checkpoints and bar off).
+Three more references split each ratio into the framework's part and lightfit's: fabric-loop
+(plain-loop written with Fabric), lightning-trainer (the minimal module with the full
+Trainer, its own logger, checkpoints and bar off) and lightning-validated (lightning-trainer
+given the LightningDataModule and a validation_step, so it validates each epoch as every
+lightfit run does).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from bench.workloads import Workload
 
 # the order of a turn (reversed every other turn): each judged pair back to back
 CASES = ("plain-loop", "explicit", "fabric-loop", "lightning-trainer", "automatic", "lightning-barebones",
-         "manual")  # fmt: skip
+         "manual", "lightning-validated")  # fmt: skip
 LIMIT = 1.10  # issue 12's target for the first three ratios
 RATIOS = (  # (case, over this case, judged against LIMIT)
     ("explicit", "plain-loop", True),
@@ -46,6 +48,10 @@ RATIOS = (  # (case, over this case, judged against LIMIT)
     ("lightning-trainer", "lightning-barebones", False),  # what Lightning's full Trainer costs
     ("automatic", "lightning-trainer", False),  # what the automatic loop adds to it
     ("manual", "lightning-trainer", False),
+    # Lightning's own cost of validating each epoch through a LightningDataModule, as lightfit does
+    ("lightning-validated", "lightning-trainer", False),
+    ("automatic", "lightning-validated", False),  # what lightfit adds to that
+    ("manual", "lightning-validated", False),
 )
 TIMEOUT = 600.0  # seconds one epoch may take before the case counts as failed
 
