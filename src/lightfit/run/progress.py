@@ -44,7 +44,7 @@ def progress_callbacks(interactive: bool) -> list[Any]:
     if not interactive:
         return []
     if importlib.util.find_spec("rich") is None:
-        return [_tqdm_bar()]
+        return [_tqdm_bar(refresh_rate=EVERY)]  # TQDM's refresh_rate counts batches (val, test)
     return [_rich_bar(refresh_rate=4)]  # rich's counts redraws per second (Lightning's default: 100)
 
 
@@ -52,6 +52,7 @@ def progress_callbacks(interactive: bool) -> list[Any]:
 # task, the metrics read and formatted) and redrawn 4 times; by the clock it is updated about
 # as often as it is redrawn, on a fast step and a slow one alike.
 DRAW_EVERY = 0.25
+EVERY = 10  # TQDM's validation and test bars move every 10 batches, and at the last one
 
 
 class DrawClock:
@@ -111,8 +112,11 @@ def _tqdm_bar(**kwargs: Any) -> Any:
             self.train_progress_bar.set_description(epoch_label(trainer.current_epoch, trainer.max_epochs))
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
-            if self.clock.due(trainer, args[-1]):  # refresh_rate 1: TQDM's own count lets it through
-                super().on_train_batch_end(trainer, pl_module, *args)
+            bar = self.train_progress_bar  # moved here by the clock, not by refresh_rate's count
+            if bar is not None and not bar.disable and self.clock.due(trainer, args[-1]):
+                bar.n = args[-1] + 1  # (outputs, batch, batch_idx)
+                bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+                bar.refresh()
 
     return TQDMBar(**kwargs)
 
