@@ -75,8 +75,9 @@ def test_bench_writes_json_and_markdown_for_each_case(tmp_path):
     turns = workload["cases"]["turns"]
     assert turns["turns"] == 3
     cases = ["plain-loop", "explicit", "fabric-loop", "lightning-trainer", "automatic", "lightning-barebones",
-             "manual"]  # fmt: skip
+             "manual", "lightning-validated"]  # fmt: skip
     assert list(turns["turn_seconds"]) == cases
+    assert "| automatic / lightning-validated |" in table  # Lightning's cost of validating set apart
     assert all(len(s) == 3 and min(s) > 0 for s in turns["turn_seconds"].values()), turns
     assert "| explicit / plain-loop |" in table and "| explicit / fabric-loop |" in table
     for loop, reference in (("explicit", "plain-loop"), ("manual", "lightning-barebones")):
