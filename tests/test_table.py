@@ -195,6 +195,23 @@ def test_integer_labels_map_to_sorted_ids(tmp_path):
     assert set(module.splits["train"].y.tolist()) == {0, 1, 2}
 
 
+def test_a_target_that_looks_real_valued_is_refused_for_classification(tmp_path):
+    # A CSV's measurement written as decimals (diabetes progression: 151.0, 75.0, ...) would
+    # otherwise train a classifier with a class per value; 0.0/1.0 labels still pass.
+    path = tmp_path / "t.csv"
+    rows = [f"{i % 7},{float(25 + 3 * (i % 40))}" for i in range(120)]
+    path.write_text("x,progression\n" + "\n".join(rows) + "\n")
+    decimals = r"target 'progression' holds 40 different numbers written as decimals \(25.0, 28.0, 31.0, "
+    with pytest.raises(LightfitError, match=decimals + r".*use task=regression"):
+        table_module(path, target="progression", drop=[])
+    assert table_module(path, target="progression", drop=[], task="regression").num_outputs == 1
+    path.write_text("x,label\n" + "".join(f"{i},{float(i % 2)}\n" for i in range(40)))
+    assert table_module(path, target="label", drop=[]).encoding.classes == [0, 1]
+    path.write_text("x,id\n" + "".join(f"{i % 3},{i}\n" for i in range(40)))
+    with pytest.raises(LightfitError, match=r"target 'id' has 40 different values in 40 rows, fewer than"):
+        table_module(path, target="id", drop=[])
+
+
 @pytest.mark.parametrize(
     ("text", "kwargs", "message"),
     [

@@ -104,20 +104,41 @@ def fit_encoding(
         elif fill:
             mean = pc.mean(pc.cast(train[name], "float64"), skip_nulls=True).as_py()
             means[name] = 0.0 if mean is None or mean != mean else float(mean)  # an all-missing column: 0
-    classes = None
-    if classification:
-        labels = table[target[0]].drop_null()
-        values = pc.unique(labels).to_pylist()
-        if str(labels.type).startswith(("float", "double")):
-            if any(v != int(v) for v in values):
-                raise LightfitError(
-                    f"{source}: target '{target[0]}' holds numbers that are not whole (e.g. "
-                    f"{next(v for v in values if v != int(v)):g}); "
-                    "for real-valued targets use task=regression"
-                )
-            values = [int(v) for v in values]
-        classes = sorted(set(values))
+    classes = class_names(table[target[0]], target[0], source) if classification else None
     return TableEncoding(features, categories, means, target, classes, **options)
+
+
+MAX_DECIMAL_CLASSES = 20  # class labels written as decimals (0.0, 1.0): a few, or it is a measurement
+
+
+def class_names(column: Any, name: str, source: Any) -> list[Any]:
+    """The sorted labels of a classification target; one line when the column looks like a
+    real-valued target: numbers that are not whole, many whole numbers written as decimals
+    (151.0, 75.0, ...: a CSV's measurement), or nearly one class per row."""
+    import pyarrow.compute as pc
+
+    labels = column.drop_null()
+    values = pc.unique(labels).to_pylist()
+    advice = "for a real-valued target use task=regression"
+    if str(labels.type).startswith(("float", "double", "halffloat")):
+        if any(v != int(v) for v in values):
+            example = next(v for v in values if v != int(v))
+            raise LightfitError(
+                f"{source}: target '{name}' holds numbers that are not whole (e.g. {example:g}); {advice}"
+            )
+        if len(values) > MAX_DECIMAL_CLASSES:
+            raise LightfitError(
+                f"{source}: target '{name}' holds {len(values)} different numbers written as decimals "
+                f"({', '.join(str(v) for v in sorted(values)[:3])}, ...), {len(values)} classes if they "
+                f"were labels; {advice}, or write class labels as integers or text"
+            )
+        values = [int(v) for v in values]
+    if len(values) > 2 and len(values) * 2 > len(labels):
+        raise LightfitError(
+            f"{source}: target '{name}' has {len(values)} different values in {len(labels)} rows, fewer than "
+            f"two rows a class; {advice} (or data.target names an id column)"
+        )
+    return sorted(set(values))
 
 
 def encode_features(
