@@ -18,6 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from lightfit.data.table_read import is_number
 from lightfit.errors import LightfitError, reported
 
 METRICS = "metrics.csv"
@@ -96,7 +97,7 @@ def plot_confusion(table: Path, out: Path | None = None) -> Path:
     plt = pyplot()
     with table.open(newline="") as f:
         rows = list(csv.reader(f))
-    names = rows[0][1:] if rows and not _is_count(rows[0][0]) else None  # a table's class names
+    names = rows[0][1:] if rows and not is_number(rows[0][0]) else None  # a table's class names
     counts = [[int(float(v)) for v in (row[1:] if names else row)] for row in rows[1 if names else 0 :]]
     n = len(counts)
     fig, ax = plt.subplots(figsize=(1.0 + 0.45 * n, 0.8 + 0.45 * n))
@@ -115,14 +116,6 @@ def plot_confusion(table: Path, out: Path | None = None) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
-
-
-def _is_count(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _title(run: Path) -> str:

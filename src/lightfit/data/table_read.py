@@ -61,7 +61,7 @@ def read_table(path: str | Path, as_is: tuple[str, ...] = ()) -> Any:
         raise LightfitError(f"{path} cannot be read as {kind}: {reason}") from None
     pa.default_memory_pool().release_unused()  # the parser's buffers, back now rather than later
     names = table.column_names
-    if names and all(_is_number(n) for n in names):
+    if names and all(is_number(n) for n in names):
         raise LightfitError(
             f"{path} has no header: its first line ({', '.join(names[:4])}, ...) holds numbers; "
             "add a first line naming the columns"
@@ -105,7 +105,8 @@ def _read_parquet(path: Path) -> Any:
     return pq.read_table(path)
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
+    """Whether `text` reads as a number (a header cell that is data, a CSV's corner cell)."""
     try:
         float(text)
     except ValueError:
