@@ -345,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                         "loop": o.loop,
                         "kills": o.kills,
                         "resumed_from": [a.resumed_from for a in o.attempts],
+                        "attempts": [{"signal": a.signal, "steps": a.steps} for a in o.attempts],
                         "steps_redone": o.steps_redone,
                         "same": o.same,
                     }
