@@ -1,14 +1,13 @@
-"""What a run shows while it trains: a rich progress bar on a terminal, epoch lines elsewhere.
+"""What a run shows while it trains: a progress bar on a terminal, epoch lines elsewhere.
 
-On an interactive terminal Lightning draws a progress bar and a model summary; with `rich`
-installed (`pip install rich`) they are its nicer versions. Redirected to a file or a CI
-log, bars would be a wall of carriage returns, so there are none: `RunCheckpoints` prints one
-line per epoch instead. `track` does the same for other long work (reading many runs).
+On an interactive terminal Lightning's TQDM bar and a model summary (rich's table with
+`rich` installed). Redirected to a file or a CI log, bars would be a wall of carriage
+returns, so there are none: `RunCallback` logs one line per epoch instead. `track` does the
+same for other long work (reading many runs).
 
-Epochs are counted from 1 on screen, as in the epoch line and the plots: Lightning's bars
-label the last of 300 epochs "Epoch 299" (TQDM) or "Epoch 299/299" (rich), the bars here
-"Epoch 300/300". Lightning's own counter (`trainer.current_epoch`, the `epoch` column of
-metrics.csv) stays 0-based.
+Epochs are counted from 1 on screen, as in the epoch line and the plots: Lightning's bar
+labels the last of 300 epochs "Epoch 299", the bar here "Epoch 300/300". Lightning's own
+counter (`trainer.current_epoch`, the `epoch` column of metrics.csv) stays 0-based.
 
 Lightning is imported inside the functions: Hydra's logging config imports this module
 for `StdoutHandler` before every command, and `--help` should not wait for Lightning.
@@ -33,19 +32,19 @@ def epoch_label(current_epoch: int, max_epochs: int | None) -> str:
 
 
 def progress_callbacks(interactive: bool) -> list[Any]:
-    """On a terminal: one callback that prints the model summary when fit starts and draws the
-    bar (rich when installed, else TQDM); nothing elsewhere.
+    """On a terminal: one callback that prints the model summary when fit starts (rich's when
+    installed) and draws Lightning's TQDM bar; nothing elsewhere.
 
     One callback for both, and the training bar moved at most every `DRAW_EVERY` seconds (and
     at the epoch's last batch): Lightning calls each callback's hooks at every step (about
     1.7 us per callback and hook here), and its bars read the metrics and update at every
-    batch, for a step that takes about a millisecond on the CPU.
+    batch, for a step that takes about a millisecond on the CPU. TQDM, not rich's bar: a
+    rich render took 1.5 to 2.5 ms, some in Lightning's refresh thread holding the GIL, about
+    10 ms an 0.8 s epoch of workload (b); TQDM's bar about 1 ms (docs/performance.md).
     """
     if not interactive:
         return []
-    if importlib.util.find_spec("rich") is None:
-        return [_tqdm_bar(refresh_rate=EVERY)]  # TQDM's refresh_rate counts batches (val, test)
-    return [_rich_bar(refresh_rate=4)]  # rich's counts redraws per second (Lightning's default: 100)
+    return [_tqdm_bar(refresh_rate=EVERY)]  # TQDM's refresh_rate counts batches (val, test)
 
 
 # Moved every 10 batches, the bar was updated 46 times in a 0.9 s epoch of workload (b) (the
@@ -69,38 +68,14 @@ class DrawClock:
         return True
 
 
-def _rich_bar(**kwargs: Any) -> Any:
-    from lightning.pytorch.callbacks import RichModelSummary, RichProgressBar
-
-    class RichBar(RichProgressBar):
-        """Lightning's rich bar and model summary, with epochs counted from 1."""
-
-        summary = RichModelSummary()
-        clock = DrawClock()
-
-        def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-            super().on_fit_start(trainer, pl_module)
-            self.summary.on_fit_start(trainer, pl_module)  # prints on rank 0
-
-        def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
-            if self.clock.due(trainer, args[-1]):  # (outputs, batch, batch_idx)
-                super().on_train_batch_end(trainer, pl_module, *args)
-
-        def _get_train_description(self, current_epoch: int) -> str:
-            label = epoch_label(current_epoch, self.trainer.max_epochs)
-            # Padded to the validation bar's label, as Lightning does, so the bars do not jump.
-            return f"{label:{len(self.validation_description)}}"
-
-    return RichBar(**kwargs)
-
-
 def _tqdm_bar(**kwargs: Any) -> Any:
-    from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
+    from lightning.pytorch.callbacks import ModelSummary, RichModelSummary, TQDMProgressBar
 
     class TQDMBar(TQDMProgressBar):
-        """Lightning's TQDM bar and model summary, with epochs counted from 1."""
+        """Lightning's TQDM bar and model summary (rich's table when rich is installed), with
+        epochs counted from 1."""
 
-        summary = ModelSummary()
+        summary = ModelSummary() if importlib.util.find_spec("rich") is None else RichModelSummary()
         clock = DrawClock()
 
         def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
@@ -124,7 +99,7 @@ def _tqdm_bar(**kwargs: Any) -> Any:
 class StdoutHandler(logging.StreamHandler):
     """A console log handler that writes to whatever `sys.stdout` is at the time.
 
-    A plain StreamHandler keeps the stdout it was given at start-up. The rich progress bar
+    A plain StreamHandler keeps the stdout it was given at start-up. A rich progress display
     redirects `sys.stdout` while it is drawn so that printed lines appear above the bar;
     log lines sent to the old stdout would be drawn over by the bar instead.
     """
