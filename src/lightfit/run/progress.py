@@ -39,7 +39,7 @@ def progress_callbacks(interactive: bool) -> list[Any]:
     at the epoch's last batch): Lightning calls each callback's hooks at every step (about
     1.7 us per callback and hook here), and its bars read the metrics and update at every
     batch, for a step that takes about a millisecond on the CPU. TQDM, not rich's bar: a
-    rich render took 1.5 to 2.5 ms, some in Lightning's refresh thread holding the GIL, about
+    rich render took 1.5 to 2.5 ms, some in Lightning's refresh thread holding the GIL, 7 to
     10 ms an 0.8 s epoch of workload (b); TQDM's bar about 1 ms (docs/performance.md).
     """
     if not interactive:
