@@ -27,7 +27,7 @@ from bench.turns import case_turns, merge_turns
 from bench.workloads import Workload, summary, workloads
 
 CASES = ("floor", "plain-loop", "fabric-loop", *runs.LOOPS, "lightning-barebones", "lightning-trainer",
-         "lightning-validated",
+         "lightning-validated", "lightning-full",
          "naive-lightning", "keras", "loader", "metrics", *runs.STEP_CHECKPOINT_CASES, "save-cost",
          "turns")  # fmt: skip
 
@@ -87,6 +87,7 @@ def case_runners(args: argparse.Namespace, tmp: Path) -> dict[str, Callable[[Wor
         "lightning-barebones": cases.case_lightning_barebones,
         "lightning-trainer": cases.case_lightning_trainer,
         "lightning-validated": cases.case_lightning_validated,
+        "lightning-full": partial(cases.case_lightning_full, tmp=tmp),
         "naive-lightning": cases.case_naive_lightning,
         "keras": cases.case_keras,
         "loader": cases.case_loader,

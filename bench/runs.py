@@ -27,6 +27,21 @@ import numpy as np
 from bench.workloads import Workload, device, summary
 
 LOOPS = ("explicit", "manual", "automatic")
+# lightfit runs with more than a loop chosen: case -> (loop, overrides). Early stopping's patience
+# outlasts the bench's epochs, as lightning-full's does (its reference, bench/cases.py).
+VARIANTS = {
+    "automatic+callbacks": (
+        "automatic",
+        ["callbacks=[early_stopping,lr_monitor]", "callbacks.early_stopping.patience=1000"],
+    ),
+}
+
+
+def lightfit_case(case: str) -> tuple[str, list[str]] | None:
+    """(loop, overrides) for a case that is a real lightfit run, None for any other case."""
+    return (case, []) if case in LOOPS else VARIANTS.get(case)
+
+
 STEP_CHECKPOINTS = 200  # issue 13: what last.ckpt every 200 optimizer steps costs, on (b)
 STEP_CHECKPOINT_CASES = {f"{loop}+ckpt{STEP_CHECKPOINTS}": loop for loop in ("explicit", "automatic")}
 # the line BackgroundCheckpointIO writes to train.log at the end: what the saves cost
@@ -84,10 +99,12 @@ def new_run_dir(tmp: Path, prefix: str) -> Path:
     return tmp / f"{prefix}-{len(list(tmp.glob(f'{prefix}-*')))}"
 
 
-def lightfit_overrides(w: Workload, loop: str, run_dir: Path, extra: list[str]) -> list[str]:
-    """The command-line overrides that train the workload with `loop`, the run directory last."""
+def lightfit_overrides(w: Workload, case: str, run_dir: Path, extra: list[str]) -> list[str]:
+    """The command-line overrides that train the workload as `case` (a loop, or one of VARIANTS),
+    the run directory last."""
+    loop, chosen = lightfit_case(case) or (case, [])
     trainer = ["trainer=auto"] if device().type == "cuda" else []
-    args = [f"loop={loop}", f"trainer.max_epochs={w.epochs}", *w.overrides]
+    args = [f"loop={loop}", f"trainer.max_epochs={w.epochs}", *w.overrides, *chosen]
     return [*args, *trainer, *extra, f"hydra.run.dir={run_dir}"]
 
 

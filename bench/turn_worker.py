@@ -20,7 +20,7 @@ from pathlib import Path
 import lightning as L
 
 from bench import cases
-from bench.runs import LOOPS
+from bench.runs import lightfit_case
 from bench.workloads import device, make_workload, sync
 
 FDS = "BENCH_TURN_FDS"  # "READ,WRITE": the ends of the two pipes to the conductor
@@ -80,7 +80,7 @@ def run_lightfit(baton: Baton, overrides: list[str]) -> None:
 def main(argv: list[str]) -> None:
     case, name, tmp, rows, epochs, *overrides = argv
     baton = Baton()
-    if case in LOOPS:
+    if lightfit_case(case):
         run_lightfit(baton, overrides)
         return
     w = make_workload(name, Path(tmp), int(rows), int(epochs))
@@ -94,6 +94,8 @@ def main(argv: list[str]) -> None:
         cases.case_lightning_trainer(w, clock=PassTurn(baton))
     elif case == "lightning-validated":
         cases.case_lightning_validated(w, clock=PassTurn(baton))
+    elif case == "lightning-full":
+        cases.case_lightning_full(w, clock=PassTurn(baton), tmp=Path(tmp))
     else:
         raise SystemExit(f"bench.turn_worker: no case {case!r}")
 

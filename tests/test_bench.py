@@ -74,10 +74,13 @@ def test_bench_writes_json_and_markdown_for_each_case(tmp_path):
     # the loops and their references in their own processes, one epoch each in turn
     turns = workload["cases"]["turns"]
     assert turns["turns"] == 3
-    cases = ["plain-loop", "explicit", "fabric-loop", "lightning-trainer", "automatic", "lightning-barebones",
-             "manual", "lightning-validated"]  # fmt: skip
+    cases = ["plain-loop", "explicit", "fabric-loop", "lightning-trainer", "lightning-validated", "automatic",
+             "lightning-barebones", "manual", "automatic+callbacks", "lightning-full"]  # fmt: skip
     assert list(turns["turn_seconds"]) == cases
     assert "| automatic / lightning-validated |" in table  # Lightning's cost of validating set apart
+    # issue 27's targets: against the validated reference, and with callbacks against stock Lightning's
+    assert re.search(r"\| \(b\) loop=automatic <= 1\.05x lightning-validated, taking turns", table), table
+    assert re.search(r"\| \(b\) automatic\+callbacks <= 0\.80x lightning-full, taking turns", table), table
     assert all(len(s) == 3 and min(s) > 0 for s in turns["turn_seconds"].values()), turns
     assert "| explicit / plain-loop |" in table and "| explicit / fabric-loop |" in table
     for loop, reference in (("explicit", "plain-loop"), ("manual", "lightning-barebones")):
