@@ -5,6 +5,7 @@
 #   make bench ARGS="--quick"                              a short benchmark run (see bench/__init__.py)
 #   make kill-test ARGS="--loops explicit --kills 8"       kill, resume, compare (see scripts/kill_test.py)
 #   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu   pick a PyTorch build
+#   make export CKPT=... FORMAT=onnx                      the model as ONNX or TorchScript (= lightfit export)
 #   make plot RUN=outputs/<date>/<time>                   loss and accuracy curves as a PNG
 #   make new-project NAME=<package> DEST=<folder>         a new project from template/ (= lightfit new)
 #   make compare RUNS="multirun/<date>/<time>"             runs ranked side by side, their curves in one PNG
@@ -18,6 +19,7 @@ ARGS ?=
 CKPT ?=
 INPUT ?=
 OUTPUT ?=
+FORMAT ?=
 RUN ?=
 RUNS ?=
 NAME ?=
@@ -33,7 +35,7 @@ STAMP_DOCS := $(VENV)/.installed-docs
 export NO_MKDOCS_2_WARNING := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev train eval predict plot compare mlflow-ui new-project test test-all bench docs docs-serve kill-test lint format clean
+.PHONY: help install install-dev train eval predict export plot compare mlflow-ui new-project test test-all bench docs docs-serve kill-test lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -82,6 +84,10 @@ eval: $(STAMP_RUN) ## test metrics of a checkpoint: make eval CKPT=outputs/.../c
 
 predict: $(STAMP_RUN) ## predictions for a .npy: make predict CKPT=... INPUT=x.npy OUTPUT=probs.npy
 	$(PY) -m lightfit predict $(if $(CKPT),ckpt_path=$(CKPT)) $(if $(INPUT),input=$(INPUT)) $(if $(OUTPUT),output=$(OUTPUT)) $(ARGS)
+
+# FORMAT=onnx needs the export extra (pip install -e ".[export]"); torchscript needs nothing more.
+export: $(STAMP_RUN) ## the model as ONNX or TorchScript: make export CKPT=... FORMAT=onnx|torchscript
+	$(PY) -m lightfit export $(if $(CKPT),ckpt_path=$(CKPT)) $(if $(FORMAT),format=$(FORMAT)) $(if $(OUTPUT),output=$(OUTPUT)) $(ARGS)
 
 plot: $(STAMP_PLOT) ## curves (+ confusion matrix) of a run: make plot RUN=outputs/<date>/<time> (default: latest)
 	$(PY) -m lightfit plot $(RUN)

@@ -27,6 +27,7 @@ FAST = ["trainer.max_epochs=2", "logger=none"]
 EXTRAS = {
     "bench": "keras",
     "docs": "mkdocs",
+    "export": "onnxruntime",
     "images": "PIL",
     "mlflow": "mlflow",
     "optuna": "hydra_plugins.hydra_optuna_sweeper",

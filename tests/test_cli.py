@@ -34,7 +34,7 @@ def test_one_command_lists_its_subcommands(tmp_path):
     exe = Path(sys.executable).parent / "lightfit"  # the console script, installed beside this Python
     proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    for command in ("train", "evaluate", "predict", "new", "plot", "compare"):
+    for command in ("train", "evaluate", "predict", "export", "new", "plot", "compare"):
         assert f"\n  {command} " in proc.stdout, command
     unknown = cli("fit", module="lightfit")
     assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1

@@ -63,6 +63,24 @@ def test_the_readme_is_a_front_page():
     assert "make test" in text  # CI and newcomers look for the test command here
 
 
+def exported_digits_model(folder: Path) -> None:
+    import numpy
+    from conftest import cli
+
+    from lightfit.data import load_split
+
+    for args, command in (
+        (["trainer.max_epochs=1", "logger=none", f"hydra.run.dir={folder / 'run'}"], "lightfit train"),
+        (
+            [f"ckpt_path={folder / 'run/checkpoints/best.ckpt'}", f"output={folder / 'best.onnx'}"],
+            "lightfit export",
+        ),
+    ):
+        proc = cli(*args, module=command)
+        assert proc.returncode == 0, proc.stderr
+    numpy.save(folder / "x_test.npy", load_split(folder / "run")["test"][0])
+
+
 @pytest.mark.parametrize(("where", "code"), PYTHON, ids=[w for w, _ in PYTHON])
 def test_python_block_runs(where, code, tmp_path, monkeypatch):
     if "import keras" in code:
@@ -74,6 +92,9 @@ def test_python_block_runs(where, code, tmp_path, monkeypatch):
     if "from sklearn" in code and importlib.util.find_spec("sklearn") is None:
         pytest.skip("scikit-learn is not installed (pip install scikit-learn): a baseline in the docs only")
     monkeypatch.chdir(tmp_path)  # blocks that save arrays write them here
+    if "onnxruntime" in code:  # docs/use-a-model.md: best.onnx and x_test.npy, as the page makes them
+        require("export")
+        exported_digits_model(tmp_path)
     exec(compile(code, where, "exec"), {"__name__": "__docs__"})
 
 
