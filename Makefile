@@ -6,6 +6,7 @@
 #   make kill-test ARGS="--loops explicit --kills 8"       kill, resume, compare (see scripts/kill_test.py)
 #   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu   pick a PyTorch build
 #   make export CKPT=... FORMAT=onnx                      the model as ONNX or TorchScript (= lightfit export)
+#   make serve CKPT=... PORT=8000                          the model behind HTTP (= lightfit serve)
 #   make plot RUN=outputs/<date>/<time>                   loss and accuracy curves as a PNG
 #   make new-project NAME=<package> DEST=<folder>         a new project from template/ (= lightfit new)
 #   make compare RUNS="multirun/<date>/<time>"             runs ranked side by side, their curves in one PNG
@@ -20,6 +21,7 @@ CKPT ?=
 INPUT ?=
 OUTPUT ?=
 FORMAT ?=
+PORT ?=
 RUN ?=
 RUNS ?=
 NAME ?=
@@ -35,7 +37,7 @@ STAMP_DOCS := $(VENV)/.installed-docs
 export NO_MKDOCS_2_WARNING := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev train eval predict export plot compare mlflow-ui new-project test test-all bench docs docs-serve kill-test lint format clean
+.PHONY: help install install-dev train eval predict export serve plot compare mlflow-ui new-project test test-all bench docs docs-serve kill-test lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -88,6 +90,10 @@ predict: $(STAMP_RUN) ## predictions for a .npy: make predict CKPT=... INPUT=x.n
 # FORMAT=onnx needs the export extra (pip install -e ".[export]"); torchscript needs nothing more.
 export: $(STAMP_RUN) ## the model as ONNX or TorchScript: make export CKPT=... FORMAT=onnx|torchscript
 	$(PY) -m lightfit export $(if $(CKPT),ckpt_path=$(CKPT)) $(if $(FORMAT),format=$(FORMAT)) $(if $(OUTPUT),output=$(OUTPUT)) $(ARGS)
+
+# The serve extra (pip install -e ".[serve]"): LitServe. PORT=8000 by default; this machine only.
+serve: $(STAMP_RUN) ## the model behind HTTP: make serve CKPT=... (POST /predict, GET /health)
+	$(PY) -m lightfit serve $(if $(CKPT),ckpt_path=$(CKPT)) $(if $(PORT),port=$(PORT)) $(ARGS)
 
 plot: $(STAMP_PLOT) ## curves (+ confusion matrix) of a run: make plot RUN=outputs/<date>/<time> (default: latest)
 	$(PY) -m lightfit plot $(RUN)

@@ -28,6 +28,7 @@ EXTRAS = {
     "bench": "keras",
     "docs": "mkdocs",
     "export": "onnxruntime",
+    "serve": "litserve",
     "images": "PIL",
     "mlflow": "mlflow",
     "optuna": "hydra_plugins.hydra_optuna_sweeper",

@@ -1,6 +1,6 @@
 """Entry points: the `lightfit` command and its subcommands, and the Hydra config schemas.
 
-`lightfit train|evaluate|predict|export|new|plot|compare ...` (or `python -m lightfit ...`) hands
+`lightfit train|evaluate|predict|export|serve|new|plot|compare ...` (or `python -m lightfit ...`) hands
 the rest of the command line to the subcommand's module, so Hydra's own flags (`-m`,
 `--cfg job`, `--help`) work after it. A project's own command is the same `main` with its
 name and its configs: `main(prog="affair_risk", config_module="affair_risk.conf")`.
@@ -27,6 +27,10 @@ COMMANDS = {
         "lightfit.cli.export",
         "the model as ONNX or TorchScript: {prog} export ckpt_path=... format=onnx|torchscript",
     ),
+    "serve": (
+        "lightfit.cli.serve",
+        "the model behind HTTP (LitServe): {prog} serve ckpt_path=... [port=8000]",
+    ),
     "new": ("lightfit.cli.new", "a new project from the template, by copier: {prog} new NAME DEST"),
     "plot": ("lightfit.cli.plot", "curves (and confusion matrix) of a run as PNG: {prog} plot [RUN]"),
     "compare": (
@@ -52,7 +56,7 @@ def usage(prog: str = PROG) -> str:
             *lines,
             "",
             f"`{prog} <command> --help` for the command's own options (Hydra's, for train,",
-            "evaluate, predict and export).",
+            "evaluate, predict, export and serve).",
         ]
     )
 

@@ -1,0 +1,209 @@
+"""A checkpoint behind HTTP: `lightfit serve ckpt_path=... [host=127.0.0.1] [port=8000]`.
+
+Built on LitServe (the `serve` extra), Lightning's serving library: it runs the HTTP server,
+the worker that holds the model, `GET /health`, the body size limit and the batching of
+requests (`max_batch_size` requests, or what came within `batch_timeout` seconds, go through
+the network as one batch). lightfit supplies the model and the request format:
+
+    POST /predict  {"x": [[...], ...]}                       arrays: one sample or a list of them
+                   {"rows": [{"age": 41, "city": "Rome"}]}   a table: rows by column name
+                   {"images": ["<base64 PNG or JPEG>", ...]}  images
+    answer         {"predictions": [...], "probabilities": [{"<class>": p, ...}, ...]}
+
+Predictions are label names (or class ids) for a classifier, with each class's probability,
+or values in the target's units for a regression: what `lightfit predict` writes. Requests
+are JSON only; nothing from a client is unpickled. A bad request is answered 4xx with one
+line, `{"error": "..."}`, and only that request: in a batch, each request is checked on its
+own before the batch runs, so one bad request never fails the others.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import logging
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+from lightfit.errors import LightfitError
+
+log = logging.getLogger("lightfit")
+EXTRA_HINT = "pip install 'lightfit[serve]'"
+KEYS = {"arrays": "x", "table": "rows", "images": "images"}
+
+
+@dataclass
+class Refused:
+    """A request that cannot be answered: its HTTP status and one line saying why."""
+
+    status: int
+    message: str
+
+
+class Model:
+    """The checkpoint's network and what turns a request into its input `x` (N, *input_shape)."""
+
+    def __init__(self, ckpt_path: str | Path, max_image_pixels: int | None = None) -> None:
+        import torch
+
+        from lightfit.cli.predict import class_names
+        from lightfit.run.checkpoint import CHECKPOINT_KEY, load_checkpoint, rebuild_network, task_config
+
+        checkpoint = load_checkpoint(ckpt_path)
+        self.stored = stored = checkpoint[CHECKPOINT_KEY]
+        self.net = rebuild_network(checkpoint)
+        self.regression = task_config(stored)["name"] == "regression"
+        self.classes = None if self.regression else [str(c) for c in class_names(stored).tolist()]
+        self.input_shape = tuple(stored["input_shape"])
+        self.kind = "table" if "table" in stored else "images" if "images" in stored else "arrays"
+        if self.kind == "table":
+            from lightfit.cli.predict_table import stored_encoding
+
+            self.encoding = stored_encoding(Path(ckpt_path), stored)
+        if self.kind == "images":
+            from PIL import Image
+
+            if max_image_pixels:
+                Image.MAX_IMAGE_PIXELS = int(max_image_pixels)  # past it: refused, not decoded
+        torch.set_grad_enabled(False)  # this process only predicts
+
+    def decode(self, request: Any) -> np.ndarray | Refused:
+        """A request's body as x (N, *input_shape) float32, or why it cannot be."""
+        key = KEYS[self.kind]
+        if not isinstance(request, dict) or key not in request:
+            return Refused(422, f'this model takes {{"{key}": ...}} ({self.kind}); got {_keys(request)}')
+        try:
+            x = getattr(self, f"_decode_{self.kind}")(request[key])
+        except LightfitError as exc:
+            return Refused(422, str(exc))
+        if len(x) == 0:
+            return Refused(422, f'"{key}" is empty')
+        if not np.isfinite(x.reshape(len(x), -1)).all():
+            return Refused(422, "the input has NaN or infinite values")
+        return x
+
+    def _decode_arrays(self, values: Any) -> np.ndarray:
+        try:
+            x = np.asarray(values, dtype=np.float32)
+        except (ValueError, TypeError):
+            raise LightfitError('"x" is not a list of numbers (or of equally long lists of them)') from None
+        if x.shape == self.input_shape:
+            x = x[None]  # one sample
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise LightfitError(
+                f'"x" has shape {list(x.shape)}; the model takes samples of shape {list(self.input_shape)} '
+                "(one, or a list of them)"
+            )
+        return x
+
+    def _decode_table(self, rows: Any) -> np.ndarray:
+        import pyarrow as pa
+
+        from lightfit.cli.predict_table import encode_table
+
+        rows = [rows] if isinstance(rows, dict) else rows
+        if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+            raise LightfitError('"rows" is not a list of objects, {"column": value, ...}')
+        try:
+            table = pa.Table.from_pylist(rows)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise LightfitError(f'"rows" cannot be read as a table: {str(exc).splitlines()[0]}') from None
+        x, _ = encode_table(table, Path("the request"), self.encoding, [])
+        return x
+
+    def _decode_images(self, images: Any) -> np.ndarray:
+        from PIL import Image
+
+        from lightfit.data.images import decode
+
+        images = [images] if isinstance(images, str) else images
+        if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+            raise LightfitError('"images" is not a list of base64 strings (PNG or JPEG files)')
+        size, channels = self.input_shape[1:], self.input_shape[0]
+        x = np.empty((len(images), *self.input_shape), np.float32)
+        for i, text in enumerate(images):
+            try:
+                data = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                raise LightfitError(f"image {i} is not base64") from None
+            with warnings.catch_warnings():
+                # Pillow warns past MAX_IMAGE_PIXELS and raises past twice that: refused either way
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                try:
+                    x[i] = decode(io.BytesIO(data), size, channels)
+                except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+                    limit = Image.MAX_IMAGE_PIXELS
+                    raise LightfitError(f"image {i} has more pixels than the limit ({limit})") from None
+                except LightfitError as exc:  # decode names the file: here a BytesIO, said as "image i"
+                    if "exceeds limit" in str(exc):  # decode catches Pillow's error past twice the limit
+                        raise LightfitError(
+                            f"image {i} has more pixels than the limit ({Image.MAX_IMAGE_PIXELS})"
+                        ) from None
+                    reason = str(exc).split(" is not an image", 1)[-1]
+                    reason = re.sub(r" <_io\.BytesIO object at \w+>", "", reason)
+                    raise LightfitError(f"image {i} is not an image{reason}") from None
+        return x
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities (N, C), or values in the target's units."""
+        import torch
+
+        outputs = self.net(torch.from_numpy(x))  # from_numpy: no copy
+        return (outputs if self.regression else outputs.softmax(-1)).numpy()
+
+    def answer(self, outputs: np.ndarray) -> dict[str, Any]:
+        if self.regression:
+            return {"predictions": outputs.tolist()}
+        names = np.asarray(self.classes, dtype=object)
+        return {
+            "predictions": names[outputs.argmax(axis=1)].tolist(),
+            "probabilities": [dict(zip(self.classes, row, strict=True)) for row in outputs.tolist()],
+        }
+
+
+def _keys(request: Any) -> str:
+    return f"keys {sorted(request)}" if isinstance(request, dict) else type(request).__name__
+
+
+def serve(cfg: DictConfig) -> None:
+    """Check the checkpoint, then serve it until interrupted."""
+    try:
+        import litserve as ls
+    except ImportError:
+        raise LightfitError(f"lightfit serve needs LitServe: {EXTRA_HINT}") from None
+    Model(cfg.ckpt_path)  # a bad checkpoint: one line now, not in the server's worker
+    if int(cfg.max_batch_size) < 1:
+        raise LightfitError(f"max_batch_size={cfg.max_batch_size} must be at least 1")
+    from fastapi.exceptions import RequestValidationError
+
+    from lightfit.cli.serve_api import CheckpointAPI, bad_body  # LitServe's workers import them by name
+
+    api = CheckpointAPI(
+        str(cfg.ckpt_path), cfg.max_image_pixels, int(cfg.max_batch_size), float(cfg.batch_timeout)
+    )
+    server = ls.LitServer(
+        api, accelerator="cpu", devices=1, workers_per_device=int(cfg.workers),
+        max_payload_size=int(cfg.max_body_mb * 1024 * 1024), timeout=float(cfg.timeout),
+    )  # fmt: skip
+    server.app.add_exception_handler(RequestValidationError, bad_body)
+    log.info(f"serving {cfg.ckpt_path} at http://{cfg.host}:{cfg.port}/predict (GET /health)")
+    server.run(host=cfg.host, port=int(cfg.port), generate_client_file=False, num_api_servers=1,
+               log_level="warning")  # fmt: skip
+
+
+def main(*, prog: str = "lightfit", config_module: str = "lightfit.conf") -> None:
+    """`<prog> serve ckpt_path=... [host=127.0.0.1] [port=8000]`."""
+    from lightfit.cli.entry import run_command
+
+    run_command(serve, label=f"{prog}-serve", config_module=config_module, config_name="serve")
+
+
+if __name__ == "__main__":
+    main()

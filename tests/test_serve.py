@@ -1,0 +1,210 @@
+"""`lightfit serve`: a real server process (LitServe), a real HTTP client (urllib).
+
+Good requests answer what `lightfit predict` writes; each bad request gets a 4xx with one
+line and the server goes on serving, also when the bad request shares a batch with good ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import FAST, cli, needs, run_train
+
+from lightfit.data import load_split
+
+pytestmark = [pytest.mark.slow, needs("serve")]  # a server process each: `make test-all`
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`lightfit serve ckpt_path=... port=...` in its own process, until the test ends."""
+
+    def __init__(self, ckpt: Path, *args: str) -> None:
+        self.port = free_port()
+        command = [sys.executable, "-m", "lightfit", "serve", f"ckpt_path={ckpt}", f"port={self.port}", *args]
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.proc.stdout.read()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as answer:
+                    if answer.read() == b"ok":
+                        return
+            except OSError:
+                time.sleep(0.5)
+        raise AssertionError("the server did not answer /health in 120 s")
+
+    def post(self, body: bytes | dict, content_type: str = "application/json") -> tuple[int, dict]:
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/predict", data=data, headers={"Content-Type": content_type}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture
+def serving():
+    servers = []
+
+    def start(ckpt: Path, *args: str) -> Server:
+        servers.append(Server(ckpt, *args))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def predicted(run: Path, input_path: Path, tmp_path: Path) -> np.ndarray:
+    out = tmp_path / f"predicted-{input_path.stem}.npy"
+    proc = cli(f"ckpt_path={run}/checkpoints/best.ckpt", f"input={input_path}", f"output={out}",
+               module="lightfit predict")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return np.load(out)
+
+
+def assert_refused(server: Server, body, needle: str, status: int = 422, **kwargs) -> None:
+    code, answer = server.post(body, **kwargs)
+    assert code == status, answer
+    assert needle in answer.get("error", answer.get("detail", "")), answer
+    assert "\n" not in answer.get("error", ""), answer
+
+
+def test_arrays_good_bad_then_good_again(serving, tmp_path):
+    run = tmp_path / "run"
+    run_train(run, *FAST)
+    x_test = load_split(run)["test"][0][:40]
+    np.save(tmp_path / "x.npy", x_test)
+    expected = predicted(run, tmp_path / "x.npy", tmp_path)
+    server = serving(run / "checkpoints/best.ckpt", "max_body_mb=0.05", "batch_timeout=0.05")
+
+    code, answer = server.post({"x": x_test.tolist()})
+    assert code == 200
+    probs = np.array([[p[str(c)] for c in range(10)] for p in answer["probabilities"]])
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+    assert answer["predictions"] == [str(c) for c in expected.argmax(axis=1)]
+
+    assert_refused(server, {"x": [1, 2, 3]}, '"x" has shape [3]; the model takes samples of shape [8, 8]')
+    assert_refused(server, {"rows": []}, 'this model takes {"x": ...} (arrays)')
+    assert_refused(server, b"not json", "the body is not valid JSON")
+    assert_refused(server, b"[1, 2]", "the body is not a JSON object")
+    assert_refused(server, {"x": [["a"] * 8] * 8}, '"x" is not a list of numbers')
+    assert_refused(server, {"x": np.full((8, 8), np.nan).tolist()}, "NaN or infinite")
+    code, _ = server.post({"x": np.zeros((200, 8, 8)).tolist()})  # about 100 KB: over max_body_mb
+    assert code == 413
+
+    # One bad request among good ones sent at once (batch_timeout=0.05: batched together):
+    # only it is refused.
+    bodies = [{"x": x_test[i].tolist()} for i in range(8)]
+    bodies[3] = {"x": [0.0]}
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(server.post, bodies))
+    assert [code for code, _ in answers] == [200, 200, 200, 422, 200, 200, 200, 200]
+    for i, (code, answer) in enumerate(answers):
+        if code == 200:
+            got = [answer["probabilities"][0][str(c)] for c in range(10)]
+            np.testing.assert_allclose(got, expected[i], atol=1e-6)
+    assert server.post({"x": x_test[0].tolist()})[0] == 200  # still serving
+    assert server.proc.poll() is None
+
+
+@needs("table")
+def test_a_table_by_column_name(serving, tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_table import write_churn
+
+    churn = write_churn(tmp_path / "churn.csv", n=300)
+    run = tmp_path / "run"
+    run_train(run, "data=table", f"data.path={churn}", "data.target=churn", "data.drop=[customer_id]", *FAST)
+    expected = predicted(run, churn, tmp_path)[:5]
+    server = serving(run / "checkpoints/best.ckpt")
+    import csv
+
+    with churn.open() as f:
+        rows = [dict(r) for r, _ in zip(csv.DictReader(f), range(5), strict=False)]
+    for row in rows:
+        row["age"], row["income"] = int(row["age"]), float(row["income"])
+        del row["churn"]
+    code, answer = server.post({"rows": rows})
+    assert code == 200, answer
+    probs = np.array([[p["no"], p["yes"]] for p in answer["probabilities"]])
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+    assert set(answer["predictions"]) <= {"no", "yes"}
+    missing = {k: v for k, v in rows[0].items() if k != "city"}
+    assert_refused(server, {"rows": [missing]}, "city")
+    assert_refused(server, {"rows": [rows[0] | {"city": "Atlantis"}]}, "Atlantis")
+    assert_refused(server, {"rows": "age=3"}, '"rows" is not a list of objects')
+    assert server.post({"rows": rows})[0] == 200
+
+
+@needs("images")
+def test_images_as_base64(serving, tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from PIL import Image
+    from test_images import write_digits
+
+    photos = write_digits(tmp_path / "digits", 200)
+    run = tmp_path / "run"
+    run_train(
+        run, "data=images", f"data.path={photos}", "data.channels=1", f"data.cache={tmp_path / 'c'}", *FAST
+    )
+    server = serving(run / "checkpoints/best.ckpt", "max_image_pixels=1000")
+    files = sorted(photos.rglob("*.png"))[:4]
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i, f in enumerate(files):
+        (flat / f"{i}.png").write_bytes(f.read_bytes())
+    expected = predicted(run, flat, tmp_path)
+    code, answer = server.post({"images": [base64.b64encode(f.read_bytes()).decode() for f in files]})
+    assert code == 200, answer
+    classes = sorted(answer["probabilities"][0])
+    assert classes == sorted(json.loads((run / "results.json").read_text())["classes"])
+    got = np.array([[p[c] for c in json.loads((run / "results.json").read_text())["classes"]]
+                    for p in answer["probabilities"]])  # fmt: skip
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+    assert_refused(server, {"images": ["%%%"]}, "image 0 is not base64")
+    text = base64.b64encode(b"plain text, not a PNG").decode()
+    assert_refused(server, {"images": [text]}, "image 0 is not an image Pillow can read")
+    big = io.BytesIO()
+    Image.new("L", (40, 40)).save(big, "PNG")  # 1600 pixels, over max_image_pixels=1000
+    assert_refused(
+        server, {"images": [base64.b64encode(big.getvalue()).decode()]}, "more pixels than the limit"
+    )
+    assert server.post({"images": [base64.b64encode(files[0].read_bytes()).decode()]})[0] == 200
+
+
+def test_a_bad_checkpoint_is_one_line(tmp_path):
+    proc = cli(f"ckpt_path={tmp_path / 'none.ckpt'}", module="lightfit serve")
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "checkpoint not found" in proc.stderr
+    assert os.listdir(tmp_path) == []
