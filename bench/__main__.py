@@ -22,6 +22,7 @@ from bench import cases, report, runs
 from bench.metrics import case_metrics
 from bench.progress import Progress, headline
 from bench.save_cost import case_save_cost
+from bench.serve import case_serve
 from bench.table_read import case_table_read
 from bench.turns import case_turns, merge_turns
 from bench.workloads import Workload, summary, workloads
@@ -49,13 +50,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mmap-gb", type=float, default=4.0, help="size of the memory-mapped .npy (0: skip)")
     p.add_argument("--table-rows", type=int, default=1_000_000, help="rows of the CSV that data=table "
                    "reads against pyarrow's own read (0: skip)")  # fmt: skip
+    p.add_argument("--serve-seconds", type=float, default=10.0, help="seconds of load per setting and "
+                   "concurrency on lightfit serve (the serve extra; 0: skip)")  # fmt: skip
     p.add_argument("--mmap-devices", default="1,2", help="processes of the memory-mapped runs (2: DDP)")
     p.add_argument("--lightfit-args", default="", help="more overrides for each lightfit run, e.g. "
                    "'trainer.precision=bf16-mixed'")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="6000 rows, 3 epochs, 1 start-up run, no memmap run")
     if p.parse_known_args(argv)[0].quick:  # smaller defaults; options given still win
         p.set_defaults(rows=6000, epochs=3, digits_epochs=4, turns=3, startup_runs=1, mmap_gb=0,
-                       table_rows=50_000)  # fmt: skip
+                       table_rows=50_000, serve_seconds=2)  # fmt: skip
     args = p.parse_args(argv)
     if args.epochs < 3 or args.digits_epochs < 4 or args.turns < 3:
         p.error("measure at least 3 epochs after the warm-up (--epochs 3, --digits-epochs 4, --turns 3)")
@@ -139,6 +142,11 @@ def run_extras(args: argparse.Namespace, tmp: Path, progress: Progress, results:
         progress.start(item)
         results["table_read"] = case_table_read(args.table_rows, tmp)
         progress.done(item)
+    if args.serve_seconds:
+        item = "lightfit serve, batched and not, at concurrency 1 and 32"
+        progress.start(item)
+        results["serve"] = case_serve(tmp, args.serve_seconds)
+        progress.done(item)
     if args.mmap_gb:
         results["mmap"] = []
         for n in args.mmap_devices.split(","):
@@ -152,7 +160,8 @@ def items(args: argparse.Namespace) -> int:
     """How many items the progress bar counts."""
     chosen = sum(name in args.workloads for name in "abc")
     mmap = len(args.mmap_devices.split(",")) if args.mmap_gb else 0
-    return chosen * len(args.cases) * args.rounds + bool(args.startup_runs) + bool(args.table_rows) + mmap
+    extras = bool(args.startup_runs) + bool(args.table_rows) + bool(args.serve_seconds) + mmap
+    return chosen * len(args.cases) * args.rounds + extras
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,6 +15,7 @@ import torch
 from bench.metrics import REFERENCE, VARIANTS
 from bench.runs import FRAMEWORKS, STEP_CHECKPOINT_CASES, STEP_CHECKPOINTS
 from bench.save_cost import save_cost_markdown
+from bench.serve import serve_markdown, serve_rows
 from bench.table_read import table_read_markdown, table_read_rows
 from bench.turns import turns_markdown, turns_rows
 from bench.workloads import device
@@ -136,6 +137,7 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, bool]]:
     turns = turns_rows(by_name.get("b"))
     rows += turns + ratio_rows(secs, bool(turns)) + metrics_rows(by_name.get("b"))
     rows += step_checkpoint_rows(by_name.get("b"), secs) + table_read_rows(report.get("table_read", {}))
+    rows += serve_rows(report.get("serve", {}))
     s = report.get("startup", {})
     if "seconds" in s:
         rows.append(("fast_dev_run, start to exit < 8 s", f"{s['seconds']:.1f} s", s["seconds"] < 8))
@@ -278,6 +280,7 @@ def markdown(report: dict[str, Any]) -> str:
     for m in report.get("mmap", []):
         lines += ["", *mmap_markdown(m)]
     lines += table_read_markdown(report.get("table_read", {}))
+    lines += serve_markdown(report.get("serve", {}))
     if rows := targets(report):
         lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
         lines += [f"| {target} | {measured} | {'yes' if met else 'no'} |" for target, measured, met in rows]

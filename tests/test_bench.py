@@ -28,7 +28,7 @@ def test_bench_writes_json_and_markdown_for_each_case(tmp_path):
     out = tmp_path / "bench"
     args = ["--workloads", "b", "--rows", "2000", "--epochs", "3", "--cases", ",".join(CASES)]
     proc = bench(*args, "--turns", "3", "--startup-runs", "0", "--mmap-gb", "0", "--table-rows", "0",
-                 "--out", str(out))  # fmt: skip
+                 "--serve-seconds", "0", "--out", str(out))  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
 
     report = json.loads((out / "results.json").read_text())

@@ -1,0 +1,159 @@
+"""`lightfit serve` under load: one-row requests at concurrency 1 and 32, batched and not.
+
+Issue 30's target: with requests batched on the server (LitServe's `max_batch_size=16`,
+`batch_timeout=0.005`), at least 2x the requests per second of `max_batch_size=1` at
+concurrency 32. Each server is a real `lightfit serve` process on a digits checkpoint; the
+client is threads with keep-alive connections (http.client), one per concurrent user, each
+sending one row at a time for `seconds` after a short warm-up. Latency is per request, from
+send to the whole answer read.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+SETTINGS = {"batched": ["max_batch_size=16", "batch_timeout=0.005"], "unbatched": ["max_batch_size=1"]}
+CONCURRENCY = (1, 32)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"lightfit serve exited {proc.returncode}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/health")
+            if conn.getresponse().read() == b"ok":
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError("lightfit serve did not answer /health")
+
+
+def load(port: int, body: bytes, concurrency: int, seconds: float) -> dict[str, float]:
+    """`concurrency` users, each one request at a time on its own connection, for `seconds`."""
+    latencies: list[float] = []
+    lock, errors = threading.Lock(), []
+    start_at = time.monotonic() + 0.5  # everyone starts together
+    stop_at = start_at + seconds
+
+    def user() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        mine = []
+        while time.monotonic() < start_at:
+            time.sleep(0.001)
+        while (now := time.monotonic()) < stop_at:
+            conn.request("POST", "/predict", body, {"Content-Type": "application/json"})
+            answer = conn.getresponse()
+            answer.read()
+            if answer.status != 200:
+                errors.append(answer.status)
+            mine.append(time.monotonic() - now)
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=user) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} requests failed: HTTP {sorted(set(errors))}")
+    latencies.sort()
+    return {
+        "requests": len(latencies),
+        "requests_per_second": len(latencies) / seconds,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+    }
+
+
+def case_serve(tmp: Path, seconds: float = 10.0) -> dict[str, Any]:
+    """A digits checkpoint served both ways; each setting loaded at each concurrency."""
+    try:
+        import litserve  # noqa: F401
+    except ImportError:
+        return {"skipped": "LitServe is not installed (pip install -e '.[serve]')"}
+    run = tmp / "serve-run"
+    train = [
+        sys.executable,
+        "-m",
+        "lightfit",
+        "train",
+        "trainer.max_epochs=2",
+        "logger=none",
+        f"hydra.run.dir={run}",
+    ]
+    subprocess.run(train, check=True, capture_output=True, timeout=600)
+    import numpy as np
+
+    x = np.load(Path(__file__).resolve().parents[1] / "src/lightfit/data/digits.npz")["x"][0]
+    body = json.dumps({"x": x.tolist()}).encode()  # one row
+    results: dict[str, Any] = {"seconds": seconds}
+    for name, settings in SETTINGS.items():
+        port = _free_port()
+        command = [sys.executable, "-m", "lightfit", "serve", f"ckpt_path={run}/checkpoints/best.ckpt",
+                   f"port={port}", *settings]  # fmt: skip
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_healthy(port, proc)
+            load(port, body, 8, 1.0)  # warm-up
+            results[name] = {str(c): load(port, body, c, seconds) for c in CONCURRENCY}
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    batched, unbatched = (results[n][str(CONCURRENCY[-1])]["requests_per_second"] for n in SETTINGS)
+    results["speedup_at_32"] = batched / unbatched
+    return results
+
+
+def serve_rows(result: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    if "speedup_at_32" not in result:
+        return []
+    speedup = result["speedup_at_32"]
+    return [("lightfit serve, batched vs max_batch_size=1 at concurrency 32: >= 2x requests/s",
+             f"{speedup:.2f}x", speedup >= 2)]  # fmt: skip
+
+
+def serve_markdown(result: dict[str, Any]) -> list[str]:
+    if not result or "skipped" in result:
+        return [f"Serving: skipped ({result.get('skipped', 'not run')})."] if result else []
+    lines = [
+        "",
+        f"## lightfit serve: one-row requests, {result['seconds']:.0f} s each",
+        "",
+        "| server | concurrency | requests/s | p50 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, settings in SETTINGS.items():
+        for c, r in result[name].items():
+            lines.append(f"| {name} ({' '.join(settings)}) | {c} | {r['requests_per_second']:.0f} | "
+                         f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")  # fmt: skip
+    lines += ["", f"Batched / unbatched at concurrency 32: {result['speedup_at_32']:.2f}x (target >= 2x)."]
+    return lines
+
+
+if __name__ == "__main__":  # python -m bench.serve [SECONDS]: the case alone
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = case_serve(Path(tmp), float(sys.argv[1]) if len(sys.argv) > 1 else 10.0)
+    print(json.dumps(result, indent=2))
+    print("\n".join(serve_markdown(result)))
