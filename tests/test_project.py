@@ -295,3 +295,19 @@ def test_the_stop_hint_names_the_projects_own_command(project, monkeypatch, tmp_
     (tmp_path / ".hydra" / "overrides.yaml").write_text("- loop=mine\n")
     hint = resume_hint(tmp_path)
     assert hint.startswith(f"continue with: proj train ckpt_path=auto hydra.run.dir={tmp_path}"), hint
+
+
+def test_the_stop_hint_works_pasted_without_the_venv_on_path(monkeypatch):
+    from hydra.core.hydra_config import HydraConfig
+
+    from lightfit.run.signals import resume_hint
+
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # lightfit's own command
+
+    script = Path(sys.executable).parent / "lightfit"  # the console script pip installed
+    assert script.is_file()
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # the environment not activated
+    program = resume_hint(Path("run")).removeprefix("continue with: ").split()[0]
+    assert Path(program).resolve() == script.resolve() and os.access(program, os.X_OK), program
+    monkeypatch.setenv("PATH", f"{script.parent}:/usr/bin:/bin")  # activated
+    assert resume_hint(Path("run")).startswith("continue with: lightfit train ")
