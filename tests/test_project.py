@@ -73,6 +73,18 @@ def test_a_project_composes_its_configs_with_lightfits_groups(project):
     assert "strategy: ddp" in proc.stdout and "_target_: torch.optim.sgd.SGD" in proc.stdout
 
 
+def test_a_projects_own_optimizer_and_trainer_files_replace_lightfits(tmp_path):
+    """As in a generated project: its trainer/default.yaml is what trainer=gpu, ... start from."""
+    trainer = "defaults:\n  - /schema/trainer@_here_\n  - _self_\nmax_epochs: 7\naccelerator: cpu\n"
+    optimizer = "defaults:\n  - /schema/optimizer/adam@_here_\n  - _self_\nlr: 0.005\n"
+    files = {"conf/trainer/default.yaml": trainer, "conf/optimizer/adam.yaml": optimizer}
+    root = write_project(tmp_path / "src", files=files)
+    proc = project_cli(root, "train", "--cfg", "job", "trainer=auto")
+    assert proc.returncode == 0, proc.stderr
+    assert "max_epochs: 7" in proc.stdout and "lr: 0.005" in proc.stdout
+    assert "accelerator: auto" in proc.stdout  # trainer=auto says so itself
+
+
 def test_a_projects_errors_and_help_name_its_command(project):
     proc = project_cli(project, "train", "trainer.max_epoch=3")
     lines = proc.stderr.strip().splitlines()

@@ -132,10 +132,16 @@ def test_a_generated_project_installs_trains_tests_and_lints(template_repo, tmp_
     install(project)
     measured = counts(project)
     assert measured["src lines"] <= 500, measured
-    measured["make train (s)"] = timed("make", "train", "ARGS=trainer.max_epochs=2", cwd=project)
+    # What it trains with is in the project's own conf: its epochs drive `make train`.
+    assert "lr: 0.001\n" in (project / "conf/optimizer/adam.yaml").read_text()
+    assert "batch_size: " in next((project / "conf/data").glob("*.yaml")).read_text()
+    trainer = project / "conf/trainer/default.yaml"
+    trainer.write_text(trainer.read_text().replace("max_epochs: 20\n", "max_epochs: 2\n"))
+    measured["make train (s)"] = timed("make", "train", cwd=project)
     measured["make test (s)"] = timed("make", "test", cwd=project)
     run("make", "lint", cwd=project)
-    assert list((project / "outputs").glob("*/*/results.json")), "make train wrote no results.json"
+    (results,) = (project / "outputs").glob("*/*/results.json")
+    assert json.loads(results.read_text())["epochs"] == 2
     print(f"\n{combination}: {json.dumps(measured)}")  # make test-all ARGS=-s shows them
 
 
@@ -218,13 +224,20 @@ def test_copier_update_brings_a_template_change_and_keeps_the_users_edit(templat
     edited = net.read_text().replace("dropout: float = 0.1", "dropout: float = 0.25")
     assert edited != net.read_text()
     net.write_text(edited)
-    git("commit", "-q", "-am", "my dropout", cwd=project)
+    optimizer = project / "conf/optimizer/adam.yaml"
+    optimizer.write_text(optimizer.read_text().replace("lr: 0.001\n", "lr: 0.0003\n"))
+    git("commit", "-q", "-am", "my dropout and learning rate", cwd=project)
     makefile = template / "template/Makefile.jinja"
     makefile.write_text(makefile.read_text() + "\nhello: ## a new target\n\t@echo hello\n")
+    theirs = template / "template/conf/optimizer/adam.yaml"  # the same file changed upstream
+    theirs.write_text("# Adam, as the template now says.\n" + theirs.read_text())
     git("commit", "-q", "-am", "a new make target", cwd=template)
     copier.run_update(project, defaults=True, overwrite=True, unsafe=True, quiet=True, vcs_ref="HEAD")
     assert "hello: ## a new target" in (project / "Makefile").read_text()
     assert "dropout: float = 0.25" in net.read_text()
+    merged = optimizer.read_text()
+    assert merged.startswith("# Adam, as the template now says.\n") and "lr: 0.0003\n" in merged, merged
+    assert "<<<<<<<" not in merged and "lr: 0.001\n" not in merged
     answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
     assert answers["_commit"] == git("rev-parse", "--short", "HEAD", cwd=template).strip()
     pin = git("rev-parse", "HEAD", cwd=template).strip()
