@@ -323,3 +323,22 @@ def test_the_stop_hint_works_pasted_without_the_venv_on_path(monkeypatch):
     assert Path(program).resolve() == script.resolve() and os.access(program, os.X_OK), program
     monkeypatch.setenv("PATH", f"{script.parent}:/usr/bin:/bin")  # activated
     assert resume_hint(Path("run")).startswith("continue with: lightfit train ")
+
+
+def test_evaluate_in_a_project_names_the_projects_predict(project, monkeypatch):
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from lightfit.cli.evaluate_input import no_labels
+
+    monkeypatch.syspath_prepend(str(project))
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
+    GlobalHydra.instance().clear()
+    # as cli/entry.py runs `proj evaluate`: lightfit's evaluate.yaml, the project's configs after it
+    with initialize_config_module("lightfit.conf", version_base="1.3"):
+        overrides = ["hydra.searchpath=[pkg://proj.conf]"]
+        cfg = compose("evaluate", overrides=overrides, return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    HydraConfig.instance().set_config(cfg)
+    assert str(no_labels(Path("x.npy"), "a .npy")).endswith("to get predictions use proj predict")
