@@ -102,8 +102,8 @@ compare: $(STAMP_PLOT) ## rank runs, with what differed: make compare RUNS="mult
 	$(PY) -m lightfit compare $(RUNS) $(ARGS)
 
 # The store that logger=mlflow writes by default: mlflow.db in the folder you train from.
-mlflow-ui: $(STAMP_RUN) ## the MLflow UI on the runs of logger=mlflow (pip install -e ".[mlflow]"), port 5000
-	@$(PY) -c "import mlflow" 2>/dev/null || { echo 'MLflow is not installed: $(PIP) install -e ".[mlflow]"'; exit 2; }
+mlflow-ui: $(STAMP_RUN) ## the MLflow UI on the runs of logger=mlflow (pip install 'lightfit[mlflow]'), port 5000
+	@$(PY) -c "import mlflow" 2>/dev/null || { echo "MLflow is not installed: $(PIP) install 'lightfit[mlflow]'"; exit 2; }
 	$(PY) -m mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" $(ARGS)
 
 # copier renders template/ (the template extra); ARGS="--defaults" takes the other answers' defaults.

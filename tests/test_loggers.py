@@ -28,4 +28,4 @@ def test_mlflow_missing_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(loggers.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(InstantiationException) as raised:
         loggers.build_loggers(compose_config("logger=mlflow", run_dir=tmp_path))
-    assert errors.one_line(raised.value) == 'logger=mlflow needs MLflow: pip install -e ".[mlflow]"'
+    assert errors.one_line(raised.value) == "logger=mlflow needs MLflow: pip install 'lightfit[mlflow]'"

@@ -73,6 +73,18 @@ def test_a_project_composes_its_configs_with_lightfits_groups(project):
     assert "strategy: ddp" in proc.stdout and "_target_: torch.optim.sgd.SGD" in proc.stdout
 
 
+def test_a_projects_own_optimizer_and_trainer_files_replace_lightfits(tmp_path):
+    """As in a generated project: its trainer/default.yaml is what trainer=gpu, ... start from."""
+    trainer = "defaults:\n  - /schema/trainer@_here_\n  - _self_\nmax_epochs: 7\naccelerator: cpu\n"
+    optimizer = "defaults:\n  - /schema/optimizer/adam@_here_\n  - _self_\nlr: 0.005\n"
+    files = {"conf/trainer/default.yaml": trainer, "conf/optimizer/adam.yaml": optimizer}
+    root = write_project(tmp_path / "src", files=files)
+    proc = project_cli(root, "train", "--cfg", "job", "trainer=auto")
+    assert proc.returncode == 0, proc.stderr
+    assert "max_epochs: 7" in proc.stdout and "lr: 0.005" in proc.stdout
+    assert "accelerator: auto" in proc.stdout  # trainer=auto says so itself
+
+
 def test_a_projects_errors_and_help_name_its_command(project):
     proc = project_cli(project, "train", "trainer.max_epoch=3")
     lines = proc.stderr.strip().splitlines()
@@ -295,3 +307,38 @@ def test_the_stop_hint_names_the_projects_own_command(project, monkeypatch, tmp_
     (tmp_path / ".hydra" / "overrides.yaml").write_text("- loop=mine\n")
     hint = resume_hint(tmp_path)
     assert hint.startswith(f"continue with: proj train ckpt_path=auto hydra.run.dir={tmp_path}"), hint
+
+
+def test_the_stop_hint_works_pasted_without_the_venv_on_path(monkeypatch):
+    from hydra.core.hydra_config import HydraConfig
+
+    from lightfit.run.signals import resume_hint
+
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # lightfit's own command
+
+    script = Path(sys.executable).parent / "lightfit"  # the console script pip installed
+    assert script.is_file()
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # the environment not activated
+    program = resume_hint(Path("run")).removeprefix("continue with: ").split()[0]
+    assert Path(program).resolve() == script.resolve() and os.access(program, os.X_OK), program
+    monkeypatch.setenv("PATH", f"{script.parent}:/usr/bin:/bin")  # activated
+    assert resume_hint(Path("run")).startswith("continue with: lightfit train ")
+
+
+def test_evaluate_in_a_project_names_the_projects_predict(project, monkeypatch):
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from lightfit.cli.evaluate_input import no_labels
+
+    monkeypatch.syspath_prepend(str(project))
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
+    GlobalHydra.instance().clear()
+    # as cli/entry.py runs `proj evaluate`: lightfit's evaluate.yaml, the project's configs after it
+    with initialize_config_module("lightfit.conf", version_base="1.3"):
+        overrides = ["hydra.searchpath=[pkg://proj.conf]"]
+        cfg = compose("evaluate", overrides=overrides, return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    HydraConfig.instance().set_config(cfg)
+    assert str(no_labels(Path("x.npy"), "a .npy")).endswith("to get predictions use proj predict")

@@ -335,18 +335,14 @@ def test_the_stop_hint_pasted_alone_resumes_to_the_same_weights(tmp_path):
     assert proc.returncode == 128 + signal.SIGINT, stderr
     saved = tmp_path / "stopped" / ".hydra" / "overrides.yaml"
     hint = re.search(
-        r"; continue with: (lightfit train .*) \(it takes that run's overrides from (\S+);", stderr
+        r"; continue with: (\S*lightfit train .*) \(it takes that run's overrides from (\S+);", stderr
     )
     assert hint and hint.group(2) == str(saved), stderr
-    command = shlex.split(hint.group(1))
+    command = shlex.split(hint.group(1))  # lightfit, or .venv/bin/lightfit when not on PATH
     assert command[2:] == ["ckpt_path=auto", f"hydra.run.dir={tmp_path / 'stopped'}"]
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "lightfit.cli.train", *command[2:]],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    # pasted into a shell, as it is: the program is found
+    resumed = subprocess.run(hint.group(1), shell=True, capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming {tmp_path / 'stopped'} with its own overrides: {' '.join(overrides)}" in resumed.stdout
     assert_same_weights(tmp_path / "whole/checkpoints/last.ckpt", tmp_path / "stopped/checkpoints/last.ckpt")

@@ -31,8 +31,9 @@ import copier  # noqa: E402 - after the skip above
 needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t"}
 GIT_ENV |= {"GIT_COMMITTER_EMAIL": "t@t"}
-LONG_NAME = "a_package_name_of_forty_characters_long_"  # ruff must pass for it too
-assert len(LONG_NAME) == 40
+# The longest name copier accepts: the project's lines that name it must pass ruff too.
+LONG_NAME = "a_package_name_of_sixty_four_characters_the_longest_copier_takes"
+assert len(LONG_NAME) == 64
 
 # name, answers: the four combinations every change to the template is checked on
 COMBINATIONS = {
@@ -100,7 +101,8 @@ def install(project: Path) -> None:
     run(*pip, cwd=project)
     where = run(project / ".venv/bin/python", "-c", "import lightfit; print(lightfit.__file__)", cwd=project)
     assert where.startswith(str(site)), where  # the pinned commit's lightfit, not this checkout's
-    (project / ".venv/.installed").touch()  # what `make install` leaves: make does not reinstall
+    for stamp in (".installed-torch", ".installed"):  # what `make install` leaves, in its order:
+        (project / ".venv" / stamp).touch()  # make does not reinstall
 
 
 def counts(project: Path) -> dict[str, int]:
@@ -130,10 +132,16 @@ def test_a_generated_project_installs_trains_tests_and_lints(template_repo, tmp_
     install(project)
     measured = counts(project)
     assert measured["src lines"] <= 500, measured
-    measured["make train (s)"] = timed("make", "train", "ARGS=trainer.max_epochs=2", cwd=project)
+    # What it trains with is in the project's own conf: its epochs drive `make train`.
+    assert "lr: 0.001\n" in (project / "conf/optimizer/adam.yaml").read_text()
+    assert "batch_size: " in next((project / "conf/data").glob("*.yaml")).read_text()
+    trainer = project / "conf/trainer/default.yaml"
+    trainer.write_text(trainer.read_text().replace("max_epochs: 20\n", "max_epochs: 2\n"))
+    measured["make train (s)"] = timed("make", "train", cwd=project)
     measured["make test (s)"] = timed("make", "test", cwd=project)
     run("make", "lint", cwd=project)
-    assert list((project / "outputs").glob("*/*/results.json")), "make train wrote no results.json"
+    (results,) = (project / "outputs").glob("*/*/results.json")
+    assert json.loads(results.read_text())["epochs"] == 2
     print(f"\n{combination}: {json.dumps(measured)}")  # make test-all ARGS=-s shows them
 
 
@@ -216,13 +224,20 @@ def test_copier_update_brings_a_template_change_and_keeps_the_users_edit(templat
     edited = net.read_text().replace("dropout: float = 0.1", "dropout: float = 0.25")
     assert edited != net.read_text()
     net.write_text(edited)
-    git("commit", "-q", "-am", "my dropout", cwd=project)
+    optimizer = project / "conf/optimizer/adam.yaml"
+    optimizer.write_text(optimizer.read_text().replace("lr: 0.001\n", "lr: 0.0003\n"))
+    git("commit", "-q", "-am", "my dropout and learning rate", cwd=project)
     makefile = template / "template/Makefile.jinja"
     makefile.write_text(makefile.read_text() + "\nhello: ## a new target\n\t@echo hello\n")
+    theirs = template / "template/conf/optimizer/adam.yaml"  # the same file changed upstream
+    theirs.write_text("# Adam, as the template now says.\n" + theirs.read_text())
     git("commit", "-q", "-am", "a new make target", cwd=template)
     copier.run_update(project, defaults=True, overwrite=True, unsafe=True, quiet=True, vcs_ref="HEAD")
     assert "hello: ## a new target" in (project / "Makefile").read_text()
     assert "dropout: float = 0.25" in net.read_text()
+    merged = optimizer.read_text()
+    assert merged.startswith("# Adam, as the template now says.\n") and "lr: 0.0003\n" in merged, merged
+    assert "<<<<<<<" not in merged and "lr: 0.001\n" not in merged
     answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
     assert answers["_commit"] == git("rev-parse", "--short", "HEAD", cwd=template).strip()
     pin = git("rev-parse", "HEAD", cwd=template).strip()
@@ -240,6 +255,7 @@ def test_the_template_is_rendered_by_copier_alone():
     [
         ({"package_name": "2fast"}, "not a Python"),
         ({"package_name": "lightfit"}, "taken"),
+        ({"package_name": LONG_NAME + "s"}, r"too long \(65 characters\): at most 64"),
         ({"package_name": "ok", "task": "regression", "data": "digits"}, "classification set"),
         ({"package_name": "ok", "loops": []}, "at least one loop"),
         ({"package_name": "ok", "data": "npz", "data_path": "x.csv"}, "not an .npz"),
@@ -248,6 +264,14 @@ def test_the_template_is_rendered_by_copier_alone():
 def test_copier_refuses_bad_answers(tmp_path, answers, message):
     with pytest.raises(ValueError, match=message):
         copier.run_copy(str(ROOT), tmp_path / "p", data=answers, defaults=True, unsafe=True, quiet=True)
+
+
+@pytest.mark.slow
+def test_the_longest_package_name_gives_a_project_that_passes_ruff(tmp_path):
+    answers = {"package_name": LONG_NAME, "task": "regression", "data": "npz"}  # every loop
+    project = generate(ROOT, tmp_path / "p", answers)
+    for check in (["check", "--no-cache"], ["format", "--check", "--no-cache"]):
+        run(sys.executable, "-m", "ruff", *check, ".", cwd=project)
 
 
 def test_lightfit_new_makes_the_copier_project_at_the_installed_commit(tmp_path):

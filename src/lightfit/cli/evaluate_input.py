@@ -21,7 +21,9 @@ LOADER_KEYS = ("batch_size",)
 
 
 def no_labels(path: Path, why: str) -> LightfitError:
-    return LightfitError(f"{path} has no labels ({why}); to get predictions use lightfit predict")
+    from lightfit.run.signals import program_name  # `affair_risk predict` in a project
+
+    return LightfitError(f"{path} has no labels ({why}); to get predictions use {program_name()} predict")
 
 
 def read_labelled(path: Path, stored: dict[str, Any]) -> tuple[Any, np.ndarray]:

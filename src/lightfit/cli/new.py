@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
             import copier
             import copier.errors
         except ImportError:
-            raise LightfitError('copier is not installed: pip install -e ".[template]"') from None
+            raise LightfitError("copier is not installed: pip install 'lightfit[template]'") from None
         dest = Path(args.dest)
         if dest.exists() and any(dest.iterdir()):
             raise LightfitError(f"{dest} is not empty: give a new folder")

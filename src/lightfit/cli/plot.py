@@ -5,7 +5,7 @@ confusion matrix, when the run wrote one (`task.metrics=[acc,confusion]`).
     lightfit plot                                 # the latest run under outputs/
     make plot RUN=outputs/2026-11-25/19-13-30
 
-Needs the `plot` extra (`pip install -e ".[plot]"`, or `make plot` installs it): matplotlib
+Needs the `plot` extra (`pip install 'lightfit[plot]'`, or `make plot` installs it): matplotlib
 is imported only here, so training never pays for it.
 """
 
@@ -85,7 +85,8 @@ def pyplot() -> Any:
     try:
         import matplotlib
     except ImportError:
-        raise LightfitError('matplotlib is not installed: pip install -e ".[plot]" (or make plot)') from None
+        message = "matplotlib is not installed: pip install 'lightfit[plot]' (or make plot)"
+        raise LightfitError(message) from None
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
 

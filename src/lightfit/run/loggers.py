@@ -79,7 +79,7 @@ class MLFlowLogger(LightningMLFlowLogger):
         **kwargs: Any,
     ) -> None:
         if importlib.util.find_spec("mlflow") is None:
-            raise LightfitError('logger=mlflow needs MLflow: pip install -e ".[mlflow]"')
+            raise LightfitError("logger=mlflow needs MLflow: pip install 'lightfit[mlflow]'")
         run = Path(run_dir)
         with sqlite_store_lock(tracking_uri):  # the client opens the store here, on every rank
             super().__init__(

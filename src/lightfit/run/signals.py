@@ -7,8 +7,11 @@ exits with, after `interrupted.ckpt` was saved.
 
 from __future__ import annotations
 
+import os
 import shlex
+import shutil
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,19 +62,47 @@ def resume_hint(run_dir: Path) -> str:
 
 
 def _command() -> str:
-    """The command that trained: `lightfit train`, or a project's own (`affair_risk train`,
-    whose configs are the package `affair_risk.conf`), with the run's `--config-dir`s."""
+    """The command that trained, with the run's `--config-dir`s, as it runs pasted into the shell."""
     from hydra.core.hydra_config import HydraConfig
 
     from lightfit.run.distributed import command_configs
 
     if not HydraConfig.initialized():
-        return "lightfit train"
-    main, dirs = command_configs(HydraConfig.get().runtime)
-    program = "lightfit"
-    if main and main.startswith("pkg://"):  # pkg://affair_risk.conf: the command affair_risk
-        program = main.removeprefix("pkg://").removesuffix(".conf")
-    return f"{program} train" + "".join(f" --config-dir={shlex.quote(d)}" for d in dirs)
+        return f"{shell_program()} train"
+    _, dirs = command_configs(HydraConfig.get().runtime)
+    return f"{shell_program()} train" + "".join(f" --config-dir={shlex.quote(d)}" for d in dirs)
+
+
+def shell_program() -> str:
+    """The running program as the user's shell finds it: `lightfit`, or a project's own
+    (`affair_risk`, whose configs are the package `affair_risk.conf`), or its path in this
+    Python's environment (`.venv/bin/affair_risk`) when that is not the one on PATH: the
+    environment was not activated, and `affair_risk` alone would be "command not found"."""
+    name = program_name()
+    script = Path(sys.executable).parent / name
+    if not script.is_file():  # not installed as a console script (a package on PYTHONPATH)
+        return name
+    found = shutil.which(name)
+    if found and Path(found).resolve() == script.resolve():
+        return name
+    relative = os.path.relpath(script)  # .venv/bin/affair_risk, from the project's folder
+    return shlex.quote(str(script) if relative.startswith("..") else relative)
+
+
+def program_name() -> str:
+    """`lightfit`, or the project whose config package the command composed: its main config
+    source (train) or the one it put on the search path (evaluate, predict: cli/entry.py)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return "lightfit"
+    for source in HydraConfig.get().runtime.config_sources:
+        if source.path == "lightfit.conf":
+            continue
+        ours = source.provider == "main" or source.provider.startswith("hydra.searchpath")
+        if ours and source.schema == "pkg" and source.path.endswith(".conf"):
+            return source.path.removesuffix(".conf")  # pkg://affair_risk.conf: the command affair_risk
+    return "lightfit"
 
 
 class StopRequest:
