@@ -80,6 +80,8 @@ def test_bad_inputs_get_one_line(digits_ckpt, tmp_path):
         model.predict(np.full((1, 8, 8), np.nan))
     with pytest.raises(LightfitError, match="not trained with data=images"):
         model.predict([tmp_path / "a.png"])
+    with pytest.raises(LightfitError, match="batch_size=0 must be a positive integer"):
+        model.predict(np.zeros((1, 8, 8)), batch_size=0)
     with pytest.raises(LightfitError, match="checkpoint not found"):
         lightfit.load(tmp_path / "none.ckpt")
 

@@ -22,7 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightfit.cli.predict import check_samples, class_names, fill_predictions, prediction_task, read_any_input
+from lightfit.cli.predict import (
+    check_samples,
+    class_names,
+    fill_predictions,
+    output_shape,
+    prediction_task,
+    read_any_input,
+)
 from lightfit.errors import LightfitError
 from lightfit.run.checkpoint import CHECKPOINT_KEY, load_checkpoint, rebuild_network
 from lightfit.tasks import CLASSIFICATION
@@ -61,17 +68,13 @@ class TrainedModel:
         return self._predictions(inputs, "probs", batch_size)
 
     def _predictions(self, inputs: Any, kind: str, batch_size: int) -> np.ndarray:
+        if int(batch_size) < 1:
+            raise LightfitError(f"batch_size={batch_size} must be a positive integer")
         x, source = self._features(inputs)
         check_samples(x, self.stored, source)
-        names = self.classes if self.classes is not None else np.arange(1)
-        if kind == "labels":
-            out = np.empty(len(x), names.dtype)
-        elif kind == "probs":
-            out = np.empty((len(x), self.task.num_outputs), np.float32)
-        else:
-            out = np.empty((len(x), *self.stored["target_shape"]), np.float32)
-        args = (self.net, self.task, x, kind, names, batch_size, self.device, source)
-        fill_predictions(out, *args)
+        out = np.empty(*output_shape(kind, len(x), self.stored))  # as `lightfit predict` writes it
+        names = class_names(self.stored)  # what labels 0..C-1 become
+        fill_predictions(out, self.net, self.task, x, kind, names, int(batch_size), self.device, source)
         return out
 
     def _features(self, inputs: Any) -> tuple[Any, str]:
