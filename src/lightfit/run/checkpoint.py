@@ -175,8 +175,9 @@ def load_module(cls: type[M], checkpoint_path: str | Path, map_location: Any = N
     network and the task are objects, which a weights-only checkpoint cannot hold. lightfit
     stores the run's config instead, and the network (with its input standardisation) and
     the task are rebuilt from it. The keys of the run's `loop.module` config that `cls` takes
-    are passed too, under `kwargs`. The task's own buffers (class weights) are loaded where the
-    rebuilt task has them; every other weight must fit.
+    are passed too, under `kwargs`, and `optimizer` and `scheduler` None. The task's own
+    buffers (class weights) are loaded where the rebuilt task has them; every other weight
+    must fit.
     """
     checkpoint = load_checkpoint(checkpoint_path)
     net = rebuild_network(checkpoint)
@@ -188,6 +189,8 @@ def load_module(cls: type[M], checkpoint_path: str | Path, map_location: Any = N
         for key, value in module_cfg.items()
         if key in takes and not key.startswith("_") and not (isinstance(value, dict) and "_target_" in value)
     }
+    # No optimizer: a module to predict and evaluate with (pass `optimizer=` to train it on).
+    kept |= {key: None for key in ("optimizer", "scheduler") if key in takes}
     module = cls(net=net, task=task, **{**kept, **kwargs})
     state = checkpoint["state_dict"]
     missing, unexpected = module.load_state_dict(state, strict=False)
