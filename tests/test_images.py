@@ -263,3 +263,23 @@ def test_ddp_ranks_decode_the_folder_once(photos, tmp_path):
     assert proc.stdout.count("decoding 400 images") == 1  # by whichever rank took the lock first
     files = sorted(p.name for p in cache.glob("*/*") if not p.name.startswith("."))
     assert files == ["labels.npy", "manifest.json", "pixels.npy"]  # one cache, no partial files left
+
+
+def test_load_predicts_image_paths_as_the_command_does(trained, photos, tmp_path):
+    from test_evaluate_predict import compose_entry
+
+    import lightfit
+    from lightfit.cli.predict import predict
+    from lightfit.data.images import scan_inputs
+
+    ckpt = trained / "checkpoints" / "best.ckpt"
+    out = predict(
+        compose_entry("predict", f"ckpt_path={ckpt}", f"input={photos}", f"output={tmp_path}/p.npy")
+    )
+    probs = np.load(out)
+    paths = [photos / name for name in scan_inputs(photos).files]  # the command's order
+    model = lightfit.load(ckpt)
+    np.testing.assert_array_equal(model.predict_proba(paths), probs)
+    labels = model.predict([str(p) for p in paths])
+    assert labels.tolist() == [CLASSES[i] for i in probs.argmax(axis=1)]  # the class folders' names
+    np.testing.assert_array_equal(model.predict(photos), labels)  # the folder, as the command takes it

@@ -49,6 +49,13 @@ def test_fit_evaluate_predict_on_digits(digits, capsys):
     assert type(outputs) is np.ndarray and outputs.dtype == np.float32 and outputs.shape == (len(x_test), 10)
     accuracy = float((outputs.argmax(1) == y_test).mean())
     assert accuracy == pytest.approx(scores["acc"], abs=1e-6)
+    # As Keras' predict: the last layer's outputs, logits here (docs/keras.md); the README's softmax
+    # gives probabilities.
+    with torch.no_grad():
+        np.testing.assert_array_equal(outputs, model(torch.from_numpy(x_test)).numpy())
+    assert not np.allclose(outputs.sum(axis=1), 1)
+    probs = torch.softmax(torch.from_numpy(outputs), dim=1).numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
 
 
 @pytest.mark.slow

@@ -241,6 +241,10 @@ def test_a_projects_module_trains_with_its_own_key_and_resumes_exactly(tmp_path,
     whole = run_train(tmp_path / "whole", *overrides, "logger=csv")
     plain = run_train(tmp_path / "plain", *overrides[:-1], "logger=none")
     assert whole["test/loss"] != plain["test/loss"]  # the penalty changed the training
+    from lightfit import load_module
+
+    loaded = load_module(L1Module, tmp_path / "whole/checkpoints/best.ckpt")  # no net, task or l1 given
+    assert loaded.l1 == 0.001 and not loaded.training  # its own key, from the run's config
 
     proc = start(tmp_path / "stopped", *overrides, "logger=csv")
     wait_for_line(proc, "epoch 1/3")

@@ -6,6 +6,7 @@ Without pyarrow (the `table` extra) these tests are skipped.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 from pathlib import Path
 
@@ -277,3 +278,37 @@ def test_the_bench_case_reads_both_ways(tmp_path):
     assert result["pyarrow"]["seconds"] > 0 and result["time_ratio"] > 0 and result["peak_over_array"] > 0
     assert "Reading a 3,000-row, 20-feature CSV" in "\n".join(table_read_markdown(result))
     assert [row[0][:23] for row in table_read_rows(result)] == ["data=table reads a 3,00"] * 2
+
+
+def test_load_predicts_raw_rows_as_the_command_does(trained, tmp_path):
+    """`lightfit.load(ckpt)` on a CSV path, a pyarrow Table and a pandas DataFrame (text columns,
+    a missing income, other columns): the numbers of `lightfit predict`."""
+    import pyarrow.csv
+    from test_evaluate_predict import compose_entry
+
+    import lightfit
+    from lightfit.cli.predict import predict
+
+    new = write_churn(tmp_path / "new.csv", n=30, missing=3, seed=1)
+    ckpt = trained / "checkpoints" / "best.ckpt"
+
+    def command(kind: str) -> np.ndarray:
+        out = f"output={tmp_path / kind}.npy"
+        return np.load(
+            predict(compose_entry("predict", f"ckpt_path={ckpt}", f"input={new}", out, f"kind={kind}"))
+        )
+
+    labels, probs = command("labels"), command("probs")
+    assert set(labels.tolist()) <= {"no", "yes"}  # the class names, not ids
+    model = lightfit.load(ckpt)
+    inputs = [new, str(new), pyarrow.csv.read_csv(new)]  # the Table: int64 and float64 columns
+    if importlib.util.find_spec("pandas") is not None:
+        import pandas as pd
+
+        inputs.append(pd.read_csv(new).drop(columns=["churn"]).iloc[:, ::-1])  # any column order
+    for rows in inputs:
+        np.testing.assert_array_equal(model.predict(rows), labels)
+        np.testing.assert_array_equal(model.predict_proba(rows), probs)
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
+    with pytest.raises(LightfitError, match="the Table: training's feature column 'plan' is not in"):
+        model.predict(pyarrow.csv.read_csv(new).drop_columns(["plan"]))

@@ -4,7 +4,7 @@
     history = fit(model, x_train, y_train, validation_split=0.1, epochs=5, batch_size=64)
     history.history["val_acc"]            # one float per epoch
     evaluate(model, x_test, y_test)        # {"loss": 0.21, "acc": 0.95}
-    probs = predict(model, x_test)         # np.ndarray of the model's outputs
+    logits = predict(model, x_test)        # np.ndarray of the last layer's outputs, as Keras'
 
     # regression: any loss and torchmetrics metric by name, as in Keras' compile()
     history = fit(model, x, y, loss="mse", metrics=["mae", "r2"])   # loss, mae, r2, val_loss, ...
@@ -141,7 +141,14 @@ def _batches(x: Tensor, batch_size: int, device: torch.device) -> Iterator[Tenso
 
 @torch.no_grad()  # no graph: predictions never need gradients
 def predict(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """The model's outputs for `x`, as a new NumPy array (apply softmax/argmax as you need)."""
+    """The model's outputs for `x`, as a new NumPy array: what its last layer returns, as Keras'
+    `model.predict`.
+
+    A classifier trained with cross-entropy ends in logits (the loss applies log-softmax, as
+    Keras' `from_logits=True`), so these are logits:
+    `torch.softmax(torch.from_numpy(out), dim=1)` gives probabilities, `out.argmax(1)` the
+    classes. A checkpoint's probabilities: `lightfit.load(path).predict_proba(x)`.
+    """
     inputs = _features(x)
     model.eval()  # dropout off, batch norm uses running statistics
     outputs = [model(xb).detach().cpu() for xb in _batches(inputs, batch_size, _device(model))]

@@ -47,19 +47,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         CHECKPOINT_KEY,
         check_targets,
         load_checkpoint,
-        num_outputs,
         rebuild_network,
-        task_config,
+        rebuild_task,
     )
-    from lightfit.tasks import build_task
 
     ckpt_path = Path(cfg.ckpt_path).expanduser()
     checkpoint = load_checkpoint(ckpt_path)  # a bad file is reported before Lightning is imported
     stored = checkpoint[CHECKPOINT_KEY]
     net = rebuild_network(checkpoint)
-    task_cfg = task_config(stored)
-    check_targets(task_cfg, "the checkpoint's task config")  # a loss or metric by _target_
-    task = build_task(task_cfg, num_outputs(stored), net)
+    task = rebuild_task(checkpoint, net)
     if cfg.get("input"):  # every sample of a labelled file (cli/evaluate_input.py)
         from lightfit.cli.evaluate_input import input_loader
 

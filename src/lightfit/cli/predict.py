@@ -72,6 +72,26 @@ def class_names(stored: dict) -> np.ndarray:
     return np.asarray(classes if classes else np.arange(num_outputs(stored)))
 
 
+def prediction_task(stored: dict):
+    """The checkpoint's task, for its predictions only (no metrics to build)."""
+    from lightfit.run.checkpoint import num_outputs, task_config
+    from lightfit.tasks import build_task
+
+    return build_task({"name": task_config(stored)["name"], "metrics": []}, num_outputs(stored))
+
+
+def check_samples(x: np.ndarray, stored: dict, source: Any) -> None:
+    """One line unless `x` holds at least one sample of the shape the checkpoint's network takes."""
+    expected = tuple(stored["input_shape"])
+    if x.ndim == 0 or tuple(x.shape[1:]) != expected:
+        raise LightfitError(
+            f"{source} has samples of shape {tuple(x.shape[1:])} (array {x.shape}); "
+            f"the checkpoint's network takes samples of shape {expected}"
+        )
+    if len(x) == 0:
+        raise LightfitError(f"{source} has no samples (shape {x.shape})")
+
+
 def fill_predictions(
     out: np.ndarray, net, task, x: np.ndarray, kind: str, names, batch: int, device, source
 ) -> None:
@@ -139,14 +159,7 @@ def predict(cfg: DictConfig) -> Path:
     """Write `cfg.output`: class probabilities (N, C) float32 or labels (N,) for a classifier,
     values (N,) or (N, k) float32 in the units of y for a regression; or, for an output
     ending in .csv, a table of them (see cli/predict_table.py); returns its path."""
-    from lightfit.run.checkpoint import (
-        CHECKPOINT_KEY,
-        load_checkpoint,
-        num_outputs,
-        rebuild_network,
-        task_config,
-    )
-    from lightfit.tasks import build_task
+    from lightfit.run.checkpoint import CHECKPOINT_KEY, load_checkpoint, rebuild_network, task_config
 
     if cfg.kind is not None and cfg.kind not in KINDS:
         raise LightfitError(f"kind={cfg.kind} is not one of {', '.join(KINDS)}")
@@ -160,18 +173,11 @@ def predict(cfg: DictConfig) -> Path:
     as_csv = output.suffix.lower() == ".csv"
     default = "values" if task_name == "regression" else "probs"
     kind = default if as_csv else cfg.kind or default  # a CSV has the label and every probability
-    task = build_task({"name": task_name, "metrics": []}, num_outputs(stored))
+    task = prediction_task(stored)
     task.check_kind(kind)  # before anything is read or written
     keep = [str(k) for k in cfg.get("keep") or []]
     x, kept = read_any_input(input_path, stored, keep, cfg.get("unknown"))
-    expected = tuple(stored["input_shape"])
-    if x.ndim == 0 or tuple(x.shape[1:]) != expected:
-        raise LightfitError(
-            f"{input_path} has samples of shape {tuple(x.shape[1:])} (array {x.shape}); "
-            f"the checkpoint's network takes samples of shape {expected}"
-        )
-    if len(x) == 0:
-        raise LightfitError(f"{input_path} has no samples (shape {x.shape})")
+    check_samples(x, stored, input_path)
     net = rebuild_network(checkpoint).to(device)
     output.parent.mkdir(parents=True, exist_ok=True)
     (shape, dtype), names = output_shape(kind, len(x), stored), class_names(stored)

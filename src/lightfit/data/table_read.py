@@ -42,8 +42,6 @@ def table_kind(path: Path) -> str | None:
 def read_table(path: str | Path, as_is: tuple[str, ...] = ()) -> Any:
     """The whole file as a pyarrow Table; numeric columns not in `as_is` as float32."""
     pa = pyarrow()
-    import pyarrow.compute as pc
-
     path = Path(path).expanduser()
     kind = table_kind(path)
     if not path.is_file():
@@ -68,7 +66,17 @@ def read_table(path: str | Path, as_is: tuple[str, ...] = ()) -> Any:
         )
     if table.num_rows == 0:
         raise LightfitError(f"{path} has a header ({len(names)} columns) but no rows")
-    for name in names:  # Parquet keeps its types: numeric features as float32, as for CSV
+    return numbers_as_float32(table, as_is)  # Parquet keeps its types: as float32, as for CSV
+
+
+def numbers_as_float32(table: Any, as_is: tuple[str, ...] = ()) -> Any:
+    """The table with its numeric columns not in `as_is` as float32 (a Parquet file's, a
+    DataFrame's int64 and float64), as the CSV reader parses them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    names = table.column_names
+    for name in names:
         column = table[name]
         if name not in as_is and is_numeric(column.type) and column.type != pa.float32():
             table = table.set_column(names.index(name), name, pc.cast(column, pa.float32()))

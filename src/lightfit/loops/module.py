@@ -9,6 +9,7 @@ logged once per epoch, checkpoints, exact resume, stops) is lightfit's callback
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from lightfit.run.checkpoint import load_module
 from lightfit.tasks import StageMetrics, Task
 
 OptimizerFactory = Callable[..., Optimizer]  # params -> optimizer (a Hydra `_partial_` target)
@@ -40,6 +42,18 @@ class TaskModule(L.LightningModule):
         self.train_metrics = task.stage_metrics("train")
         self.val_metrics = task.stage_metrics("val")
         self.test_metrics = task.stage_metrics("test")
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: str | Path, map_location: Any = None, **kwargs: Any
+    ) -> TaskModule:
+        """The trained module from its checkpoint alone, in eval mode; `kwargs` go to `__init__`.
+
+        Lightning's version calls `cls(**saved hyperparameters)`; the network and the task are
+        objects a weights-only checkpoint cannot hold, so they are rebuilt from the run's config
+        that lightfit stores in it (run/checkpoint.py, `load_module`).
+        """
+        return load_module(cls, checkpoint_path, map_location, **kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)

@@ -12,10 +12,11 @@ networks, data modules and the functions of lightfit and of the project whose co
 
 from __future__ import annotations
 
+import inspect
 import pickle
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -25,6 +26,7 @@ from lightfit.errors import LightfitError
 # Written into every checkpoint by both runners (run/callbacks.py, loops/run_explicit.py).
 CHECKPOINT_KEY = "lightfit"
 NET_PREFIX = "net."  # the TaskModule keeps the network (Standardize + model) as `self.net`
+M = TypeVar("M", bound=nn.Module)
 PACKAGE = __name__.split(".")[0]  # "lightfit", or whatever a copy of the template renames it to
 
 
@@ -153,3 +155,51 @@ def rebuild_network(checkpoint: dict[str, Any]) -> nn.Module:
             f"{details[0] if details else exc}"
         ) from None
     return net.eval()
+
+
+def rebuild_task(checkpoint: dict[str, Any], net: nn.Module) -> Any:
+    """The Task the checkpoint was trained for (its loss and metrics), for `net` as rebuilt."""
+    from lightfit.tasks import build_task
+
+    stored = checkpoint[CHECKPOINT_KEY]
+    config = task_config(stored)
+    check_targets(config, "the checkpoint's task config")  # a loss or metric by _target_
+    return build_task(config, num_outputs(stored), net)
+
+
+def load_module(cls: type[M], checkpoint_path: str | Path, map_location: Any = None, **kwargs: Any) -> M:
+    """`cls(net, task, **kwargs)` with the checkpoint's trained weights, in eval mode: what
+    `load_from_checkpoint` does for lightfit's modules and a generated project's `Model`.
+
+    Lightning's own `load_from_checkpoint` calls `cls(**saved hyperparameters)`, but the
+    network and the task are objects, which a weights-only checkpoint cannot hold. lightfit
+    stores the run's config instead, and the network (with its input standardisation) and
+    the task are rebuilt from it. The keys of the run's `loop.module` config that `cls` takes
+    are passed too, under `kwargs`, and `optimizer` and `scheduler` None. The task's own
+    buffers (class weights) are loaded where the rebuilt task has them; every other weight
+    must fit.
+    """
+    checkpoint = load_checkpoint(checkpoint_path)
+    net = rebuild_network(checkpoint)
+    task = rebuild_task(checkpoint, net)
+    takes = inspect.signature(cls).parameters
+    module_cfg = (checkpoint[CHECKPOINT_KEY]["config"].get("loop") or {}).get("module") or {}
+    kept = {
+        key: value
+        for key, value in module_cfg.items()
+        if key in takes and not key.startswith("_") and not (isinstance(value, dict) and "_target_" in value)
+    }
+    # No optimizer: a module to predict and evaluate with (pass `optimizer=` to train it on).
+    kept |= {key: None for key in ("optimizer", "scheduler") if key in takes}
+    module = cls(net=net, task=task, **{**kept, **kwargs})
+    state = checkpoint["state_dict"]
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    wrong = [key for key in [*missing, *unexpected] if not key.startswith("task.")]
+    if wrong:
+        raise LightfitError(
+            f"{checkpoint_path}: the weights do not fit {cls.__name__} "
+            f"({'missing' if wrong[0] in missing else 'unexpected'} key {wrong[0]})"
+        )
+    if map_location is not None:
+        module = module.to(map_location)
+    return module.eval()
