@@ -299,6 +299,16 @@ def test_a_target_that_looks_real_valued_is_refused_for_classification(tmp_path)
         table_module(path, target="id", drop=[])
 
 
+def test_many_whole_number_classes_are_a_warning(tmp_path, caplog):
+    # The same measurement written as whole numbers (151, 75): a class per value, 2.4 rows each.
+    path = tmp_path / "t.csv"
+    path.write_text("x,progression\n" + "".join(f"{i % 7},{25 + 3 * (i % 50)}\n" for i in range(120)))
+    with caplog.at_level("WARNING", logger="lightfit"):
+        assert table_module(path, target="progression", drop=[]).num_classes == 50  # the run goes on
+    assert "target 'progression' has 50 classes in 120 rows, fewer than 5 rows a class; for a real-valued " \
+        "target use task=regression" in caplog.text  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("text", "kwargs", "message"),
     [

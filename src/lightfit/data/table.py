@@ -252,7 +252,17 @@ def class_names(column: Any, name: str, source: Any) -> list[Any]:
             f"{source}: target '{name}' has {len(values)} different values in {len(labels)} rows, fewer than "
             f"two rows a class; {advice} (or data.target names an id column)"
         )
+    if len(values) > MAX_DECIMAL_CLASSES and len(values) * FEW_ROWS_A_CLASS > len(labels):
+        # Whole numbers (a score, a count: diabetes progression 25..346) train a classifier
+        # with a class per value, and accuracy near 0; task=classification is the default.
+        log.warning(
+            f"{source}: target '{name}' has {len(values)} classes in {len(labels)} rows, fewer than "
+            f"{FEW_ROWS_A_CLASS} rows a class; {advice}"
+        )
     return sorted(set(values))
+
+
+FEW_ROWS_A_CLASS = 5  # with more than MAX_DECIMAL_CLASSES classes: a warning
 
 
 def encode_features(
