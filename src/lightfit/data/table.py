@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,7 +77,7 @@ def fit_encoding(
     *,
     classification: bool,
     max_categories: int,
-    drop: list[str] = (),
+    drop: Sequence[str] = (),
     **options: Any,
 ) -> TableEncoding:
     """Categories, means and class names from the training rows (`train_rows()`) of `table`.
