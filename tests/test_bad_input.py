@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cli
+from conftest import cli, require
 
 from lightfit.data import ArrayDataModule
 from lightfit.errors import LightfitError
@@ -124,3 +125,29 @@ def test_wrong_types_are_refused_before_training(tmp_path):
     proc = cli("model.hidden=[64,big]", f"hydra.run.dir={tmp_path / 'run'}")
     assert_one_line(proc, "model.hidden=[64,big]", "'big'")
     assert not (tmp_path / "run").exists()  # refused while composing: no run directory at all
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("a,y\n1,2\n".encode("utf-16"), r"is UTF-16 text .*; save it as CSV UTF-8"),
+        (b"name,y\nJos\xe9,1\n", r"column 'name' holds text that is not UTF-8 .*: iconv -f cp1252 -t utf-8 "),
+        (
+            b"PK\x03\x04\x14\x00\x00\x00",
+            r"not a CSV table but a zip archive \(an Excel .xlsx\?\): save the sheet",
+        ),
+        (Path(sys.executable).resolve().read_bytes(), r"t.csv is not a CSV table but an executable program;"),
+    ],
+    ids=["utf-16", "latin-1", "xlsx", "program"],
+)
+def test_a_csv_that_is_not_utf8_text_says_what_it_is(tmp_path, data, message):
+    """One printable line that says what the file is and what to do; pyarrow's own error quotes
+    the bytes (the CLI: test_table.py::test_a_program_named_csv_is_one_line_in_train_and_predict)."""
+    require("table")
+    from lightfit.data import TableDataModule
+
+    path = tmp_path / "t.csv"
+    path.write_bytes(data)
+    with pytest.raises(LightfitError, match=message) as error:
+        TableDataModule(path=str(path), target="y").setup("fit")
+    assert str(error.value).isprintable()  # no control characters, one line

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -175,17 +176,103 @@ def test_regression_on_several_target_columns(tmp_path):
                                [100 + 10 * x[1, 0], 5 - x[1, 1]]], rtol=1e-5)  # fmt: skip
 
 
-def test_true_false_columns_are_numbers_and_dates_are_refused(tmp_path):
+def test_true_false_columns_are_numbers(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("member,score,label\n" + "true,1.5,a\nfalse,,b\n" * 20)
     module = table_module(path, target="label", drop=[], missing="mean")
     x = module.splits["train"].x.numpy()
     assert module.encoding.categories == {} and module.input_shape == (2,)  # no one-hot: numbers
     assert sorted(set(x[:, 0].tolist())) == [0.0, 1.0] and np.isfinite(x).all()
-    path.write_text("day,score,label\n" + "2024-01-02,1.5,a\n2024-01-03,2.5,b\n" * 20)
-    refused = r"column 'day' holds date32\[day\], neither numbers nor text; drop it \(data.drop=\[day\]\)"
-    with pytest.raises(LightfitError, match=refused):
+
+
+def write_cars(path: Path, n: int = 200) -> Path:
+    """Cars: an id, a name nearly every car has alone, a date (one blank), a timestamp with time
+    zones (pyarrow reads it as UTC), a timestamp without, a number; mpg to predict."""
+    rng = np.random.default_rng(3)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "Name", "built", "sold", "checked", "hp", "mpg"])
+        for i in range(n):
+            hp, year = rng.normal(100, 20), 1970 + i % 13
+            sold = f"2024-03-{1 + i % 28:02d}T{i % 24:02d}:30:00" + ("+02:00" if i % 2 else "Z")
+            built = "" if i == 5 else f"{year}-{1 + i % 12:02d}-01"
+            mpg = 40 - 0.1 * hp + 0.5 * (year - 1970)
+            checked = f"2024-01-02 {i % 24:02d}:00:00"
+            writer.writerow([1000 + i, f"car {i % 150}", built, sold, checked, f"{hp:.1f}", f"{mpg:.2f}"])
+    return path
+
+
+def test_dates_and_timestamps_are_days_since_1970(tmp_path):
+    path = tmp_path / "t.csv"
+    rows = (
+        "1970-01-02,2024-01-02T12:00:00+02:00,a\n2024-01-31,2024-01-02T06:00:00Z,b\n,1970-01-01T00:00:00Z,a\n"
+    )
+    path.write_text("day,seen,label\n" + rows * 10)
+    module = table_module(path, target="label", drop=[], missing="mean")
+    enc = module.encoding
+    assert enc.dates == ["day", "seen"] and enc.categories == {} and module.input_shape == (2,)
+    x = module.splits["train"].x.numpy()
+    assert x[:2, 0].tolist() == [1.0, 19753.0]  # days since 1970-01-01
+    np.testing.assert_allclose(x[:3, 1], [19724 + 10 / 24, 19724 + 6 / 24, 0], atol=2e-3)  # UTC, to float32
+    train = module.splits["train"].rows.numpy()
+    known = train[train % 3 != 2]
+    assert x[2, 0] == pytest.approx(x[known, 0].mean())  # missing: the training mean, as for numbers
+    with pytest.raises(
+        LightfitError, match=r"10 rows have missing values \(columns: day\); set data.missing"
+    ):
         table_module(path, target="label", drop=[])
+
+
+def test_a_run_with_dates_predicts_its_own_rows_as_it_saw_them(tmp_path, caplog):
+    from lightfit.cli.predict_table import read_table_inputs
+    from lightfit.data.table import TableEncoding
+
+    cars, run = write_cars(tmp_path / "cars.csv"), tmp_path / "run"
+    with caplog.at_level("WARNING", logger="lightfit"):
+        data = [f"data.path={cars}", "data.target=mpg", "data.missing=mean", "data.drop=[checked]"]
+        run_train(run, "data=table", *data, "task=regression", "trainer.max_epochs=1", "logger=none")
+    # The id and the name are named, with the override that drops them (and what is dropped already).
+    warned = [r.getMessage() for r in caplog.records if "the model can only memorise it" in r.getMessage()]
+    assert [w.split("'")[1] for w in warned] == ["id", "Name"]
+    assert "holds a different whole number in every row (1000 to 1199), like an id" in warned[0]
+    assert "has 113 categories in 140 training rows" in warned[1]
+    assert all(w.endswith("data.drop=[checked,id,Name] leaves it out") for w in warned)
+    # predict encodes the training file exactly as the run did, dates and the blank one included.
+    stored = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["lightfit"]
+    assert stored["table"]["dates"] == ["built", "sold"] and "built" in stored["table"]["means"]
+    x, _ = read_table_inputs(cars, stored, [], unknown="ignore")  # names only val/test rows have: zeros
+    saved = np.load(run / "splits.npz")
+    for name, (seen, _) in load_split(run).items():
+        np.testing.assert_array_equal(x[saved[name]], seen)
+    # Row 1: built 1971-02-01, sold 2024-03-02 01:30 at +02:00 (23:30 UTC the day before).
+    built = TableEncoding.from_dict(stored["table"]).feature_names().index("built")  # after id, Name=...
+    assert x[1, built] == 396.0 and x[1, built + 1] == pytest.approx(19783 + 23.5 / 24, abs=1e-3)
+
+
+def test_id_like_columns_need_whole_numbers_or_text():
+    import pyarrow as pa
+
+    from lightfit.data.table import many_categories, whole_number_id
+    from lightfit.data.table_read import drop_override
+
+    assert whole_number_id(pa.chunked_array([np.arange(50, dtype=np.float32)])) is not None
+    measured = np.random.default_rng(0).normal(size=50).astype(np.float32)  # all different too
+    assert whole_number_id(pa.chunked_array([measured])) is None
+    spread = np.arange(50, dtype=np.float32) * 1000  # incomes in whole dollars: not an id
+    assert whole_number_id(pa.chunked_array([spread])) is None
+    assert whole_number_id(pa.chunked_array([np.arange(10, dtype=np.float32)])) is None  # too few rows
+    assert many_categories(4, 280) is None and many_categories(5, 8) is None
+    assert drop_override(["id", "Car Name"]) == """'data.drop=[id,"Car Name"]'"""  # for Hydra and the shell
+
+
+def test_missing_targets_point_to_drop(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("x,label\n" + "".join(f"{i},{'' if i % 10 == 0 else 'ab'[i % 2]}\n" for i in range(40)))
+    for missing in ("error", "mean"):
+        with pytest.raises(LightfitError, match=r"4 rows have missing values \(columns: label\)") as error:
+            table_module(path, target="label", drop=[], missing=missing)
+        assert "data.missing=drop" in str(error.value) and "data.missing=mean (" not in str(error.value)
+    assert len(table_module(path, target="label", drop=[], missing="drop").file_rows) == 36
 
 
 def test_integer_labels_map_to_sorted_ids(tmp_path):
@@ -211,6 +298,16 @@ def test_a_target_that_looks_real_valued_is_refused_for_classification(tmp_path)
     path.write_text("x,id\n" + "".join(f"{i % 3},{i}\n" for i in range(40)))
     with pytest.raises(LightfitError, match=r"target 'id' has 40 different values in 40 rows, fewer than"):
         table_module(path, target="id", drop=[])
+
+
+def test_many_whole_number_classes_are_a_warning(tmp_path, caplog):
+    # The same measurement written as whole numbers (151, 75): a class per value, 2.4 rows each.
+    path = tmp_path / "t.csv"
+    path.write_text("x,progression\n" + "".join(f"{i % 7},{25 + 3 * (i % 50)}\n" for i in range(120)))
+    with caplog.at_level("WARNING", logger="lightfit"):
+        assert table_module(path, target="progression", drop=[]).num_classes == 50  # the run goes on
+    assert "target 'progression' has 50 classes in 120 rows, fewer than 5 rows a class; for a real-valued " \
+        "target use task=regression" in caplog.text  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -268,6 +365,22 @@ def test_predict_refuses_a_table_without_a_training_column(trained, tmp_path):
         f"lightfit-predict: error: {rows}: training's feature column 'income' is not in the file "
         "(columns: age, city, plan)"
     )
+
+
+@pytest.mark.slow
+def test_a_program_named_csv_is_one_line_in_train_and_predict(trained, tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_bytes(Path(sys.executable).resolve().read_bytes())  # an executable, renamed
+    what = f"{path} is not a CSV table but an executable program; expected text: a header line"
+    what += " naming the columns, then rows"
+    proc = cli("data=table", f"data.path={path}", "data.target=y", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2 and proc.stdout.strip() == ""
+    assert proc.stderr.splitlines() == [f"lightfit-train: error: {what}"]
+    out = tmp_path / "pred.csv"
+    proc = cli(f"ckpt_path={trained}/checkpoints/best.ckpt", f"input={path}", f"output={out}",
+               module="lightfit predict")  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [f"lightfit-predict: error: {what}"]
+    assert not out.exists()
 
 
 def test_the_bench_case_reads_both_ways(tmp_path):

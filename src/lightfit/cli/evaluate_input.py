@@ -100,7 +100,8 @@ def _read_table(path: Path, stored: dict[str, Any]) -> tuple[np.ndarray, np.ndar
         if name not in table.column_names:
             raise no_labels(path, f"no target column '{name}'{did_you_mean(name, table.column_names)}")
     if missing_mask(table, enc.target).any():
-        raise missing_error(path, table, enc.target, "a sample needs its label to be tested")
+        advice = "a row needs its target to be tested; leave those rows out of the file"
+        raise missing_error(path, table, enc.target, advice)
     y = encode_target(table, enc, path)  # class names -> the trained ids; one line for a new one
     tables = [table]
     del table  # encode_table then holds the only reference, and frees the columns as it encodes

@@ -60,7 +60,10 @@ def encode_table(table: Any, path: Path, enc: Any, keep: list[str]) -> tuple[np.
     check_columns(path, keep, table.column_names, "keep")
     fill = enc.missing == "mean"
     if not fill and missing_mask(table, enc.features).any():
-        advice = f"the checkpoint was trained with data.missing={enc.missing}; data.missing=mean fills them"
+        advice = (
+            f"the checkpoint was trained with data.missing={enc.missing}: leave those rows out of the "
+            "file, or train with data.missing=mean, which fills them"
+        )
         raise missing_error(path, table, enc.features, advice)
     kept = {name: table[name].to_pylist() for name in keep}
     batches = table.select(enc.features).to_batches()

@@ -1,7 +1,9 @@
 """Tables in: a CSV or Parquet file, read with pyarrow, encoded into float32 NumPy arrays.
 
 Numeric columns become float32 features as they are (the network's `Standardize` scales
-them). A text column becomes one 0/1 column per category of the training split (one-hot).
+them). A date or timestamp column becomes one number, the days since 1970-01-01 (UTC;
+fractional for a time of day). A text column becomes one 0/1 column per category of the
+training split (one-hot).
 Class labels, strings or integers, become 0..C-1 in sorted order. Everything learned from
 the training split (the feature columns, the categories, the class names, the means that
 fill missing values) is a `TableEncoding`: every checkpoint carries it as plain lists, so
@@ -13,13 +15,15 @@ The file is read by table_read.py (pyarrow, the optional extra `table`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lightfit.data.table_read import is_numeric, is_text
+from lightfit.data.table_read import drop_override, is_date, is_numeric, is_text, table_kind
 from lightfit.errors import LightfitError
 
 log = logging.getLogger("lightfit")
@@ -36,12 +40,13 @@ class TableEncoding:
 
     features: list[str]  # the feature columns, in order
     categories: dict[str, list[str]]  # text column -> its training categories, one 0/1 column each
-    means: dict[str, float]  # numeric column -> training mean (data.missing=mean)
+    means: dict[str, float]  # numeric or date column -> training mean (data.missing=mean)
     target: list[str]
     classes: list[Any] | None  # classification: the labels of 0..C-1 (strings or integers)
     unknown: str = "error"
     missing: str = "error"
     multi_target: bool = False  # data.target was a list: targets of shape (N, k)
+    dates: list[str] = field(default_factory=list)  # date/timestamp columns: days since 1970-01-01
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,11 +77,14 @@ def fit_encoding(
     *,
     classification: bool,
     max_categories: int,
+    drop: Sequence[str] = (),
     **options: Any,
 ) -> TableEncoding:
     """Categories, means and class names from the training rows (`train_rows()`) of `table`.
 
     A table of numbers without missing values needs no training rows: they are not made.
+    A column that looks like an id (`customer_id`, `Name`) gets a warning that says how to
+    drop it (`drop`: the columns the run already drops); the run goes on.
     """
     import pyarrow.compute as pc
 
@@ -84,7 +92,7 @@ def fit_encoding(
     fill = options.get("missing") == "mean"
     needed = [n for n in features if is_text(table[n].type) or fill]
     train = table.select(needed).take(train_rows()) if needed else None
-    categories, means = {}, {}
+    categories, means, dates, suspects = {}, {}, [], {}
     for name in features:
         kind = table[name].type
         if is_text(kind):
@@ -92,20 +100,126 @@ def fit_encoding(
             if len(values) > max_categories:
                 raise LightfitError(
                     f"{source}: text column '{name}' has {len(values)} categories, more than "
-                    f"data.max_categories={max_categories}; drop it (data.drop=[{name}]) "
+                    f"data.max_categories={max_categories}; drop it ({drop_override([*drop, name])}) "
                     "or encode it yourself"
                 )
             categories[name] = sorted(values)
+            suspects[name] = many_categories(len(values), len(train) - train[name].null_count)
+            continue
+        if is_date(kind):
+            dates.append(name)
+        elif str(kind) in ("binary", "large_binary") and table_kind(Path(source)) == "csv":  # not UTF-8
+            raise LightfitError(
+                f"{source}: column '{name}' holds text that is not UTF-8 (as Excel's plain 'CSV' "
+                "writes accents); save the file as CSV UTF-8, or convert it: "
+                f"iconv -f cp1252 -t utf-8 {source} > utf8.csv"
+            )
         elif not (is_numeric(kind) or str(kind) == "bool"):
             raise LightfitError(
-                f"{source}: column '{name}' holds {kind}, neither numbers nor text; "
-                f"drop it (data.drop=[{name}]) or convert it"
+                f"{source}: column '{name}' holds {kind}, neither numbers, dates nor text; "
+                f"drop it ({drop_override([*drop, name])}) or convert it"
             )
+        elif str(kind) != "bool":
+            suspects[name] = whole_number_id(table[name])
+        if fill and name in dates:
+            days = days_since_1970(train[name], source, name)
+            known = days[~np.isnan(days)]
+            means[name] = float(known.mean()) if known.size else 0.0
         elif fill:
             mean = pc.mean(pc.cast(train[name], "float64"), skip_nulls=True).as_py()
             means[name] = 0.0 if mean is None or mean != mean else float(mean)  # an all-missing column: 0
+    suspects = {name: why for name, why in suspects.items() if why}
+    for name, why in suspects.items():
+        log.warning(
+            f"{source}: column '{name}' {why}; the model can only memorise it, new rows bring new "
+            f"values: {drop_override([*drop, *suspects])} leaves it out"
+        )
     classes = class_names(table[target[0]], target[0], source) if classification else None
-    return TableEncoding(features, categories, means, target, classes, **options)
+    return TableEncoding(features, categories, means, target, classes, **options, dates=dates)
+
+
+ID_MIN_ROWS = 20  # fewer rows: every value different is no sign of an id
+
+
+def whole_number_id(column: Any) -> str | None:
+    """Why a numeric column looks like an id, or None: every value a different whole number, in
+    a range no wider than twice the rows (1..891). A measurement has all values different too,
+    but not whole, or spread wider (incomes in dollars): those are not named."""
+    import pyarrow.compute as pc
+
+    values = column.drop_null()
+    if len(values) < ID_MIN_ROWS:
+        return None
+    low, high = (v.as_py() for v in pc.min_max(values).values())
+    if low is None or high != high or low != low or high - low + 1 > 2 * len(values):
+        return None
+    if not pc.all(pc.equal(pc.floor(values), values)).as_py():
+        return None
+    if pc.count_distinct(values).as_py() != len(values):
+        return None
+    return f"holds a different whole number in every row ({low:g} to {high:g}), like an id"
+
+
+def many_categories(count: int, rows: int) -> str | None:
+    """Why a text column looks like an id or a name, or None: more categories than half its
+    training rows, so that a category has fewer than two rows to be learned from."""
+    if rows < ID_MIN_ROWS or count * 2 <= rows:
+        return None
+    if count == rows:
+        return "holds a different text in every training row, like an id"
+    return f"has {count} categories in {rows} training rows, fewer than two rows each"
+
+
+DAY = {"s": 86_400, "ms": 86_400_000, "us": 86_400_000_000, "ns": 86_400_000_000_000}
+
+
+def days_since_1970(column: Any, source: Any, name: str) -> np.ndarray:
+    """A date or timestamp column as float64 days since 1970-01-01 00:00 UTC, NaN where missing.
+
+    A timestamp with a time zone counts from UTC; one without is read as UTC. Text (new rows
+    whose dates pyarrow did not recognise, e.g. a file where one has a time of day) is parsed
+    as ISO 8601: 2024-01-31, 2024-01-31 12:00:00, 2024-01-31T12:00:00+02:00.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.types as t
+
+    if column.null_count == len(column):  # a blank column: read as numbers or nulls, not dates
+        return np.full(len(column), np.nan)
+    if is_text(column.type):
+        column = parse_dates(pc.cast(column, pa.string()), source, name)
+    kind = column.type
+    if t.is_date32(kind):
+        days, per_day = pc.cast(column, pa.int32()), 1
+    elif t.is_date64(kind):
+        days, per_day = pc.cast(column, pa.int64()), DAY["ms"]
+    elif t.is_timestamp(kind):
+        days, per_day = pc.cast(column, pa.int64()), DAY[kind.unit]
+    else:
+        raise LightfitError(f"{source}: column '{name}' holds {kind}; in training it held dates")
+    return pc.cast(days, pa.float64()).to_numpy(zero_copy_only=False) / per_day
+
+
+def parse_dates(column: Any, source: Any, name: str) -> Any:
+    """ISO 8601 text as timestamps (us): a time zone (Z, +02:00) counted from UTC, none read as UTC."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    zoned = pc.fill_null(pc.match_substring_regex(column, ZONE), False)
+    try:
+        utc = pc.cast(pc.if_else(zoned, column, None), pa.timestamp("us", tz="UTC"))
+        naive = pc.cast(pc.if_else(zoned, None, column), pa.timestamp("us"))
+    except pa.ArrowInvalid as exc:
+        value = re.search(r"string: '([^']*)'", str(exc))
+        example = f" such as '{value.group(1)}'" if value else ""
+        raise LightfitError(
+            f"{source}: column '{name}' holds text that is not a date{example}; in training it held "
+            "dates: write them as 2024-01-31, 2024-01-31 12:00:00 or 2024-01-31T12:00:00+02:00"
+        ) from None
+    return pc.coalesce(pc.cast(utc, pa.int64()), pc.cast(naive, pa.int64())).cast(pa.timestamp("us"))
+
+
+ZONE = r"\d[T ]\d\d:\d\d.*(?:Z|[+-]\d\d:?\d\d)$"  # a time of day with a time zone
 
 
 MAX_DECIMAL_CLASSES = 20  # class labels written as decimals (0.0, 1.0): a few, or it is a measurement
@@ -138,7 +252,17 @@ def class_names(column: Any, name: str, source: Any) -> list[Any]:
             f"{source}: target '{name}' has {len(values)} different values in {len(labels)} rows, fewer than "
             f"two rows a class; {advice} (or data.target names an id column)"
         )
+    if len(values) > MAX_DECIMAL_CLASSES and len(values) * FEW_ROWS_A_CLASS > len(labels):
+        # Whole numbers (a score, a count: diabetes progression 25..346) train a classifier
+        # with a class per value, and accuracy near 0; task=classification is the default.
+        log.warning(
+            f"{source}: target '{name}' has {len(values)} classes in {len(labels)} rows, fewer than "
+            f"{FEW_ROWS_A_CLASS} rows a class; {advice}"
+        )
     return sorted(set(values))
+
+
+FEW_ROWS_A_CLASS = 5  # with more than MAX_DECIMAL_CLASSES classes: a warning
 
 
 def encode_features(
@@ -182,6 +306,13 @@ def _encode_batch(batch, block, enc, source, fill, start, unseen, training) -> N
     at = 0
     for name in enc.features:
         column = batch.column(name)
+        if name in enc.dates:
+            days = days_since_1970(column, source, name)
+            if fill:
+                days = np.where(np.isnan(days), enc.means[name], days)
+            block[:, at] = days  # float32: to within about 3 minutes in this century
+            at += 1
+            continue
         if name in enc.categories:
             if not is_text(column.type):
                 raise LightfitError(
@@ -206,8 +337,9 @@ def _encode_batch(batch, block, enc, source, fill, start, unseen, training) -> N
             block[rows, at + codes[rows].astype(np.int64)] = 1.0
             at += width
             continue
-        if is_text(column.type):
-            raise LightfitError(f"{source}: column '{name}' holds text; in training it held numbers")
+        if not (is_numeric(column.type) or str(column.type) == "bool"):
+            held = "text" if is_text(column.type) else "dates" if is_date(column.type) else column.type
+            raise LightfitError(f"{source}: column '{name}' holds {held}; in training it held numbers")
         # float32 first: integers and true/false as numbers, NaN where missing (a null int or
         # bool would otherwise come out as Python objects)
         values = pc.cast(column, pa.float32()).to_numpy(zero_copy_only=False)

@@ -22,7 +22,7 @@ from lightfit.errors import LightfitError
 class TableDataModule(ArrayDataModule):
     """Train/val/test splits of a table's rows: `target` column(s), `features` (default: the rest).
 
-    `drop`: columns to leave out (an id, a date). `unknown`: a text category never seen in
+    `drop`: columns to leave out (an id, a name). `unknown`: a text category never seen in
     training is an error, or `ignore` (all zeros). `missing`: rows with missing values are an
     error, or `drop` them, or `mean` (fill numbers with the training means). `encoding`: a
     stored `TableEncoding` (evaluate) instead of one learned here. The other arguments are
@@ -116,10 +116,19 @@ class TableDataModule(ArrayDataModule):
         missing = missing_mask(table, self.target if fill else [*features, *self.target])
         self.file_rows = np.arange(table.num_rows)
         if missing.any():
+            # A row without its target cannot be trained or tested on: only data.missing=drop
+            # helps it (the means fill features, and a label has no mean).
+            no_target = missing_mask(table, self.target).any()
+            if self.missing == "error" and no_target:
+                advice = (
+                    "set data.missing=drop (leave those rows out): a row without its target "
+                    "can be neither trained nor tested on"
+                )
+                raise missing_error(self.path, table, [*features, *self.target], advice)
             if self.missing == "error":
                 advice = "set data.missing=drop (leave those rows out) or data.missing=mean (training means)"
-                raise missing_error(self.path, table, [*features, *self.target], advice)
-            if fill:  # the means fill features; a missing label or target has no mean
+                raise missing_error(self.path, table, features, advice)
+            if fill:
                 advice = "data.missing=mean fills features only; data.missing=drop leaves those rows out"
                 raise missing_error(self.path, table, self.target, advice)
             self.file_rows = np.flatnonzero(~missing)
@@ -138,6 +147,7 @@ class TableDataModule(ArrayDataModule):
                 lambda: self._encoding_rows(rows),
                 classification=self.task == "classification",
                 max_categories=self.max_categories,
+                drop=self.drop,
                 unknown=self.unknown,
                 missing=self.missing,
                 multi_target=self.multi_target,

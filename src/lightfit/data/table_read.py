@@ -8,6 +8,7 @@ no larger than the feature array made from it. No Lightning and no torch here.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,12 @@ def read_table(path: str | Path, as_is: tuple[str, ...] = ()) -> Any:
         raise LightfitError(f"data file not found: {path}")
     if kind is None:
         raise LightfitError(f"{path} is not a table: expected .csv, .tsv or .parquet (or .csv.gz)")
+    if kind == "csv":
+        check_text(path)
     try:
         table = _read_csv(path, as_is) if kind == "csv" else _read_parquet(path)
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = printable(str(exc)) or type(exc).__name__
         if "Empty CSV file" in reason:
             raise LightfitError(
                 f"{path} is empty; expected a header line naming the columns, then rows"
@@ -81,6 +84,48 @@ def numbers_as_float32(table: Any, as_is: tuple[str, ...] = ()) -> Any:
         if name not in as_is and is_numeric(column.type) and column.type != pa.float32():
             table = table.set_column(names.index(name), name, pc.cast(column, pa.float32()))
     return table
+
+
+# What a file that is not text is, by its first bytes, and what to do with it.
+BINARY_KINDS = (
+    (b"\x7fELF", "an executable program"),
+    (b"MZ", "a Windows program"),
+    (b"PAR1", "a Parquet file: give it a .parquet name"),
+    (b"PK\x03\x04", "a zip archive (an Excel .xlsx?): save the sheet as CSV UTF-8"),
+    (b"\xd0\xcf\x11\xe0", "an old Excel .xls file: save the sheet as CSV UTF-8"),
+    (b"\x93NUMPY", "a NumPy .npy file: use data=npz"),
+    (b"\x1f\x8b", "gzip-compressed: give it a .csv.gz name"),
+    (b"%PDF", "a PDF document"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+)
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".zst", ".lz4", ".br")  # pyarrow decompresses them by name
+
+
+def check_text(path: Path) -> None:
+    """One line for a .csv that is not text (a program, a spreadsheet, UTF-16): pyarrow's parse
+    error would quote its bytes, control characters and all."""
+    if path.suffix.lower() in COMPRESSED_SUFFIXES:
+        return
+    with path.open("rb") as f:
+        head = f.read(4096)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise LightfitError(
+            f"{path} is UTF-16 text (as Excel's 'Unicode Text' writes it); save it as CSV UTF-8"
+        )
+    if b"\x00" not in head:
+        return
+    what = next((kind for magic, kind in BINARY_KINDS if head.startswith(magic)), "binary data")
+    raise LightfitError(
+        f"{path} is not a CSV table but {what}; expected text: a header line naming the columns, then rows"
+    )
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """The first line of `text` without control characters, cut to `limit` characters."""
+    line = next((line for line in text.strip().splitlines() if line.strip()), "")
+    line = "".join(c if c.isprintable() else "?" for c in line.strip())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _read_csv(path: Path, as_is: tuple[str, ...]) -> Any:
@@ -128,6 +173,13 @@ def is_numeric(arrow_type: Any) -> bool:
     return t.is_integer(arrow_type) or t.is_floating(arrow_type) or t.is_null(arrow_type)
 
 
+def is_date(arrow_type: Any) -> bool:
+    """A date or a timestamp (with or without a time zone): a feature of days since 1970-01-01."""
+    import pyarrow.types as t
+
+    return t.is_date(arrow_type) or t.is_timestamp(arrow_type)
+
+
 def is_text(arrow_type: Any) -> bool:
     import pyarrow.types as t
 
@@ -142,6 +194,17 @@ def check_columns(source: Any, names: list[str], available: list[str], what: str
                 f"{source}: {what} column '{name}' is not in the file "
                 f"(columns: {', '.join(available)}){did_you_mean(name, available)}"
             )
+
+
+def drop_override(names: list[str]) -> str:
+    """The override that leaves `names` out, ready to paste: `data.drop=[id,Name]`, quoted
+    for Hydra and the shell when a name has a space or other signs (`'data.drop=["Car Name"]'`)."""
+
+    def item(name: str) -> str:
+        return name if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) else '"' + name.replace('"', '\\"') + '"'
+
+    override = f"data.drop=[{','.join(item(name) for name in names)}]"
+    return override if '"' not in override else f"'{override}'"
 
 
 def did_you_mean(name: str, available: list[str]) -> str:
