@@ -72,8 +72,9 @@ def describe(stored: dict[str, Any], task_name: str, model_file: str, fmt: str) 
         about["table"] = table_description(table)
         about["preprocessing"] = (
             "one row of x per table row: table.columns in order; a number column gives its value "
-            "(a missing one: table.columns[i].fill); a text column gives one 0/1 entry per category "
-            "in table.columns[i].categories (an unseen category: all zeros); standardisation is in the model"
+            "(a missing one: table.columns[i].fill); a date column gives days since 1970-01-01 UTC, a "
+            "time of day as a fraction of a day; a text column gives one 0/1 entry per category in "
+            "table.columns[i].categories (an unseen category: all zeros); standardisation is in the model"
         )
     if images := stored.get("images"):
         about["images"] = {k: images[k] for k in ("size", "channels") if k in images}
@@ -99,6 +100,8 @@ def table_description(table: dict[str, Any]) -> dict[str, Any]:
     for name in table["features"]:
         if name in table["categories"]:
             columns.append({"name": name, "kind": "text", "categories": table["categories"][name]})
+        elif name in table.get("dates", []):  # one number: days since 1970-01-01 UTC (data/table.py)
+            columns.append({"name": name, "kind": "date", "fill": table["means"].get(name)})
         else:
             columns.append({"name": name, "kind": "number", "fill": table["means"].get(name)})
     return {"columns": columns, "target": table.get("target"), "classes": table.get("classes")}
