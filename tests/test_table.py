@@ -252,7 +252,7 @@ def test_a_run_with_dates_predicts_its_own_rows_as_it_saw_them(tmp_path, caplog)
 def test_id_like_columns_need_whole_numbers_or_text():
     import pyarrow as pa
 
-    from lightfit.data.table import many_categories, whole_number_id
+    from lightfit.data.table_columns import many_categories, whole_number_id
     from lightfit.data.table_read import drop_override
 
     assert whole_number_id(pa.chunked_array([np.arange(50, dtype=np.float32)])) is not None
