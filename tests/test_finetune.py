@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import assert_same_weights, cli, run_train, state_dict
+from conftest import assert_same_weights, cli, require, run_train, state_dict
 
 from lightfit.errors import LightfitError
 
@@ -169,3 +169,35 @@ def test_init_from_not_strict_gives_a_new_head_and_the_same_weights_in_all_loops
     with caplog.at_level(logging.INFO, logger="lightfit"):
         run_train(tmp_path / "automatic", *tune, "trainer.max_epochs=2", "ckpt_path=last")
     assert f"init_from={source} not loaded: resuming this run from" in caplog.text
+
+
+@pytest.mark.slow
+def test_init_from_a_table_compares_the_encoded_columns(tmp_path, caplog):
+    """Equal widths, other meaning: a city replaced by another keeps the one-hot width, and is
+    refused by name; a city fewer narrows the first layer, which is listed and trained fresh."""
+    require("table")
+    from test_table import write_churn
+
+    churn = write_churn(tmp_path / "churn.csv")
+    table = ["data=table", "data.target=churn", "data.drop=[customer_id]", *ONE]
+    run_train(tmp_path / "a", *table, f"data.path={churn}")
+    source = tmp_path / "a/checkpoints/best.ckpt"
+    milan = tmp_path / "milan.csv"
+    milan.write_text(churn.read_text().replace(",Rome,", ",Milan,"))
+    with pytest.raises(
+        LightfitError,
+        match=rf"init_from={source}: its data meant other things: input columns \(#5 is city=Paris there, "
+        r"city=Milan here\); init_from_strict=false loads the tensors that fit all the same$",
+    ):
+        run_train(tmp_path / "b", *table, f"data.path={milan}", f"init_from={source}")
+    no_rome = tmp_path / "no_rome.csv"
+    no_rome.write_text("".join(row for row in churn.open() if ",Rome," not in row))
+    with caplog.at_level(logging.INFO, logger="lightfit"):
+        run_train(
+            tmp_path / "c", *table, f"data.path={no_rome}", f"init_from={source}", "init_from_strict=false"
+        )
+    assert (
+        f"init_from={source}: 3 of 4 tensors loaded, preprocessing from this run's data; not loaded "
+        "(init_from_strict=false): net.1.1.weight (128, 8) there, (128, 7) here; its data differ: "
+        "input columns (#6 is city=Rome there, plan=basic here)"
+    ) in caplog.text, caplog.text

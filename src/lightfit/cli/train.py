@@ -33,7 +33,7 @@ def train(cfg: DictConfig) -> float | None:
     from lightfit.loops.run_lightning import train_lightning
     from lightfit.run.best import BestScore
     from lightfit.run.console import metrics_line, quiet_lightning
-    from lightfit.run.context import Run, build_network_and_task
+    from lightfit.run.context import Run, build_network_and_task, checkpoint_config
     from lightfit.run.finetune import init_weights
     from lightfit.run.results import RESULTS, write_json_atomic, write_tables
     from lightfit.run.resume import AUTO, load_resume
@@ -65,7 +65,7 @@ def train(cfg: DictConfig) -> float | None:
     resume = load_resume(cfg.ckpt_path, run_dir, net, OmegaConf.to_container(cfg, resolve=True))
     if cfg.init_from is not None:  # fine-tuning: another run's weights, this run's everything else
         if resume.checkpoint is None:
-            init_weights(net, cfg.init_from, cfg.init_from_strict)
+            init_weights(net, cfg.init_from, cfg.init_from_strict, checkpoint_config(cfg, datamodule))
         else:  # this run's own checkpoint already holds weights that started from init_from
             log.info(f"init_from={cfg.init_from} not loaded: resuming this run from {resume.path}")
     runner = train_explicit if cfg.loop.get("fit") is not None else train_lightning

@@ -20,13 +20,18 @@ network no longer sees that shift.
 
 `init_from_strict=false` loads the tensors whose names and shapes match and lists the rest
 in one line: a new head for another number of classes, a first layer for a wider one-hot
-encoding. The default refuses any mismatch in one line that names the first one.
+encoding. The default refuses any mismatch in one line that names the first one. Equal
+shapes can still mean other things: a table whose category `Rome` became `Milan` keeps its
+width, an image set's classes can be renamed; what the data stored in both checkpoints
+(encoded columns, class names, image size and channels) is compared too, and a difference
+is refused the same way (or listed in the line, not strict).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -47,15 +52,53 @@ def preprocessing_keys(net: nn.Module) -> set[str]:
     }
 
 
-def init_weights(net: nn.Module, init_from: str, strict: bool = True) -> None:
+def meaning(stored: dict[str, Any]) -> dict[str, Any]:
+    """What the network's inputs and outputs stand for, where the data says (`checkpoint_config`):
+    a table's encoded columns and class names, an image set's classes, size and channels."""
+    found: dict[str, Any] = {}
+    if (table := stored.get("table")) is not None:
+        from lightfit.data.table import TableEncoding
+
+        encoding = TableEncoding.from_dict(table)
+        found |= {"input columns": encoding.feature_names(), "classes": encoding.classes}
+    if (images := stored.get("images")) is not None:
+        found |= {"classes": images["classes"], "image size": images["size"], "channels": images["channels"]}
+    return found
+
+
+def changes(there: dict[str, Any], here: dict[str, Any]) -> list[str]:
+    """Each entry of `meaning` that differs, with where: equal tensor shapes can still read other
+    columns (a category replaced by another) or predict other classes."""
+    found = []
+    for key in there.keys() & here.keys():
+        a, b = there[key], here[key]
+        if a == b:
+            continue
+        if isinstance(a, list) and isinstance(b, list):
+            at = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
+            where = (
+                f"{len(a)} there, {len(b)} here"
+                if at is None
+                else f"#{at + 1} is {a[at]} there, {b[at]} here"
+            )
+        else:
+            where = f"{a} there, {b} here"
+        found.append(f"{key} ({where})")
+    return sorted(found)
+
+
+def init_weights(
+    net: nn.Module, init_from: str, strict: bool = True, stored: dict[str, Any] | None = None
+) -> None:
     """Load the weights of the checkpoint at `init_from` into `net`, but for its preprocessing.
 
-    `strict`: every tensor must match by name and shape, or one LightfitError names the first
-    that does not. Not strict: the matching ones are loaded, the others keep their fresh
-    initialization and are listed in one log line; a checkpoint of which nothing matches is
-    refused either way.
+    `strict`: every tensor must match by name and shape, and the data's `meaning` (`stored`:
+    this run's `checkpoint_config`) must be the checkpoint's, or one LightfitError names the
+    first difference. Not strict: the matching tensors are loaded, the others keep their fresh
+    initialization, and both lists are in one log line; a checkpoint of which nothing matches
+    is refused either way.
     """
-    from lightfit.run.checkpoint import load_checkpoint, net_weights
+    from lightfit.run.checkpoint import CHECKPOINT_KEY, load_checkpoint, net_weights
 
     path = Path(init_from).expanduser()
     checkpoint = load_checkpoint(path)  # weights only: a hostile pickle is refused, not run
@@ -82,12 +125,20 @@ def init_weights(net: nn.Module, init_from: str, strict: bool = True) -> None:
             f"init_from={path}: its network differs from this run's: {listed[0]}{more}; "
             "init_from_strict=false loads the tensors that match and starts the others fresh"
         )
+    data_changes = changes(meaning(checkpoint[CHECKPOINT_KEY]), meaning(stored or {}))
+    if data_changes and strict:
+        raise LightfitError(
+            f"init_from={path}: its data meant other things: {'; '.join(data_changes)}; "
+            "init_from_strict=false loads the tensors that fit all the same"
+        )
     net.load_state_dict(own | loaded)
     line = (
         f"init_from={path}: {len(loaded)} of {len(mine)} tensors loaded, preprocessing from this run's data"
     )
     if differing:
         line += f"; not loaded (init_from_strict=false): {', '.join(listed)}"
+    if data_changes:
+        line += f"; its data differ: {'; '.join(data_changes)}"
     _say(line)
 
 
