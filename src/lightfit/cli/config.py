@@ -164,6 +164,9 @@ class TrainSchema:
     seed: int = 0
     # a checkpoint file, "last", or "auto" (newest, or fresh); conf/train.yaml: auto in a SLURM batch job
     ckpt_path: Optional[str] = None  # noqa: UP045
+    # fine-tuning: a checkpoint whose network weights a fresh run starts from (run/finetune.py)
+    init_from: Optional[str] = None  # noqa: UP045
+    init_from_strict: bool = True  # false: load the tensors that match, list the others
     monitor: str = "${task.monitor}"  # kept at the top level too: monitor=val/acc still works
     optimized_metric: Optional[str] = None  # noqa: UP045 - what `train` returns to a sweeper; null: monitor
 

@@ -33,7 +33,8 @@ def train(cfg: DictConfig) -> float | None:
     from lightfit.loops.run_lightning import train_lightning
     from lightfit.run.best import BestScore
     from lightfit.run.console import metrics_line, quiet_lightning
-    from lightfit.run.context import Run, build_network_and_task
+    from lightfit.run.context import Run, build_network_and_task, checkpoint_config
+    from lightfit.run.finetune import init_weights
     from lightfit.run.results import RESULTS, write_json_atomic, write_tables
     from lightfit.run.resume import AUTO, load_resume
     from lightfit.run.signals import StopRequest, TrainingInterrupted
@@ -45,6 +46,7 @@ def train(cfg: DictConfig) -> float | None:
     config.check_counts(cfg)
     mode = check_task_config(cfg.task, cfg.monitor)  # a wrong metric name stops here, before any data
     check_loop(cfg.loop)  # the module or fit function exists, and its own keys fit its signature
+    check_init_from(cfg)
     optimized = cfg.get("optimized_metric") or cfg.monitor
     if cfg.cv.folds is not None and cfg.cv.fold is None:  # k-fold cross-validation: each fold a run
         return cross_validated(cfg, run_dir).get(optimized)
@@ -61,6 +63,11 @@ def train(cfg: DictConfig) -> float | None:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     # ckpt_path: a file, last, or auto (the newest readable one of this run dir, or a fresh start)
     resume = load_resume(cfg.ckpt_path, run_dir, net, OmegaConf.to_container(cfg, resolve=True))
+    if cfg.init_from is not None:  # fine-tuning: another run's weights, this run's everything else
+        if resume.checkpoint is None:
+            init_weights(net, cfg.init_from, cfg.init_from_strict, checkpoint_config(cfg, datamodule))
+        else:  # this run's own checkpoint already holds weights that started from init_from
+            log.info(f"init_from={cfg.init_from} not loaded: resuming this run from {resume.path}")
     runner = train_explicit if cfg.loop.get("fit") is not None else train_lightning
     with StopRequest() as stop:
         try:
@@ -84,6 +91,18 @@ def train(cfg: DictConfig) -> float | None:
         log.info(metrics_line("test: ", {k: v for k, v in results.items() if k.startswith("test/")}))
         log.info(f"run dir: {run_dir}")
     return results.get(optimized)
+
+
+def check_init_from(cfg: DictConfig) -> None:
+    """`init_from` starts a run from weights, `ckpt_path=<file>` continues one: not both. With
+    `auto` or `last` (this run directory's own checkpoints) a fine-tuning run continues."""
+    from lightfit.run.resume import AUTO
+
+    if cfg.init_from is not None and cfg.ckpt_path not in (None, AUTO, "last"):
+        raise LightfitError(
+            f"init_from={cfg.init_from} starts a new run from a checkpoint's weights, "
+            f"ckpt_path={cfg.ckpt_path} continues the run that wrote one: give one of them"
+        )
 
 
 def cross_validated(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:

@@ -138,7 +138,8 @@ class ExplicitRun:
         start_epoch, start_batch = 0, 0
         if (checkpoint := run.resume.checkpoint) is not None:
             start_epoch = restore_state(checkpoint, run.net, self.optimizer, self.scheduler)
-            run.best.load_state_dict(checkpoint.get(BEST_KEY, {}))
+            if run.resume.keeps_best:  # else another run's best weights were not found (adopt_best)
+                run.best.load_state_dict(checkpoint.get(BEST_KEY, {}))
             if EPOCH_KEY in checkpoint:  # this rank's RNGs and, mid-epoch, its training metrics so far
                 restore_position(checkpoint[EPOCH_KEY], self.fabric.global_rank, self.train_metrics)
             if run.resume.mid_epoch:

@@ -82,6 +82,7 @@ def train_lightning(run: Run) -> dict[str, Any]:
         every_n_train_steps=cfg.checkpoint.every_n_train_steps,
         stop=run.stop,
         run_config=checkpoint_config(cfg, run.datamodule),
+        keeps_best=run.resume.keeps_best,
     )
     if run.resume.mid_epoch:
         # The train loader skips the batches trained before the checkpoint (IndexBatchSampler),

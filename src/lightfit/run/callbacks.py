@@ -24,6 +24,7 @@ from lightfit.run.checkpoint import CHECKPOINT_KEY
 from lightfit.run.checkpoint_io import copies
 from lightfit.run.console import epoch_line
 from lightfit.run.resume import (
+    BEST,
     EPOCH_KEY,
     INTERRUPTED,
     RNG_KEY,
@@ -68,8 +69,10 @@ class RunCallback(Checkpoint):
         every_n_train_steps: int | None = None,
         stop: StopRequest | None = None,
         run_config: dict[str, Any] | None = None,
+        keeps_best: bool = True,
     ) -> None:
         self.dirpath, self.best, self.stop = checkpoints, best, stop
+        self.keeps_best = keeps_best  # a resumed best score has its weights in this run's best.ckpt
         self.every_n_train_steps = every_n_train_steps
         self.run_config = run_config or {}  # what rebuilds the network: in every checkpoint
         self.best_path: Path | None = None
@@ -153,7 +156,7 @@ class RunCallback(Checkpoint):
             return  # like Lightning: no checkpoints in a smoke run
         best = None
         if validated and self.best.update(trainer.callback_metrics, trainer.current_epoch):
-            self.best_path = best = self.dirpath / "best.ckpt"
+            self.best_path = best = self.dirpath / BEST
         # Rank 0 writes last.ckpt and, when the score improved, best.ckpt: one file, two names.
         last = self.dirpath / "last.ckpt"
         with trainer.strategy.checkpoint_io.timed():
@@ -180,9 +183,13 @@ class RunCallback(Checkpoint):
         return {**self.best.state_dict(), "best_path": str(self.best_path) if self.best_path else None}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if self.best is not None:
-            self.best.load_state_dict(state_dict)
-        self.best_path = Path(state_dict["best_path"]) if state_dict.get("best_path") else None
+        # The best weights are this run's own best.ckpt: a checkpoint of another run directory
+        # had them copied here, or its score is dropped (resume.adopt_best). Never the path
+        # stored in the state, which may lie in the run directory that wrote it.
+        if self.best is None or not self.keeps_best or state_dict.get("score") is None:
+            return
+        self.best.load_state_dict(state_dict)
+        self.best_path = self.dirpath / BEST
 
 
 def may_save_mid_epoch(trainer: Any, batch_idx: int) -> bool:
