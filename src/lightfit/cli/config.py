@@ -119,6 +119,10 @@ class TaskSchema:
     monitor: str = "val/loss"  # {train,val}/loss or {train,val}/<a metric above>
     mode: Optional[str] = None  # noqa: UP045 - min | max; null: the metric's own direction
     average: str = "macro"  # f1, precision, recall, auroc: macro | micro | weighted | binary (2 classes)
+    # Each sample's loss times its class's weight: balanced (n_samples / (n_classes * count), on
+    # the training split) or a list, one per class; pos_weight: class 1's, with two classes.
+    class_weight: Any = None
+    pos_weight: Optional[float] = None  # noqa: UP045
 
 
 @dataclass

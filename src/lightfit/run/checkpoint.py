@@ -26,6 +26,8 @@ from lightfit.errors import LightfitError
 CHECKPOINT_KEY = "lightfit"
 NET_PREFIX = "net."  # the TaskModule keeps the network (Standardize + model) as `self.net`
 PACKAGE = __name__.split(".")[0]  # "lightfit", or whatever a copy of the template renames it to
+# Functions that only build a tensor from the numbers given them (a loss's `weight`): safe to call.
+TENSOR_BUILDERS = ("torch.tensor", "torch.as_tensor")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -73,6 +75,8 @@ def _allowed_target(target: str) -> bool:
     or a LightningDataModule; never any other callable (`os.system`)."""
     from hydra.utils import get_object
 
+    if target in TENSOR_BUILDERS:
+        return True
     try:
         obj = get_object(target)
     except Exception:  # noqa: BLE001 - not importable: refused below with the name
@@ -120,8 +124,13 @@ def num_outputs(stored: dict[str, Any]) -> int:
 
 
 def task_config(stored: dict[str, Any]) -> dict[str, Any]:
-    """The task a checkpoint was trained for (checkpoints from before tasks: classification)."""
-    return stored["config"].get("task") or {"name": "classification"}
+    """The task a checkpoint was trained for (checkpoints from before tasks: classification),
+    with the class weights its loss used as numbers (`balanced` was counted on the training
+    data, which evaluate and predict need not have)."""
+    task = dict(stored["config"].get("task") or {"name": "classification"})
+    if "class_weight" in stored:
+        task |= {"class_weight": list(stored["class_weight"]), "pos_weight": None}
+    return task
 
 
 def rebuild_network(checkpoint: dict[str, Any]) -> nn.Module:
