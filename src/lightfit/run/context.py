@@ -82,13 +82,19 @@ def build_network_and_task(cfg: DictConfig, datamodule: Any) -> tuple[nn.Module,
     from hydra.utils import instantiate
 
     from lightfit.nets import TargetScale, build_network
+    from lightfit.run.checkpoint import network_config
     from lightfit.tasks import build_task
 
     targets = None
     if datamodule.target_shape is not None:  # regression: the targets' statistics, in the network
         targets = TargetScale(*datamodule.target_stats)
     shapes = (datamodule.input_shape, datamodule.num_outputs, datamodule.mean, datamodule.std)
-    net = built("model", cfg.model, lambda: build_network(instantiate(cfg.model), *shapes, targets))
+    node = network_config(cfg.model)
+    net = built("model", cfg.model, lambda: build_network(instantiate(node), *shapes, targets))
+    if cfg.model.get("compile"):
+        # In place (nn.Module.compile): the forward is compiled, the module and its state_dict
+        # keys stay as they are, so checkpoints keep plain names (no `_orig_mod.`) in every loop.
+        net.compile()
     # Built once here only to check the values (lr, momentum, ...): the loops build their own.
     optimizer = built("optimizer", cfg.optimizer, lambda: instantiate(cfg.optimizer)(net.parameters()))
     if cfg.get("scheduler"):
