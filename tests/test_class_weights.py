@@ -163,3 +163,16 @@ def test_weights_that_do_not_fit_the_data_name_the_key(tmp_path, unbalanced):
     with pytest.raises(LightfitError, match="task.pos_weight is for two classes and this data has 10"):
         run_train(tmp_path / "b", "logger=none", "task.pos_weight=2")
     assert not (tmp_path / "a/results.json").exists()
+
+
+def test_a_checkpoint_from_before_class_weights_still_resumes():
+    from lightfit.run.resume import first_difference
+
+    old = {"task": {"name": "classification"}, "model": {"hidden": [128]}}
+    now = {
+        "task": {"name": "classification", "class_weight": None},
+        "model": {"hidden": [128], "compile": True},
+    }
+    assert first_difference(old, now) is None  # a key added since, at null; compile changes no number
+    weighted = {**now, "task": {"name": "classification", "class_weight": [1.0, 2.0]}}
+    assert first_difference(old, weighted) == ("task.class_weight", "(absent)", [1.0, 2.0])

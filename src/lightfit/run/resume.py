@@ -48,7 +48,8 @@ RESUMABLE = (INTERRUPTED, "last.ckpt")
 # Config keys that may differ when ckpt_path=auto continues a run: they change no number
 # of the epochs already trained (max_epochs extends a run; with a scheduler that reads it,
 # such as cosine's T_max, set that explicitly).
-MAY_DIFFER = ("ckpt_path", "trainer.max_epochs", "logger")
+# model.compile: compiled or eager, the network computes the same; either may continue the other
+MAY_DIFFER = ("ckpt_path", "trainer.max_epochs", "logger", "model.compile")
 
 
 def rng_states() -> dict[str, Any]:
@@ -205,6 +206,8 @@ def first_difference(theirs: Any, ours: Any, key: str = "") -> tuple[str, Any, A
             )
             if found:
                 return found
+        return None
+    if theirs == "(absent)" and ours is None:  # a key added since that checkpoint, left at null
         return None
     return None if theirs == ours else (key, theirs, ours)
 
