@@ -20,6 +20,8 @@ MLP) on the same training rows, with the same batch size, optimizer and seed:
     loader               no training: lightfit's loader vs TensorDataset + DataLoader, samples/s
     metrics              no training: microseconds per step of lightfit's metrics (the defaults of
                            each task, and [acc,f1,auroc]) next to hand-written loss and accuracy sums
+    explicit+compile,    the explicit and automatic runs with `model.compile=true` (torch.compile);
+      automatic+compile    the compilation falls in the first epoch, which is not counted
 
 An epoch time is the median over the epochs after the first (a warm-up). For floor and
 plain-loop it is the training pass alone. For the others it is the wall time from one

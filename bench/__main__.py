@@ -30,7 +30,7 @@ from bench.workloads import Workload, summary, workloads
 CASES = ("floor", "plain-loop", "fabric-loop", *runs.LOOPS, "lightning-barebones", "lightning-trainer",
          "lightning-validated", "lightning-full",
          "naive-lightning", "keras", "loader", "metrics", *runs.STEP_CHECKPOINT_CASES, "save-cost",
-         "turns")  # fmt: skip
+         *runs.COMPILE_CASES, "turns")  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -86,6 +86,10 @@ def case_runners(args: argparse.Namespace, tmp: Path) -> dict[str, Callable[[Wor
         **{  # the same runs with last.ckpt every STEP_CHECKPOINTS optimizer steps
             case: partial(runs.case_step_checkpoints, loop=loop, tmp=tmp, extra=extra)
             for case, loop in runs.STEP_CHECKPOINT_CASES.items()
+        },
+        **{  # the same runs with model.compile=true (torch.compile); compilation is in the first epoch
+            case: partial(runs.case_lightfit, loop=loop, tmp=tmp, extra=[*extra, "model.compile=true"])
+            for case, loop in runs.COMPILE_CASES.items()
         },
         "lightning-barebones": cases.case_lightning_barebones,
         "lightning-trainer": cases.case_lightning_trainer,

@@ -44,6 +44,8 @@ def lightfit_case(case: str) -> tuple[str, list[str]] | None:
 
 STEP_CHECKPOINTS = 200  # issue 13: what last.ckpt every 200 optimizer steps costs, on (b)
 STEP_CHECKPOINT_CASES = {f"{loop}+ckpt{STEP_CHECKPOINTS}": loop for loop in ("explicit", "automatic")}
+# model.compile=true against the eager runs of the same loops; the first epoch (compilation) is not counted
+COMPILE_CASES = {f"{loop}+compile": loop for loop in ("explicit", "automatic")}
 # the line BackgroundCheckpointIO writes to train.log at the end: what the saves cost
 SAVE_COSTS = re.compile(r"checkpoints: (\d+) written; ([\d.]+) ms per save on the training thread, "
                         r"([\d.]+) ms per write in the background, ([\d.]+) ms of it CPU")  # fmt: skip

@@ -37,6 +37,7 @@ EXTRAS = {
     "slurm": "hydra_plugins.hydra_submitit_launcher",
     "table": "pyarrow",
     "template": "copier",
+    "wandb": "wandb",
     "tensorboard": "tensorboard",
 }
 

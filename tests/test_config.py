@@ -10,6 +10,7 @@ from conftest import compose_config
 from hydra.utils import instantiate
 
 from lightfit.data import ArrayDataModule
+from lightfit.run.checkpoint import network_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = {
@@ -37,13 +38,14 @@ def test_every_option_composes(group: str, option: str):
 
 def test_model_options_build_networks():
     for option, shape in (("mlp", (8, 8)), ("cnn", (8, 8))):
-        make = instantiate(compose_config(f"model={option}", "model.hidden=[32,16]").model)
+        # network_config: the model node without lightfit's own key (model.compile)
+        make = instantiate(network_config(compose_config(f"model={option}", "model.hidden=[32,16]").model))
         net = make(input_shape=shape, num_outputs=10)
         assert net(torch.zeros(3, *shape)).shape == (3, 10)
 
 
 def test_layer_widths_override_as_list():
-    make = instantiate(compose_config("model.hidden=[256,128]").model)
+    make = instantiate(network_config(compose_config("model.hidden=[256,128]").model))
     widths = [
         m.out_features for m in make(input_shape=(64,), num_outputs=10) if isinstance(m, torch.nn.Linear)
     ]

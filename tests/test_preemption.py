@@ -121,10 +121,11 @@ def _config_and_net(cfg):
     from omegaconf import OmegaConf
 
     from lightfit.nets import build_network
+    from lightfit.run.checkpoint import network_config
 
     dm = instantiate(cfg.data, task=cfg.task.name)
     dm.setup("fit")
-    net = build_network(instantiate(cfg.model), dm.input_shape, dm.num_outputs)
+    net = build_network(instantiate(network_config(cfg.model)), dm.input_shape, dm.num_outputs)
     return OmegaConf.to_container(cfg, resolve=True), net
 
 

@@ -44,7 +44,7 @@ from lightfit.loops.explicit import fit as fit_loop
 from lightfit.run.console import epoch_line
 from lightfit.run.hooks import FitHooks
 from lightfit.tasks import CLASSIFICATION, REGRESSION, Task, scalars
-from lightfit.tasks.task import LOSSES
+from lightfit.tasks.task import BALANCED, LOSSES, balanced_weights
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
 # What fit() was given for a model (loss, metrics, task), as Keras' compile() keeps it on the
@@ -54,7 +54,7 @@ COMPILED: weakref.WeakKeyDictionary[nn.Module, dict[str, Any]] = weakref.WeakKey
 PYTHON_NAMES = (
     (r"use task=regression\b", 'pass loss="mse" (or another regression loss) or task="regression"'),
     (r"\btask\.(name|loss)=([A-Za-z_]\w*)", lambda m: f'{"task" if m[1] == "name" else "loss"}="{m[2]}"'),
-    (r"\btask\.(loss|metrics)\b", r"\1"),
+    (r"\btask\.(loss|metrics|class_weight)\b", r"\1"),
     (r"\btask=(\w+)", r'task="\1"'),
     (r"\(or a mapping with _target_: a loss class\)", "(or a loss module, such as nn.HuberLoss())"),
     (r"; stopped before saving, so checkpoints/ still holds the last good epoch", ""),
@@ -109,12 +109,32 @@ def keras_name(key: str) -> str:
     return f"val_{name}" if stage == "val" else name
 
 
-def _task(loss: Any, metrics: list[Any] | None, task: str | None, num_outputs: int) -> Task:
+def _task(
+    loss: Any,
+    metrics: list[Any] | None,
+    task: str | None,
+    num_outputs: int,
+    class_weight: list[float] | None = None,
+) -> Task:
     """The task from Keras-style arguments: a regression loss name means regression; a loss
     not given is the task's default (cross_entropy, mse)."""
     if task is None:
         task = REGRESSION if isinstance(loss, str) and loss in LOSSES[REGRESSION] else CLASSIFICATION
-    return Task(task, loss, metrics, num_outputs)
+    return Task(task, loss, metrics, num_outputs, class_weight=class_weight)
+
+
+def _class_weights(class_weight: dict[int, float] | str, labels: Tensor, num_outputs: int) -> list[float]:
+    """Keras' `class_weight` dict (a class it leaves out weighs 1), or scikit-learn's "balanced"
+    counted on the training labels, as one weight per class."""
+    if class_weight == BALANCED:
+        return balanced_weights(labels, num_outputs)
+    if not isinstance(class_weight, dict):
+        raise LightfitError(f"class_weight={class_weight!r} must be a dict {{class: weight}} or 'balanced'")
+    if unknown := [c for c in class_weight if not isinstance(c, int) or not 0 <= c < num_outputs]:
+        raise LightfitError(
+            f"class_weight names class {unknown[0]!r}; the model has classes 0..{num_outputs - 1}"
+        )
+    return [float(class_weight.get(c, 1.0)) for c in range(num_outputs)]
 
 
 @contextmanager
@@ -245,6 +265,7 @@ def fit(
     loss: str | Any | None = None,
     metrics: list[Any] | None = None,
     task: str | None = None,
+    class_weight: dict[int, float] | str | None = None,
     optimizer: str | Callable[..., Optimizer] = "adam",
     lr: float = 1e-3,
     shuffle: bool = True,
@@ -264,8 +285,12 @@ def fit(
     TargetScale, in `lightfit train`).
 
     `validation_split` holds out the last fraction of `x`, `y` (before shuffling), as
-    Keras does. `optimizer` is a name (adam, sgd, adamw) or a factory `params -> Optimizer`.
-    `evaluate(model, ...)` later uses the same `loss`, `metrics` and `task`.
+    Keras does. `class_weight` (classification): `{class: weight}` as in Keras, or
+    "balanced" (scikit-learn's, counted on the training part); each sample's loss is
+    multiplied by its class's weight and the batch's mean is taken, as Keras does. The
+    validation loss is weighted too (Keras' `val_loss` is not). `optimizer` is a name (adam,
+    sgd, adamw) or a factory `params -> Optimizer`. `evaluate(model, ...)` later uses the
+    same `loss`, `metrics` and `task`, without class weights (as Keras' `evaluate`).
     """
     with _python_arguments():
         inputs = _features(x)
@@ -273,6 +298,13 @@ def fit(
         inputs, labels, val_inputs, val_labels = _split(
             the_task, inputs, _targets(the_task, y, len(inputs)), validation_data, validation_split
         )
+        if class_weight is not None:
+            if the_task.name != CLASSIFICATION:
+                raise LightfitError(
+                    f"class_weight weighs classes: it is for classification, not {the_task.name}"
+                )
+            weights = _class_weights(class_weight, labels, the_task.num_outputs)
+            the_task = _task(loss, metrics, task, the_task.num_outputs, weights)
     COMPILED[model] = {"loss": loss, "metrics": metrics, "task": task}
     fabric = Fabric(accelerator=accelerator, devices=1, precision=precision)
     make_optimizer = OPTIMIZERS[optimizer] if isinstance(optimizer, str) else optimizer

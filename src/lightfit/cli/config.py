@@ -87,6 +87,12 @@ def schema_of(
     return make_dataclass(f"{getattr(target, '__name__', 'Target')}Schema", fields)
 
 
+def model_schema(network: type) -> type:
+    """A network's schema plus `compile`: true wraps it in torch.compile for training
+    (run/context.py); the network's constructor never sees the key."""
+    return make_dataclass(network.__name__, [("compile", bool, field(default=False))], bases=(network,))
+
+
 @dataclass
 class TrainerSchema:
     """The Trainer settings lightfit passes on; the explicit loop reads the same keys."""
@@ -119,6 +125,10 @@ class TaskSchema:
     monitor: str = "val/loss"  # {train,val}/loss or {train,val}/<a metric above>
     mode: Optional[str] = None  # noqa: UP045 - min | max; null: the metric's own direction
     average: str = "macro"  # f1, precision, recall, auroc: macro | micro | weighted | binary (2 classes)
+    # Each sample's loss times its class's weight: balanced (n_samples / (n_classes * count), on
+    # the training split) or a list, one per class; pos_weight: class 1's, with two classes.
+    class_weight: Any = None
+    pos_weight: Optional[float] = None  # noqa: UP045
 
 
 @dataclass
@@ -232,11 +242,11 @@ def register() -> None:
             image_module, skip=("task", "classes"), name="lightfit.data.ImageDataModule"
         ),
         # The public names (lightfit.nets.MLP), not the defining module's: checkpoints store them.
-        "model/mlp": schema_of(
-            nets.MLP, partial=True, skip=("input_shape", "num_outputs"), name="lightfit.nets.MLP"
+        "model/mlp": model_schema(
+            schema_of(nets.MLP, partial=True, skip=("input_shape", "num_outputs"), name="lightfit.nets.MLP")
         ),
-        "model/cnn": schema_of(
-            nets.CNN, partial=True, skip=("input_shape", "num_outputs"), name="lightfit.nets.CNN"
+        "model/cnn": model_schema(
+            schema_of(nets.CNN, partial=True, skip=("input_shape", "num_outputs"), name="lightfit.nets.CNN")
         ),
         "optimizer/adam": schema_of(torch.optim.Adam, partial=True, skip=("params",)),
         "optimizer/sgd": schema_of(torch.optim.SGD, partial=True, skip=("params",)),

@@ -188,6 +188,11 @@ class ArrayDataModule(L.LightningDataModule):
 
     # -- what the network needs to know --------------------------------------------------------
 
+    def train_labels(self) -> Tensor:
+        """The training split's labels, one per sample (task.class_weight=balanced counts them)."""
+        split = self.splits["train"]
+        return split.y[split.rows]
+
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.splits["train"].x.shape[1:])

@@ -82,7 +82,7 @@ class ExplicitRun:
         self.every_n_train_steps = cfg.checkpoint.every_n_train_steps
         self.train_metrics = run.task.stage_metrics("train").to(self.fabric.device)
         self.loggers = build_loggers(cfg)  # logger=csv, tensorboard, mlflow, none, or a list of them
-        self.extra = {CHECKPOINT_KEY: checkpoint_config(cfg, dm)}
+        self.extra = {CHECKPOINT_KEY: checkpoint_config(cfg, dm, run.task)}
         # loop.fit: the function that trains (lightfit.loops.explicit.fit, or a project's own)
         self.fit = built(
             "loop.fit", cfg.loop.fit, lambda: instantiate(cfg.loop.fit, _partial_=True, _convert_="all")

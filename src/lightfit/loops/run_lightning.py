@@ -81,7 +81,7 @@ def train_lightning(run: Run) -> dict[str, Any]:
         run.best,
         every_n_train_steps=cfg.checkpoint.every_n_train_steps,
         stop=run.stop,
-        run_config=checkpoint_config(cfg, run.datamodule),
+        run_config=checkpoint_config(cfg, run.datamodule, run.task),
         keeps_best=run.resume.keeps_best,
     )
     if run.resume.mid_epoch:

@@ -27,7 +27,11 @@ from lightfit.errors import LightfitError
 CHECKPOINT_KEY = "lightfit"
 NET_PREFIX = "net."  # the TaskModule keeps the network (Standardize + model) as `self.net`
 M = TypeVar("M", bound=nn.Module)
+MODEL_KEYS = ("compile",)  # the model node's keys that lightfit reads, not the network's constructor
+COMPILED_PREFIX = "_orig_mod."  # what torch.compile's wrapper puts before the network's keys
 PACKAGE = __name__.split(".")[0]  # "lightfit", or whatever a copy of the template renames it to
+# Functions that only build a tensor from the numbers given them (a loss's `weight`): safe to call.
+TENSOR_BUILDERS = ("torch.tensor", "torch.as_tensor")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -75,6 +79,8 @@ def _allowed_target(target: str) -> bool:
     or a LightningDataModule; never any other callable (`os.system`)."""
     from hydra.utils import get_object
 
+    if target in TENSOR_BUILDERS:
+        return True
     try:
         obj = get_object(target)
     except Exception:  # noqa: BLE001 - not importable: refused below with the name
@@ -112,8 +118,24 @@ def check_targets(node: Any, where: str) -> None:
 
 
 def net_weights(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The network's weights from a checkpoint of any loop, keys as `net.state_dict()` has them."""
-    return {k[len(NET_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(NET_PREFIX)}
+    """The network's weights from a checkpoint of any loop, keys as `net.state_dict()` has them.
+
+    A network wrapped by `torch.compile(net)` (in a project's module) saves its keys under
+    `_orig_mod.`; they are read as the plain network's.
+    """
+    return {
+        k[len(NET_PREFIX) :].replace(COMPILED_PREFIX, ""): v
+        for k, v in checkpoint["state_dict"].items()
+        if k.startswith(NET_PREFIX)
+    }
+
+
+def network_config(model: Any) -> dict[str, Any]:
+    """The model node without the keys lightfit reads itself (`compile`): the network's arguments."""
+    from omegaconf import DictConfig, OmegaConf
+
+    node = OmegaConf.to_container(model, resolve=True) if isinstance(model, DictConfig) else dict(model)
+    return {k: v for k, v in node.items() if k not in MODEL_KEYS}
 
 
 def num_outputs(stored: dict[str, Any]) -> int:
@@ -122,8 +144,13 @@ def num_outputs(stored: dict[str, Any]) -> int:
 
 
 def task_config(stored: dict[str, Any]) -> dict[str, Any]:
-    """The task a checkpoint was trained for (checkpoints from before tasks: classification)."""
-    return stored["config"].get("task") or {"name": "classification"}
+    """The task a checkpoint was trained for (checkpoints from before tasks: classification),
+    with the class weights its loss used as numbers (`balanced` was counted on the training
+    data, which evaluate and predict need not have)."""
+    task = dict(stored["config"].get("task") or {"name": "classification"})
+    if "class_weight" in stored:
+        task |= {"class_weight": list(stored["class_weight"]), "pos_weight": None}
+    return task
 
 
 def rebuild_network(checkpoint: dict[str, Any]) -> nn.Module:
@@ -142,7 +169,8 @@ def rebuild_network(checkpoint: dict[str, Any]) -> nn.Module:
     check_targets(model_cfg, "the checkpoint's model config")
     shape = stored.get("target_shape")
     targets = TargetScale.placeholder(shape) if shape is not None else None  # buffers loaded below
-    net = build_network(instantiate(model_cfg), input_shape, width, targets=targets)
+    # model.compile is for training: evaluate and predict run the network eagerly
+    net = build_network(instantiate(network_config(model_cfg)), input_shape, width, targets=targets)
     weights = net_weights(checkpoint)
     try:
         net.load_state_dict(weights)

@@ -41,8 +41,9 @@ class Run:
         return self.run_dir / "checkpoints"
 
 
-def checkpoint_config(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
-    """What a checkpoint needs to rebuild its network: the resolved config and the data's shapes."""
+def checkpoint_config(cfg: DictConfig, datamodule: Any, task: Task | None = None) -> dict[str, Any]:
+    """What a checkpoint needs to rebuild its network and its loss: the resolved config, the
+    data's shapes, and the class weights the loss used (balanced ones come from the data)."""
     stored = {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "input_shape": list(datamodule.input_shape),
@@ -52,6 +53,8 @@ def checkpoint_config(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
     }
     if datamodule.num_classes is not None:
         stored["num_classes"] = int(datamodule.num_classes)
+    if task is not None and task.class_weight is not None:  # plain floats: torch.load(weights_only=True)
+        stored["class_weight"] = task.class_weight.tolist()
     if (encoding := getattr(datamodule, "encoding", None)) is not None:
         stored["table"] = (
             encoding.to_dict()
@@ -79,18 +82,32 @@ def build_network_and_task(cfg: DictConfig, datamodule: Any) -> tuple[nn.Module,
     from hydra.utils import instantiate
 
     from lightfit.nets import TargetScale, build_network
+    from lightfit.run.checkpoint import network_config
     from lightfit.tasks import build_task
 
     targets = None
     if datamodule.target_shape is not None:  # regression: the targets' statistics, in the network
         targets = TargetScale(*datamodule.target_stats)
     shapes = (datamodule.input_shape, datamodule.num_outputs, datamodule.mean, datamodule.std)
-    net = built("model", cfg.model, lambda: build_network(instantiate(cfg.model), *shapes, targets))
+    node = network_config(cfg.model)
+    net = built("model", cfg.model, lambda: build_network(instantiate(node), *shapes, targets))
+    if cfg.model.get("compile"):
+        # In place (nn.Module.compile): the forward is compiled, the module and its state_dict
+        # keys stay as they are, so checkpoints keep plain names (no `_orig_mod.`) in every loop.
+        net.compile()
     # Built once here only to check the values (lr, momentum, ...): the loops build their own.
     optimizer = built("optimizer", cfg.optimizer, lambda: instantiate(cfg.optimizer)(net.parameters()))
     if cfg.get("scheduler"):
         built("scheduler", cfg.scheduler, lambda: instantiate(cfg.scheduler)(optimizer))
-    return net, build_task(cfg.task, datamodule.num_outputs, net)
+    labels = None
+    if cfg.task.get("class_weight") == "balanced":  # counted on the training split
+        if not callable(getattr(datamodule, "train_labels", None)):
+            raise LightfitError(
+                f"task.class_weight=balanced: {type(datamodule).__name__} has no train_labels() "
+                "to count the classes in; give the weights as a list (task.class_weight=[...])"
+            )
+        labels = datamodule.train_labels()
+    return net, build_task(cfg.task, datamodule.num_outputs, net, labels)
 
 
 def load_net_weights(net: nn.Module, path: str | Path) -> None:

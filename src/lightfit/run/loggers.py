@@ -1,5 +1,5 @@
-"""The loggers a run writes its metrics to: `logger=csv` (default), `tensorboard`, `mlflow`, `none`,
-or several at once: `logger=[csv,mlflow]`.
+"""The loggers a run writes its metrics to: `logger=csv` (default), `tensorboard`, `mlflow`, `wandb`,
+`none`, or several at once: `logger=[csv,mlflow]`.
 
 Each file in conf/logger/ holds one logger under its own name (`csv:`, `mlflow:`), so a list
 of options composes into one node with a key per logger, and `build_loggers` instantiates
@@ -10,14 +10,19 @@ them all. The Lightning loops hand the list to the Trainer; the explicit loop ca
 from __future__ import annotations
 
 import importlib.util
+import netrc
+import os
+import secrets
+import string
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.loggers import MLFlowLogger as LightningMLFlowLogger
+from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,10 +30,12 @@ from lightfit.errors import LightfitError
 
 BEST_CHECKPOINT = Path("checkpoints", "best.ckpt")  # where train.py keeps it, in every loop
 HYDRA_FLAGS = ("_partial_", "_convert_")  # how to call a target, not a setting: left out of the params
+WANDB_RUN_ID = "wandb_run_id"  # in the run directory: a resumed run logs into the same W&B run
 
 
 def build_loggers(cfg: DictConfig) -> list[Logger]:
-    """The loggers under `cfg.logger`: none, one or several; MLflow also gets the config as params."""
+    """The loggers under `cfg.logger`: none, one or several; all but CSV get the config as
+    hyperparameters (MLflow's params, W&B's config, TensorBoard's hparams)."""
     node = cfg.get("logger")
     nodes = OmegaConf.to_container(node, resolve=True) if node else {}
     if "_target_" in nodes:  # one logger written without a name as its key (a config of your own)
@@ -38,8 +45,8 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
         nodes["mlflow"]["log_model"] = bool(log_model)
     loggers = [instantiate(node) for node in nodes.values() if node]
     for logger in loggers:
-        # CSV and TensorBoard write beside .hydra/config.yaml already; MLflow keeps runs elsewhere.
-        if isinstance(logger, LightningMLFlowLogger):
+        # metrics.csv sits beside .hydra/config.yaml already; the others are read apart from it.
+        if not isinstance(logger, CSVLogger):
             logger.log_hyperparams(flat_params(cfg))
     return loggers
 
@@ -96,6 +103,71 @@ class MLFlowLogger(LightningMLFlowLogger):
         if self.best_checkpoint is not None and status == "success" and self.best_checkpoint.is_file():
             self.experiment.log_artifact(self.run_id, str(self.best_checkpoint), "checkpoints")
         super().finalize(status)
+
+
+class WandbLogger(LightningWandbLogger):
+    """Lightning's WandbLogger: offline unless W&B is set up, one W&B run per run directory.
+
+    Offline (files under `<run dir>/wandb`, `wandb sync` uploads them later) unless the
+    user set W&B up (`wandb_mode`), so that a run never waits on a network it was not told
+    about. The W&B run's id is kept in `<run dir>/wandb_run_id`: a run continued with
+    `ckpt_path=auto` logs into the same W&B run. Other keyword arguments go to `wandb.init`.
+    """
+
+    def __init__(
+        self,
+        run_dir: str,
+        project: str = "lightfit",
+        tags: list[str] | None = None,
+        mode: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if importlib.util.find_spec("wandb") is None:
+            raise LightfitError('logger=wandb needs W&B: pip install -e ".[wandb]"')
+        run = Path(run_dir)
+        super().__init__(
+            name=run_name(run),
+            save_dir=str(run),
+            id=wandb_run_id(run),
+            project=project,
+            tags=tags,
+            mode=mode or wandb_mode(),
+            **kwargs,
+        )
+        self._wandb_init.pop("anonymous", None)  # W&B warns that it has no effect, even as None
+
+    @rank_zero_only
+    def finalize(self, status: str = "success") -> None:
+        super().finalize(status)
+        if self._experiment is not None:  # the run's files are complete; the next run starts its own
+            self._experiment.finish(exit_code=0 if status == "success" else 1)
+            self._experiment = None
+
+
+def wandb_mode() -> str:
+    """`WANDB_MODE` if set; online when W&B has a key (`WANDB_API_KEY`, or `wandb login`'s entry
+    for the W&B host in ~/.netrc); else offline."""
+    if mode := os.environ.get("WANDB_MODE"):
+        return mode
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return "online"
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    try:
+        return "online" if netrc.netrc(os.environ.get("NETRC")).authenticators(host) else "offline"
+    except (OSError, netrc.NetrcParseError):  # no ~/.netrc, or one that is not ours to read
+        return "offline"
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """The W&B run id of this run directory: the one saved there, or a new one, saved."""
+    saved = run_dir / WANDB_RUN_ID
+    if saved.is_file():
+        return saved.read_text().strip()
+    run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # W&B's form
+    if rank_zero_only.rank == 0:  # the only rank that logs
+        run_dir.mkdir(parents=True, exist_ok=True)
+        saved.write_text(run_id + "\n")
+    return run_id
 
 
 def run_name(run_dir: Path) -> str:

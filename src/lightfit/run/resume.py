@@ -49,13 +49,15 @@ RESUMABLE = (INTERRUPTED, "last.ckpt")
 # Config keys that may differ when ckpt_path=auto continues a run: they change no number
 # of the epochs already trained (max_epochs extends a run; with a scheduler that reads it,
 # such as cosine's T_max, set that explicitly).
-MAY_DIFFER = ("ckpt_path", "trainer.max_epochs", "logger")
+# model.compile: compiled or eager, the network computes the same; either may continue the other
+MAY_DIFFER = ("ckpt_path", "trainer.max_epochs", "logger", "model.compile")
 # What a checkpoint given as ckpt_path=<file> (or last) must share with this run: a run that
 # continued another's training on other data, network or task would report numbers that
 # belong to neither; init_from= (run/finetune.py) starts a new run from its weights instead.
 SAME_RUN = ("data", "model", "task")
 # Data keys that change how batches reach the device, not which ones: a copied run may differ.
-HOW_LOADED = ("data.num_workers", "data.pin_memory", "data.on_device")
+# and model.compile: compiled or eager, the same network.
+HOW_LOADED = ("data.num_workers", "data.pin_memory", "data.on_device", "model.compile")
 BEST = "best.ckpt"
 
 
@@ -323,7 +325,7 @@ def differences(theirs: Any, ours: Any, key: str, skip: tuple[str, ...]) -> Iter
             yield from differences(
                 theirs.get(name, missing), ours.get(name, missing), f"{key}.{name}" if key else name, skip
             )
-    elif theirs != ours:
+    elif theirs != ours and not (theirs == "(absent)" and ours is None):  # None: a key added since
         yield key, theirs, ours
 
 

@@ -8,13 +8,21 @@ Regression networks end in a `TargetScale` layer (nets.py) and answer in the uni
 The loss is taken on standardised values (`(v - mean) / std` of the training targets), so
 the optimizer sees targets of unit scale: with mse, `val/loss` is then about 1 - R2.
 Every metric is in the units of y.
+
+Class weights (`task.class_weight`, `task.pos_weight`, Keras' `fit(class_weight=...)`) weigh
+each sample's loss by its class's weight and average over the batch, as Keras and
+scikit-learn do (and `BCEWithLogitsLoss(pos_weight=...)` for two classes). A loss class's own
+`weight` argument (`CrossEntropyLoss(weight=...)`) divides by the sum of the batch's weights
+instead. Both weigh every stage's loss, so `val/loss` is the objective that was trained.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from lightfit.errors import LightfitError
@@ -47,6 +55,8 @@ DEFAULTS = {  # what a task computes when it is not told: Keras' defaults and th
 }
 STAGES = ("train", "val", "test")
 PREDICTIONS = {CLASSIFICATION: ("probs", "labels"), REGRESSION: ("values",)}  # lightfit.predict's kind=
+BALANCED = "balanced"  # task.class_weight=balanced: scikit-learn's n_samples / (n_classes * bincount)
+TENSOR_ARGS = ("weight", "pos_weight")  # a loss's arguments that torch wants as tensors, not lists
 
 
 def _check_name(name: str) -> None:
@@ -66,8 +76,11 @@ def build_loss(task: str, loss: Any) -> nn.Module:
             )
         return get_class(LOSSES[task][loss])()
     if isinstance(loss, dict) and "_target_" in loss:
+        # A list `weight: [1.0, 3.0]` becomes a tensor: torch registers it as a buffer, which
+        # takes a tensor only (Hydra would hand over its ListConfig).
+        tensors = {k: torch.tensor(v, dtype=torch.float32) for k, v in loss.items() if k in TENSOR_ARGS}
         try:
-            return instantiate(loss)
+            return instantiate({k: v for k, v in loss.items() if k not in tensors}, **tensors)
         except Exception as exc:  # noqa: BLE001 - a wrong argument in the user's loss config
             raise LightfitError(f"task.loss: cannot build {loss['_target_']}: {exc}") from None
     if callable(loss):
@@ -94,12 +107,68 @@ def mode_of(task: str, monitor: str, metrics: Sequence[Any], mode: str | None = 
     return "max" if better else "min"
 
 
+def balanced_weights(labels: Tensor, num_classes: int) -> list[float]:
+    """scikit-learn's `class_weight="balanced"`: n_samples / (n_classes * bincount(labels)).
+
+    Over the labels it was computed from, the mean weight of a sample is exactly 1, so the
+    weighted loss keeps the scale of the plain one.
+    """
+    counts = torch.bincount(labels.long().flatten().cpu(), minlength=num_classes).double()
+    if (empty := (counts == 0).nonzero().flatten().tolist()) != []:
+        raise LightfitError(
+            f"task.class_weight=balanced: class {empty[0]} has no sample in the training split; "
+            "give the weights as a list (task.class_weight=[...])"
+        )
+    return (len(labels) / (num_classes * counts)).tolist()
+
+
+def class_weights(
+    cfg: dict[str, Any], num_classes: int | None, labels: Tensor | None = None
+) -> list[float] | None:
+    """One weight per class from `task.class_weight` (balanced, or a list) or `task.pos_weight`
+    (two classes: class 1's weight, class 0's is 1); None for neither. `labels`: the training
+    split's, for balanced. `num_classes` None (before the data are read): the form is checked."""
+    weight, pos_weight = cfg.get("class_weight"), cfg.get("pos_weight")
+    if weight is None and pos_weight is None:
+        return None
+    if cfg.get("name", CLASSIFICATION) != CLASSIFICATION:
+        key = "class_weight" if weight is not None else "pos_weight"
+        raise LightfitError(f"task.{key} weighs classes: it is for task=classification, not {cfg['name']}")
+    if weight is not None and pos_weight is not None:
+        raise LightfitError("task.class_weight and task.pos_weight both weigh the classes; set one of them")
+    if pos_weight is not None:
+        if isinstance(pos_weight, bool) or not isinstance(pos_weight, (int, float)) or pos_weight <= 0:
+            raise LightfitError(f"task.pos_weight={pos_weight} must be a positive number")
+        if num_classes not in (None, 2):
+            raise LightfitError(
+                f"task.pos_weight is for two classes and this data has {num_classes}; "
+                "use task.class_weight=[...] (one weight per class) or balanced"
+            )
+        return [1.0, float(pos_weight)]
+    if weight == BALANCED:
+        if num_classes is None:
+            return None
+        if labels is None:
+            raise LightfitError("task.class_weight=balanced needs the training labels to count them")
+        return balanced_weights(labels, num_classes)
+    if not isinstance(weight, (list, tuple)) or not all(
+        isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weight
+    ):
+        raise LightfitError(
+            f"task.class_weight={weight} must be balanced or a list of non-negative numbers, one per class"
+        )
+    if num_classes is not None and len(weight) != num_classes:
+        raise LightfitError(f"task.class_weight has {len(weight)} weights for {num_classes} classes")
+    return [float(w) for w in weight]
+
+
 class Task(nn.Module):
     """The loss and the metrics of a classification or regression problem.
 
-    An nn.Module so that a loss with weights (`CrossEntropyLoss(weight=...)`) and the
-    target statistics move to the device with the model. `targets` (regression): the
-    network's `TargetScale`; its statistics are copied here for the loss.
+    An nn.Module so that a loss with weights (`CrossEntropyLoss(weight=...)`), the class
+    weights and the target statistics move to the device with the model. `targets`
+    (regression): the network's `TargetScale`; its statistics are copied here for the loss.
+    `class_weight`: one weight per class; each sample's loss is multiplied by its class's.
     """
 
     def __init__(
@@ -111,6 +180,7 @@ class Task(nn.Module):
         *,
         average: str = "macro",
         targets: TargetScale | None = None,
+        class_weight: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         _check_name(name)
@@ -124,6 +194,12 @@ class Task(nn.Module):
         if len(set(names)) != len(names):
             raise LightfitError(f"task.metrics names a metric twice: {names}")
         self.loss_fn = build_loss(name, DEFAULTS[name]["loss"] if loss is None else loss)
+        # Not persistent: the weights travel in the checkpoint's lightfit entry, the same for all
+        # loops (the explicit loop saves the network only), and are read back from there.
+        weights = None if class_weight is None else torch.tensor(class_weight, dtype=torch.float32)
+        self.register_buffer("class_weight", weights, persistent=False)
+        if weights is not None:
+            self.loss_fn = per_sample(self.loss_fn)
         self.scale = None
         if targets is not None:  # a copy: the network keeps its own layer (and checkpoints it)
             self.scale = TargetScale(targets.mean, targets.std, persistent=False)
@@ -136,7 +212,10 @@ class Task(nn.Module):
         outputs = match_targets(outputs, y)
         if self.scale is not None:  # the loss on standardised values: unit scale for the optimizer
             outputs, y = self.scale.standardize(outputs), self.scale.standardize(y)
-        return self.loss_fn(outputs, y)
+        if self.class_weight is None:
+            return self.loss_fn(outputs, y)
+        # Each sample's loss times its class's weight, averaged over the batch (Keras' class_weight).
+        return (self.loss_fn(outputs, y) * self.class_weight[y]).mean()
 
     def stage_metrics(self, stage: str) -> StageMetrics:
         """New, empty metrics for one stage: `{stage}/loss` and one entry per `task.metrics`."""
@@ -161,8 +240,28 @@ class Task(nn.Module):
         return outputs
 
 
-def build_task(cfg: Any, num_outputs: int, net: nn.Module | None = None) -> Task:
-    """The Task for a `task` config node (conf/task/*.yaml); `net` brings the target statistics."""
+def per_sample(loss_fn: nn.Module) -> nn.Module:
+    """A copy of `loss_fn` that returns one loss per sample (`reduction="none"`), for class weights."""
+    if getattr(loss_fn, "weight", None) is not None:
+        raise LightfitError(
+            f"task.loss ({type(loss_fn).__name__}) has its own weight; "
+            "set task.class_weight or the loss's weight, not both"
+        )
+    if getattr(loss_fn, "reduction", None) not in ("mean", "none"):
+        raise LightfitError(
+            f"task.class_weight needs a loss that can give one value per sample (reduction='none'); "
+            f"{type(loss_fn).__name__} cannot"
+        )
+    loss_fn = copy.copy(loss_fn)  # a loss module passed to fit() stays as its owner made it
+    loss_fn.reduction = "none"
+    return loss_fn
+
+
+def build_task(
+    cfg: Any, num_outputs: int, net: nn.Module | None = None, labels: Tensor | None = None
+) -> Task:
+    """The Task for a `task` config node (conf/task/*.yaml); `net` brings the target statistics,
+    `labels` (the training split's) the class counts for `task.class_weight=balanced`."""
     from omegaconf import DictConfig, OmegaConf
 
     from lightfit.nets import target_scale
@@ -176,13 +275,31 @@ def build_task(cfg: Any, num_outputs: int, net: nn.Module | None = None) -> Task
         num_outputs,
         average=cfg.get("average", "macro"),
         targets=target_scale(net) if net is not None else None,
+        class_weight=class_weights(cfg, num_outputs, labels),
     )
 
 
 def check_task_config(cfg: Any, monitor: str) -> str:
     """Everything about `task` that can be wrong, before any data are read; returns the mode."""
-    task = build_task(cfg, num_outputs=1)
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    task = build_task({**cfg, "class_weight": None, "pos_weight": None}, num_outputs=1)
+    if cfg.get("class_weight") is not None or cfg.get("pos_weight") is not None:
+        class_weights(cfg, num_classes=None)  # the form: the class count is not known yet
+        per_sample(task.loss_fn)  # a loss that can be weighted per sample
     return mode_of(task.name, monitor, task.metric_entries, cfg.get("mode"))
 
 
-__all__ = ["CLASSIFICATION", "METRICS", "REGRESSION", "Task", "build_task", "check_task_config", "mode_of"]
+__all__ = [
+    "CLASSIFICATION",
+    "METRICS",
+    "REGRESSION",
+    "Task",
+    "balanced_weights",
+    "build_task",
+    "check_task_config",
+    "class_weights",
+    "mode_of",
+]
