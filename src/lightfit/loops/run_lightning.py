@@ -93,8 +93,8 @@ def train_lightning(run: Run) -> dict[str, Any]:
     loggers = build_loggers(cfg)  # logger=csv, tensorboard, mlflow, none, or a list of them
     for logger in loggers:
         run.resume.keep_metrics(logger)
-    # One callback: each costs its hook calls at every step.
-    fitter = trainer(cfg, run.run_dir, [callback], loggers or False, **trainer_knobs)
+    # One callback of lightfit's, and the config's (callbacks=...): each costs its hook calls at every step.
+    fitter = trainer(cfg, run.run_dir, [*run.callbacks, callback], loggers or False, **trainer_knobs)
     try:
         # Read with torch.load(weights_only=True): BackgroundCheckpointIO.load_checkpoint
         fitter.fit(module, datamodule=run.datamodule, ckpt_path=run.resume.path)
