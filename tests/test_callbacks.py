@@ -8,11 +8,13 @@ import os
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import assert_same_weights, compose_config, run_train
 from test_resume import start, wait_for_checkpoint
 
+from lightfit.data import digits_path
 from lightfit.errors import LightfitError
 
 LOOPS = ("automatic", "manual", "explicit")
@@ -151,3 +153,34 @@ def test_a_run_killed_inside_the_patience_window_stops_where_it_would_have(tmp_p
     assert resumed["stopped_epoch"] == 3 and resumed["epochs"] == whole["epochs"]
     assert_same_weights(tmp_path / "whole/checkpoints/last.ckpt", last)
     assert rates(tmp_path / "killed") == rates(tmp_path / "whole")
+
+
+def test_keras_style_fit_stops_early_with_keras_names_and_restores_the_best_weights(capsys):
+    from torch import nn
+
+    from lightfit import EarlyStopping, evaluate, fit
+
+    with np.load(digits_path()) as f:
+        x, y = (f["x"].reshape(-1, 64) / 16.0).astype(np.float32)[:600], f["y"][:600]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    stopping = EarlyStopping(monitor="val_loss", min_delta=10.0, patience=2, restore_best_weights=True)
+    history = fit(model, x, y, validation_split=0.2, epochs=20, lr=1e-2, callbacks=[stopping])
+    assert history.epoch == [0, 1, 2] and len(history.history["val_loss"]) == 3  # epoch 1's best, 2 waited
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert lines[-1].startswith("epoch 3/20") and lines[-1].endswith(
+        "early stop: val_loss did not improve by more than 10 in 2 epochs "
+        f"(best {history.history['val_loss'][0]:.4f} in epoch 1)"
+    )
+    best = evaluate(model, x[480:], y[480:])["loss"]  # the weights of epoch 1, not 3
+    assert best == pytest.approx(history.history["val_loss"][0], rel=1e-5)
+    assert best > history.history["val_loss"][2]
+
+    with pytest.raises(
+        LightfitError, match=r'^EarlyStopping\(monitor="val_f1"\): fit computes loss, acc, val_loss'
+    ):
+        fit(model, x, y, validation_split=0.2, callbacks=[EarlyStopping(monitor="val_f1")])
+    with pytest.raises(
+        LightfitError, match="needs validation data: pass validation_split or validation_data"
+    ):
+        fit(model, x, y, callbacks=[EarlyStopping()])

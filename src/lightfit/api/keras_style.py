@@ -6,6 +6,10 @@
     evaluate(model, x_test, y_test)        # {"loss": 0.21, "acc": 0.95}
     probs = predict(model, x_test)         # np.ndarray of the model's outputs
 
+    # Keras' EarlyStopping, with its names and defaults
+    history = fit(model, x, y, validation_split=0.1, epochs=50,
+                  callbacks=[EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True)])
+
     # regression: any loss and torchmetrics metric by name, as in Keras' compile()
     history = fit(model, x, y, loss="mse", metrics=["mae", "r2"])   # loss, mae, r2, val_loss, ...
     evaluate(model, x_test, y_test)        # {"loss": ..., "mae": ..., "r2": ...}: what fit was told
@@ -26,7 +30,7 @@ from __future__ import annotations
 import re
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,10 +45,11 @@ from lightfit.data.batches import ArrayDataset, batch_loader
 from lightfit.errors import LightfitError
 from lightfit.loops.explicit import evaluate_epoch
 from lightfit.loops.explicit import fit as fit_loop
+from lightfit.run import early_stopping
 from lightfit.run.console import epoch_line
-from lightfit.run.hooks import FitHooks
-from lightfit.tasks import CLASSIFICATION, REGRESSION, Task, scalars
-from lightfit.tasks.task import LOSSES
+from lightfit.run.hooks import EarlyStop, FitHooks
+from lightfit.tasks import CLASSIFICATION, REGRESSION, Task, mode_of, scalars
+from lightfit.tasks.task import LOSSES, metric_name
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
 # What fit() was given for a model (loss, metrics, task), as Keras' compile() keeps it on the
@@ -215,15 +220,66 @@ def _split(
     return inputs[:cut], labels[:cut], inputs[cut:], labels[cut:]
 
 
-class EpochLines(FitHooks):
-    """Keras' verbose=1: one line per epoch, printed as it ends."""
+@dataclass
+class EarlyStopping:
+    """Keras' `keras.callbacks.EarlyStopping` for `fit(..., callbacks=[...])`: its names and defaults.
 
-    def __init__(self, epochs: int) -> None:
+    Training stops when `monitor` (a History name: `val_loss`, `val_acc`, `loss`) has not
+    improved by more than `min_delta` for `patience` epochs; `mode` auto is the metric's own
+    direction. `restore_best_weights`: at the stop, the model gets the weights of its best
+    epoch back (as in Keras, only when it stopped early). The decision is the one
+    `lightfit train` makes (`callbacks=early_stopping`, run/early_stopping.py).
+    """
+
+    monitor: str = "val_loss"
+    min_delta: float = 0.0
+    patience: int = 0
+    mode: str = "auto"  # auto | min | max
+    restore_best_weights: bool = False
+
+
+class EpochEnd(FitHooks):
+    """What Keras does at each epoch end: the History, the line of verbose=1, EarlyStopping."""
+
+    def __init__(
+        self, epochs: int, verbose: bool, model: nn.Module, stopping: EarlyStopping | None, task: Task
+    ) -> None:
         super().__init__()
-        self.epochs = epochs
+        self.epochs, self.verbose, self.model = epochs, verbose, model
+        self.history: dict[str, list[float]] = {}  # fit() raises EarlyStop, so its own history is lost
+        self.stopping, self.decision, self.best_weights = stopping, None, None
+        if stopping is not None:
+            name = stopping.monitor  # Keras' name: val_loss is val/loss, acc is train/acc
+            monitor = f"val/{name[4:]}" if name.startswith("val_") else f"train/{name}"
+            metrics = ("loss", *map(metric_name, task.metric_entries))
+            if monitor.split("/", 1)[1] not in metrics:
+                names = ", ".join(keras_name(f"{s}/{m}") for s in ("train", "val") for m in metrics)
+                raise LightfitError(f'EarlyStopping(monitor="{name}"): fit computes {names}')
+            if stopping.mode not in ("auto", "min", "max"):
+                raise LightfitError(f'EarlyStopping(mode="{stopping.mode}"): auto, min or max')
+            mode = mode_of(
+                task.name, monitor, task.metric_entries, None if stopping.mode == "auto" else stopping.mode
+            )
+            self.decision = early_stopping.EarlyStopping(monitor, stopping.min_delta, stopping.patience, mode)
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        print(epoch_line(epoch + 1, self.epochs, metrics, metrics["time"]))
+        for key, value in metrics.items():
+            if "/" in key:
+                self.history.setdefault(keras_name(key), []).append(value)
+        stop = self.decision is not None and self.decision.update(metrics[self.decision.monitor], epoch)
+        restore = self.stopping is not None and self.stopping.restore_best_weights
+        if restore and self.decision.best_epoch == epoch:
+            # clone: state_dict's tensors are the weights themselves, which the next step changes
+            self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if self.verbose:
+            note = (
+                self.decision.reason().replace(self.decision.monitor, self.stopping.monitor) if stop else ""
+            )
+            print(epoch_line(epoch + 1, self.epochs, metrics, metrics["time"], note))
+        if stop:
+            if self.best_weights is not None:
+                self.model.load_state_dict(self.best_weights)
+            raise EarlyStop
 
 
 def fit(
@@ -245,6 +301,7 @@ def fit(
     accelerator: str = "auto",
     precision: str = "32-true",
     verbose: bool = True,
+    callbacks: list[EarlyStopping] | None = None,
 ) -> History:
     """Train `model` (any nn.Module) like Keras `fit`; returns the per-epoch History.
 
@@ -258,7 +315,8 @@ def fit(
 
     `validation_split` holds out the last fraction of `x`, `y` (before shuffling), as
     Keras does. `optimizer` is a name (adam, sgd, adamw) or a factory `params -> Optimizer`.
-    `evaluate(model, ...)` later uses the same `loss`, `metrics` and `task`.
+    `evaluate(model, ...)` later uses the same `loss`, `metrics` and `task`. `callbacks`:
+    an `EarlyStopping` (Keras' names), or none.
     """
     with _python_arguments():
         inputs = _features(x)
@@ -275,9 +333,29 @@ def fit(
     if val_inputs is not None:
         val_loader = fabric.setup_dataloaders(_loader(val_inputs, val_labels, batch_size, False, seed))
 
-    hooks = EpochLines(epochs) if verbose else None  # else the default: a plain loop
-    with _python_arguments():  # a loss that turns NaN
-        steps = fit_loop(
-            fabric, model, opt, train_loader, val_loader, task=the_task, epochs=epochs, hooks=hooks
+    stopping = _early_stopping(callbacks or [], val_loader is not None)
+    hooks = EpochEnd(epochs, verbose, model, stopping, the_task)
+    # _python_arguments: a loss that turns NaN; EarlyStop: EarlyStopping ended training after an epoch
+    with _python_arguments(), suppress(EarlyStop):
+        fit_loop(fabric, model, opt, train_loader, val_loader, task=the_task, epochs=epochs, hooks=hooks)
+    trained = len(hooks.history["loss"])
+    return History(hooks.history, list(range(trained)))
+
+
+def _early_stopping(callbacks: list[Any], validates: bool) -> EarlyStopping | None:
+    """The one EarlyStopping in `callbacks`; one line for anything else fit cannot run."""
+    for callback in callbacks:
+        if not isinstance(callback, EarlyStopping):
+            raise LightfitError(
+                f"callbacks=[{type(callback).__name__}(...)]: fit runs lightfit.EarlyStopping; "
+                "train with `lightfit train callbacks=...` for Lightning callbacks"
+            )
+    if len(callbacks) > 1:
+        raise LightfitError(f"callbacks: {len(callbacks)} EarlyStopping given; fit takes one")
+    stopping = callbacks[0] if callbacks else None
+    if stopping is not None and stopping.monitor.startswith("val_") and not validates:
+        raise LightfitError(
+            f'EarlyStopping(monitor="{stopping.monitor}") needs validation data: '
+            "pass validation_split or validation_data"
         )
-    return History({keras_name(k): v for k, v in steps.items() if "/" in k}, list(range(epochs)))
+    return stopping
