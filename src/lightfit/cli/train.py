@@ -24,7 +24,7 @@ from lightfit.run import distributed, slurm
 log = logging.getLogger("lightfit")
 
 
-def train(cfg: DictConfig) -> float | None:
+def train(cfg: DictConfig) -> float | None:  # long: a run's steps in order, read top to bottom
     """The whole run for a composed config; returns the optimized metric (for sweepers)."""
     import lightning as L
     from hydra.core.hydra_config import HydraConfig
@@ -32,7 +32,7 @@ def train(cfg: DictConfig) -> float | None:
     from lightfit.loops.run_explicit import train_explicit
     from lightfit.loops.run_lightning import train_lightning
     from lightfit.run.best import BestScore
-    from lightfit.run.callback_group import build_callbacks, stopped_epoch
+    from lightfit.run.callback_group import build_callbacks
     from lightfit.run.console import metrics_line, quiet_lightning
     from lightfit.run.context import Run, build_network_and_task
     from lightfit.run.results import RESULTS, write_json_atomic, write_tables
@@ -77,7 +77,6 @@ def train(cfg: DictConfig) -> float | None:
             raise
     tables = results.pop("tables")
     results |= {"loop": cfg.loop.name, "task": task.name, "monitor": cfg.monitor, "mode": mode}
-    results |= stopped_epoch(callbacks)  # with early stopping: the epoch it stopped after, or None
     if classes := getattr(datamodule, "class_names", None):  # a table's label names
         results["classes"] = classes
     if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:

@@ -25,7 +25,7 @@ from lightfit.loops.explicit import (
     restore_state,
 )
 from lightfit.run.best import BEST_KEY
-from lightfit.run.callback_group import CALLBACKS_KEY
+from lightfit.run.callback_group import CALLBACKS_KEY, stopped_epoch
 from lightfit.run.checkpoint import CHECKPOINT_KEY
 from lightfit.run.checkpoint_io import BackgroundCheckpointIO, copies
 from lightfit.run.console import epoch_line
@@ -218,6 +218,7 @@ class ExplicitRun:
                     results["tables"][key] = value.cpu()  # a confusion matrix, for its CSV
         results["best_checkpoint"] = str(best_path) if best_path.is_file() else None
         results["epochs"] = self.epochs_trained
+        results |= stopped_epoch(self.run.callbacks)  # with early stopping: the epoch it stopped after
         return results
 
 

@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lightfit.run import slurm
+from lightfit.run.callback_group import stopped_epoch
 from lightfit.run.callbacks import RunCallback
 from lightfit.run.checkpoint_io import BackgroundCheckpointIO, CheckpointWriteFailed
 from lightfit.run.context import Run, built, checkpoint_config, load_net_weights
@@ -118,4 +119,5 @@ def train_lightning(run: Run) -> dict[str, Any]:
     results["tables"] = callback.tables
     results["best_checkpoint"] = str(best_path) if best_path else None
     results["epochs"] = fitter.current_epoch
+    results |= stopped_epoch(run.callbacks)  # with early stopping: the epoch it stopped after, or None
     return results
