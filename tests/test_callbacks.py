@@ -184,3 +184,19 @@ def test_keras_style_fit_stops_early_with_keras_names_and_restores_the_best_weig
         LightfitError, match="needs validation data: pass validation_split or validation_data"
     ):
         fit(model, x, y, callbacks=[EarlyStopping()])
+
+
+@pytest.mark.slow
+def test_weight_averaging_runs_in_both_lightning_loops_with_the_same_weights(tmp_path):
+    overrides = [
+        "callbacks=[swa,lr_monitor]",
+        "trainer.limit_train_batches=5",
+        "trainer.max_epochs=4",
+        "logger=csv",
+    ]
+    for loop in ("automatic", "manual"):
+        run_train(tmp_path / loop, f"loop={loop}", *overrides)
+        assert rates(tmp_path / loop)[-1] != 0.001  # SWA's own schedule took over in the last epoch
+    assert_same_weights(
+        tmp_path / "automatic/checkpoints/last.ckpt", tmp_path / "manual/checkpoints/last.ckpt"
+    )
