@@ -33,6 +33,11 @@ LIGHTFIT_KEYS = {
     "task.metrics[]": ("name",),  # a metric entry's column name
     "logger": ("log_model",),  # the MLflow setting, on a logger written without its name
 }
+# Trainer arguments that are config groups of their own here.
+ELSEWHERE = {
+    "trainer.callbacks": "callbacks=[early_stopping,lr_monitor] or +callbacks.<name>._target_=...",
+    "trainer.logger": "logger=csv, tensorboard, mlflow, none or a list of them",
+}
 
 
 def check_keys(cfg: DictConfig, path: str = "") -> None:
@@ -104,6 +109,8 @@ def _check(keys: Iterable[Any], valid: list[str], path: str, owner: str) -> None
             continue
         near = difflib.get_close_matches(key, public, n=1)
         hint = f"did you mean {_join(path, near[0])}?" if near else f"valid: {', '.join(public)}"
+        if (group := ELSEWHERE.get(_join(path, key))) is not None:
+            hint = f"use {group}"
         message = f"unknown key {_join(path, key)}: {owner} takes no '{key}' ({hint})"
         raise LightfitError(message)
 
