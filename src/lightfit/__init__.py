@@ -1,15 +1,16 @@
 """lightfit: one network, three training loops, NumPy in and tensors out.
 
-`from lightfit import fit, evaluate, predict` gives the Keras-style API (api/keras_style.py);
-`lightfit.load("best.ckpt")` a trained model with its preprocessing (trained.py), and
-`lightfit.load_module(Model, "best.ckpt")` the LightningModule (run/checkpoint.py).
+`from lightfit import fit, evaluate, predict` gives the Keras-style API (api/keras_style.py),
+with `EarlyStopping` for fit's callbacks; `lightfit.load("best.ckpt")` a trained model with its
+preprocessing (trained.py), and `lightfit.load_module(Model, "best.ckpt")` the LightningModule
+(run/checkpoint.py).
 They are imported on first use, so `lightfit train` does not pay for them.
 """
 
 from typing import Any
 
 __version__ = "0.2.0"
-KERAS_STYLE = ["History", "evaluate", "fit", "predict"]
+KERAS_STYLE = ["EarlyStopping", "History", "evaluate", "fit", "predict"]
 __all__ = [*KERAS_STYLE, "TrainedModel", "load", "load_module"]
 
 

@@ -6,6 +6,10 @@
     evaluate(model, x_test, y_test)        # {"loss": 0.21, "acc": 0.95}
     logits = predict(model, x_test)        # np.ndarray of the last layer's outputs, as Keras'
 
+    # Keras' EarlyStopping, with its names and defaults
+    history = fit(model, x, y, validation_split=0.1, epochs=50,
+                  callbacks=[EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True)])
+
     # regression: any loss and torchmetrics metric by name, as in Keras' compile()
     history = fit(model, x, y, loss="mse", metrics=["mae", "r2"])   # loss, mae, r2, val_loss, ...
     evaluate(model, x_test, y_test)        # {"loss": ..., "mae": ..., "r2": ...}: what fit was told
@@ -26,7 +30,7 @@ from __future__ import annotations
 import re
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,13 +40,13 @@ from lightning.fabric import Fabric
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from lightfit.api.keras_epochs import EarlyStopping, EpochEnd, early_stopping_of, keras_name
 from lightfit.data.arrays import check_features, check_labels, check_targets, warn_integer_targets
 from lightfit.data.batches import ArrayDataset, batch_loader
 from lightfit.errors import LightfitError
 from lightfit.loops.explicit import evaluate_epoch
 from lightfit.loops.explicit import fit as fit_loop
-from lightfit.run.console import epoch_line
-from lightfit.run.hooks import FitHooks
+from lightfit.run.hooks import EarlyStop
 from lightfit.tasks import CLASSIFICATION, REGRESSION, Task, scalars
 from lightfit.tasks.task import BALANCED, LOSSES, balanced_weights
 
@@ -101,12 +105,6 @@ def _targets(task: Task, y: np.ndarray, n: int, name: str = "y") -> Tensor:
             f"outputs {task.num_outputs} value(s) per sample"
         )
     return as_tensor(targets, torch.float32)
-
-
-def keras_name(key: str) -> str:
-    """`train/loss` -> `loss`, `val/mae` -> `val_mae`, `test/acc` -> `acc`: Keras' history names."""
-    stage, name = key.split("/", 1)
-    return f"val_{name}" if stage == "val" else name
 
 
 def _task(
@@ -242,17 +240,6 @@ def _split(
     return inputs[:cut], labels[:cut], inputs[cut:], labels[cut:]
 
 
-class EpochLines(FitHooks):
-    """Keras' verbose=1: one line per epoch, printed as it ends."""
-
-    def __init__(self, epochs: int) -> None:
-        super().__init__()
-        self.epochs = epochs
-
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        print(epoch_line(epoch + 1, self.epochs, metrics, metrics["time"]))
-
-
 def fit(
     model: nn.Module,
     x: np.ndarray,
@@ -273,6 +260,7 @@ def fit(
     accelerator: str = "auto",
     precision: str = "32-true",
     verbose: bool = True,
+    callbacks: list[EarlyStopping] | None = None,
 ) -> History:
     """Train `model` (any nn.Module) like Keras `fit`; returns the per-epoch History.
 
@@ -291,6 +279,7 @@ def fit(
     validation loss is weighted too (Keras' `val_loss` is not). `optimizer` is a name (adam,
     sgd, adamw) or a factory `params -> Optimizer`. `evaluate(model, ...)` later uses the
     same `loss`, `metrics` and `task`, without class weights (as Keras' `evaluate`).
+    `callbacks`: an `EarlyStopping` (Keras' names), or none.
     """
     with _python_arguments():
         inputs = _features(x)
@@ -314,9 +303,10 @@ def fit(
     if val_inputs is not None:
         val_loader = fabric.setup_dataloaders(_loader(val_inputs, val_labels, batch_size, False, seed))
 
-    hooks = EpochLines(epochs) if verbose else None  # else the default: a plain loop
-    with _python_arguments():  # a loss that turns NaN
-        steps = fit_loop(
-            fabric, model, opt, train_loader, val_loader, task=the_task, epochs=epochs, hooks=hooks
-        )
-    return History({keras_name(k): v for k, v in steps.items() if "/" in k}, list(range(epochs)))
+    stopping = early_stopping_of(callbacks or [], val_loader is not None)
+    hooks = EpochEnd(epochs, verbose, model, stopping, the_task)
+    # _python_arguments: a loss that turns NaN; EarlyStop: EarlyStopping ended training after an epoch
+    with _python_arguments(), suppress(EarlyStop):
+        fit_loop(fabric, model, opt, train_loader, val_loader, task=the_task, epochs=epochs, hooks=hooks)
+    trained = len(hooks.history["loss"])
+    return History(hooks.history, list(range(trained)))

@@ -169,6 +169,7 @@ class TrainSchema:
     scheduler: Any = None
     trainer: TrainerSchema = field(default_factory=TrainerSchema)
     logger: Any = None
+    callbacks: Any = None  # {name: {_target_: a Lightning callback, ...}}: conf/callbacks/
     checkpoint: CheckpointSchema = field(default_factory=CheckpointSchema)
     cv: CVSchema = field(default_factory=CVSchema)
     seed: int = 0

@@ -34,6 +34,11 @@ LIGHTFIT_KEYS = {
     "logger": ("log_model",),  # the MLflow setting, on a logger written without its name
     "model": ("compile",),  # model.compile=true: torch.compile for training (run/context.py)
 }
+# Trainer arguments that are config groups of their own here.
+ELSEWHERE = {
+    "trainer.callbacks": "callbacks=[early_stopping,lr_monitor] or +callbacks.<name>._target_=...",
+    "trainer.logger": "logger=csv, tensorboard, mlflow, none or a list of them",
+}
 
 
 def check_keys(cfg: DictConfig, path: str = "") -> None:
@@ -105,6 +110,8 @@ def _check(keys: Iterable[Any], valid: list[str], path: str, owner: str) -> None
             continue
         near = difflib.get_close_matches(key, public, n=1)
         hint = f"did you mean {_join(path, near[0])}?" if near else f"valid: {', '.join(public)}"
+        if (group := ELSEWHERE.get(_join(path, key))) is not None:
+            hint = f"use {group}"
         message = f"unknown key {_join(path, key)}: {owner} takes no '{key}' ({hint})"
         raise LightfitError(message)
 

@@ -24,7 +24,7 @@ from lightfit.run import distributed, slurm
 log = logging.getLogger("lightfit")
 
 
-def train(cfg: DictConfig) -> float | None:
+def train(cfg: DictConfig) -> float | None:  # long: a run's steps in order, read top to bottom
     """The whole run for a composed config; returns the optimized metric (for sweepers)."""
     import lightning as L
     from hydra.core.hydra_config import HydraConfig
@@ -32,6 +32,7 @@ def train(cfg: DictConfig) -> float | None:
     from lightfit.loops.run_explicit import train_explicit
     from lightfit.loops.run_lightning import train_lightning
     from lightfit.run.best import BestScore
+    from lightfit.run.callback_group import build_callbacks
     from lightfit.run.console import metrics_line, quiet_lightning
     from lightfit.run.context import Run, build_network_and_task, checkpoint_config
     from lightfit.run.finetune import init_weights
@@ -47,6 +48,7 @@ def train(cfg: DictConfig) -> float | None:
     mode = check_task_config(cfg.task, cfg.monitor)  # a wrong metric name stops here, before any data
     check_loop(cfg.loop)  # the module or fit function exists, and its own keys fit its signature
     check_init_from(cfg)
+    callbacks = build_callbacks(cfg)  # callbacks=[early_stopping,...]: built, and checked for the loop
     optimized = cfg.get("optimized_metric") or cfg.monitor
     if cfg.cv.folds is not None and cfg.cv.fold is None:  # k-fold cross-validation: each fold a run
         return cross_validated(cfg, run_dir).get(optimized)
@@ -71,9 +73,8 @@ def train(cfg: DictConfig) -> float | None:
     runner = train_explicit if cfg.loop.get("fit") is not None else train_lightning
     with StopRequest() as stop:
         try:
-            results = runner(
-                Run(cfg, run_dir, datamodule, net, task, BestScore(cfg.monitor, mode), resume, stop)
-            )
+            best = BestScore(cfg.monitor, mode)
+            results = runner(Run(cfg, run_dir, datamodule, net, task, best, resume, stop, callbacks))
         except TrainingInterrupted as stopped:  # saved: rank 0 may now requeue the SLURM job
             if cfg.cv.fold is not None and is_fold_dir(run_dir):
                 stopped.resume_in(run_dir.parent)  # ckpt_path=auto there continues at this fold

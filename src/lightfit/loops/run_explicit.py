@@ -2,7 +2,9 @@
 
 What the Lightning loops get from callbacks (run/callbacks.py) happens here in plain code:
 the epoch line and the logger each epoch, best.ckpt and last.ckpt (BestScore decides, as in
-RunCheckpoints), interrupted.ckpt on a stop, the best weights tested at the end.
+RunCheckpoints), interrupted.ckpt on a stop, the best weights tested at the end. Of the
+config's callbacks it runs lightfit's early stopping and learning-rate monitor, calling the
+same objects the Lightning loops get (run/callback_group.py refuses any other).
 """
 
 from __future__ import annotations
@@ -23,13 +25,16 @@ from lightfit.loops.explicit import (
     restore_state,
 )
 from lightfit.run.best import BEST_KEY
+from lightfit.run.callback_group import CALLBACKS_KEY, stopped_epoch
 from lightfit.run.checkpoint import CHECKPOINT_KEY
 from lightfit.run.checkpoint_io import BackgroundCheckpointIO, copies
 from lightfit.run.console import epoch_line
 from lightfit.run.context import Run, built, checkpoint_config, load_net_weights
 from lightfit.run.contract import FitLoop, check
-from lightfit.run.hooks import FitHooks, StopTraining
+from lightfit.run.early_stopping import EarlyStopping
+from lightfit.run.hooks import EarlyStop, FitHooks, StopTraining
 from lightfit.run.loggers import build_loggers
+from lightfit.run.lr_monitor import LearningRateMonitor
 from lightfit.run.resume import EPOCH_KEY, INTERRUPTED, epoch_position, restore_position
 from lightfit.run.signals import TrainingInterrupted
 
@@ -83,6 +88,10 @@ class ExplicitRun:
         self.train_metrics = run.task.stage_metrics("train").to(self.fabric.device)
         self.loggers = build_loggers(cfg)  # logger=csv, tensorboard, mlflow, none, or a list of them
         self.extra = {CHECKPOINT_KEY: checkpoint_config(cfg, dm, run.task)}
+        # callbacks=[early_stopping,lr_monitor]: the objects the Lightning loops would get
+        self.stoppers = [c for c in run.callbacks if isinstance(c, EarlyStopping)]
+        self.rates = [c for c in run.callbacks if isinstance(c, LearningRateMonitor)]
+        self.epochs_trained = self.epochs
         # loop.fit: the function that trains (lightfit.loops.explicit.fit, or a project's own)
         self.fit = built(
             "loop.fit", cfg.loop.fit, lambda: instantiate(cfg.loop.fit, _partial_=True, _convert_="all")
@@ -97,6 +106,7 @@ class ExplicitRun:
         extra = self.extra | {
             BEST_KEY: self.run.best.state_dict(),
             EPOCH_KEY: epoch_position(epoch, batches, done, self.train_metrics),
+            CALLBACKS_KEY: {c.state_key: c.state_dict() for c in self.run.callbacks},  # as in Lightning's
         }
         return checkpoint_state(self.model, self.optimizer, self.scheduler, epoch, step, extra)
 
@@ -110,16 +120,22 @@ class ExplicitRun:
                 self.fabric.strategy.save_checkpoint(self.run.checkpoints / "last.ckpt", state)  # rank 0
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        """The epoch line and the logger (rank 0), then best.ckpt if it improved and last.ckpt."""
+        """The epoch line and the logger (rank 0), then best.ckpt if it improved and last.ckpt;
+        raises `EarlyStop` after that when early stopping says this was the last epoch."""
         step = (epoch + 1) * self.steps_per_epoch
+        for monitor in self.rates:
+            metrics = metrics | monitor.epoch_end()  # the rates this epoch started with
+        # The same decision on the same float as the Lightning loops; every stopper sees the epoch.
+        stops = [s.reason() for s in self.stoppers if s.update(metrics[s.monitor], epoch)]
         if self.fabric.is_global_zero:
-            log.info(epoch_line(epoch + 1, self.epochs, metrics, metrics["time"]))
+            log.info(epoch_line(epoch + 1, self.epochs, metrics, metrics["time"], note="  ".join(stops)))
             for logger in self.loggers:
                 logger.log_metrics(
                     {k: v for k, v in metrics.items() if "/" in k} | {"epoch": epoch}, step - 1
                 )
                 logger.save()  # to disk every epoch: a killed run keeps its metrics
         if self.fast:
+            self.end_epoch(epoch, stopped=bool(stops))
             return
         with self.io.timed():  # its cost: in train.log at the end
             improved = self.run.best.update(metrics, epoch)  # ties: the lower val/loss, then the later epoch
@@ -129,6 +145,15 @@ class ExplicitRun:
             # file, two names.
             best = self.run.checkpoints / "best.ckpt" if improved else None
             self.fabric.strategy.save_checkpoint(self.run.checkpoints / "last.ckpt", state, copies(best))
+        self.end_epoch(epoch, stopped=bool(stops))
+
+    def end_epoch(self, epoch: int, stopped: bool) -> None:
+        """After the epoch's checkpoint: the next epoch's learning rates, or the early stop."""
+        for monitor in self.rates:
+            monitor.epoch_start([self.optimizer])  # the scheduler has stepped: the next epoch's rates
+        if stopped:
+            self.epochs_trained = epoch + 1
+            raise EarlyStop
 
     def should_stop(self) -> bool:
         return self.run.stop.agreed(self.fabric.world_size > 1)  # under DDP: every rank's answer
@@ -144,12 +169,21 @@ class ExplicitRun:
                 restore_position(checkpoint[EPOCH_KEY], self.fabric.global_rank, self.train_metrics)
             if run.resume.mid_epoch:
                 start_epoch, start_batch = run.resume.mid_epoch
+            for callback in run.callbacks:  # early stopping's best and wait, the epoch's learning rates
+                if (state := checkpoint.get(CALLBACKS_KEY, {}).get(callback.state_key)) is not None:
+                    callback.load_state_dict(state)
+        for monitor in self.rates:
+            monitor.epoch_start([self.optimizer])  # kept when a checkpoint inside the epoch brought them
         for logger in self.loggers:
             run.resume.keep_metrics(logger)
         hooks = RunHooks(
             start_epoch, start_batch, self.train_metrics, self.limits["train"], self.limits["val"], run=self
         )
+        ended = [s.stopped_epoch for s in self.stoppers if s.stopped_epoch is not None]
         try:
+            if ended:  # resumed after an early stop: nothing left to train
+                self.epochs_trained = min(ended) + 1
+                raise EarlyStop
             self.fit(
                 self.fabric, self.model, self.optimizer, self.loaders["train"], self.loaders["val"],
                 task=run.task, epochs=self.epochs, scheduler=self.scheduler,
@@ -161,6 +195,8 @@ class ExplicitRun:
             self.fabric.save(saved, self.state(stopped.epoch, stopped.batch))  # the best score too
             self.io.teardown()  # the write is on disk before the process says so
             raise TrainingInterrupted(run.stop.signum, str(stopped), saved, run.run_dir) from None
+        except EarlyStop:
+            pass  # the epoch's checkpoints are saved: training ends here, as after the last epoch
         self.io.teardown()  # the last checkpoints are on disk before best.ckpt is read
         self.fabric.barrier()  # on every rank: rank 0 wrote them
         for logger in self.loggers:
@@ -182,7 +218,8 @@ class ExplicitRun:
                 else:
                     results["tables"][key] = value.cpu()  # a confusion matrix, for its CSV
         results["best_checkpoint"] = str(best_path) if best_path.is_file() else None
-        results["epochs"] = self.epochs
+        results["epochs"] = self.epochs_trained
+        results |= stopped_epoch(self.run.callbacks)  # with early stopping: the epoch it stopped after
         return results
 
 

@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lightfit.run import slurm
+from lightfit.run.callback_group import stopped_epoch
 from lightfit.run.callbacks import RunCallback
 from lightfit.run.checkpoint_io import BackgroundCheckpointIO, CheckpointWriteFailed
 from lightfit.run.context import Run, built, checkpoint_config, load_net_weights
@@ -94,8 +95,8 @@ def train_lightning(run: Run) -> dict[str, Any]:
     loggers = build_loggers(cfg)  # logger=csv, tensorboard, mlflow, none, or a list of them
     for logger in loggers:
         run.resume.keep_metrics(logger)
-    # One callback: each costs its hook calls at every step.
-    fitter = trainer(cfg, run.run_dir, [callback], loggers or False, **trainer_knobs)
+    # One callback of lightfit's, and the config's (callbacks=...): each costs its hook calls at every step.
+    fitter = trainer(cfg, run.run_dir, [*run.callbacks, callback], loggers or False, **trainer_knobs)
     try:
         # Read with torch.load(weights_only=True): BackgroundCheckpointIO.load_checkpoint
         fitter.fit(module, datamodule=run.datamodule, ckpt_path=run.resume.path)
@@ -119,4 +120,5 @@ def train_lightning(run: Run) -> dict[str, Any]:
     results["tables"] = callback.tables
     results["best_checkpoint"] = str(best_path) if best_path else None
     results["epochs"] = fitter.current_epoch
+    results |= stopped_epoch(run.callbacks)  # with early stopping: the epoch it stopped after, or None
     return results

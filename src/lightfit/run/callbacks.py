@@ -23,6 +23,7 @@ from lightfit.run.best import BestScore
 from lightfit.run.checkpoint import CHECKPOINT_KEY
 from lightfit.run.checkpoint_io import copies
 from lightfit.run.console import epoch_line
+from lightfit.run.early_stopping import EarlyStopping
 from lightfit.run.resume import (
     BEST,
     EPOCH_KEY,
@@ -149,8 +150,11 @@ class RunCallback(Checkpoint):
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.is_global_zero:
-            seconds, metrics = time.perf_counter() - self.start, trainer.callback_metrics
-            log.info(epoch_line(trainer.current_epoch + 1, trainer.max_epochs, metrics, seconds))
+            seconds, epoch = time.perf_counter() - self.start, trainer.current_epoch
+            # callbacks=early_stopping decided before this hook (a Checkpoint's hooks run last)
+            stopping = [c for c in trainer.callbacks if isinstance(c, EarlyStopping)]
+            note = "  ".join(c.reason() for c in stopping if c.stopped_epoch == epoch)
+            log.info(epoch_line(epoch + 1, trainer.max_epochs, trainer.callback_metrics, seconds, note))
         validated, self.validated = self.validated, False
         if trainer.fast_dev_run or self.dirpath is None:
             return  # like Lightning: no checkpoints in a smoke run

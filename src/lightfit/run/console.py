@@ -13,17 +13,27 @@ def _label(key: str) -> str:
     return name if stage == "train" else f"{stage}_{name}"  # Keras names: loss, acc, val_loss
 
 
-def epoch_line(epoch: int, max_epochs: int, metrics: Mapping[str, Any], seconds: float) -> str:
+def _value(key: str, value: Any) -> str:
+    # a learning rate (callbacks=lr_monitor) in 4 significant digits: 0.0001 is not 0.0000
+    return f"{float(value):.4g}" if key.startswith("train/lr") else f"{float(value):.4f}"
+
+
+def epoch_line(
+    epoch: int, max_epochs: int, metrics: Mapping[str, Any], seconds: float, note: str = ""
+) -> str:
     """`epoch 3/20  loss 0.2010  acc 0.9412  val_loss 0.1633  val_acc 0.9538  0.4s`
 
-    Every train/ and val/ metric, the loss first, the others in the order they were computed.
+    Every train/ and val/ metric, the loss first, the others in the order they were computed;
+    then `note` (why training stops after this epoch: early stopping).
     """
     parts = [f"epoch {epoch}/{max_epochs}"]
     for stage in STAGES:
         keys = [k for k in metrics if k.startswith(f"{stage}/")]
         keys.sort(key=lambda k: not k.endswith("/loss"))  # stable: the loss, then the rest in order
-        parts += [f"{_label(k)} {float(metrics[k]):.4f}" for k in keys]
+        parts += [f"{_label(k)} {_value(k, metrics[k])}" for k in keys]
     parts.append(f"{seconds:.1f}s")
+    if note:
+        parts.append(note)
     return "  ".join(parts)
 
 

@@ -2,14 +2,14 @@
 
 `Run` is what both loop runners take (loops/run_lightning.py, loops/run_explicit.py): the
 composed config, the run directory, the data, the network, the task, the best score so
-far, where to resume from, and the stop request of a signal. Everything a checkpoint
-needs to rebuild the network (`checkpoint_config`) is decided here once for both.
+far, where to resume from, the stop request of a signal, the config's callbacks. Everything
+a checkpoint needs to rebuild the network (`checkpoint_config`) is decided here once for both.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,6 +35,7 @@ class Run:
     best: BestScore
     resume: Resume
     stop: StopRequest
+    callbacks: list[Any] = field(default_factory=list)  # the config's (run/callback_group.py)
 
     @property
     def checkpoints(self) -> Path:

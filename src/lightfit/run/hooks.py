@@ -20,6 +20,12 @@ class StopTraining(Exception):
         self.epoch, self.batch = epoch, batch
 
 
+class EarlyStop(Exception):
+    """Raised by `hooks.on_epoch_end` to end training after that epoch (early stopping). An
+    exception, so that any fit loop that calls `on_epoch_end` stops, a project's own too; the
+    run that passed the hooks catches it."""
+
+
 @dataclass
 class FitHooks:
     """Where `fit` starts, what it has so far, and three calls into the run's machinery.
@@ -43,4 +49,5 @@ class FitHooks:
         return False
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        """After each epoch, its metrics (`train/loss`, `val/acc`, ..., `time`): log, checkpoint."""
+        """After each epoch, its metrics (`train/loss`, `val/acc`, ..., `time`): log, checkpoint.
+        May raise `EarlyStop`: this was the last epoch."""
