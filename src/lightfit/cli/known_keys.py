@@ -41,7 +41,7 @@ def check_keys(cfg: DictConfig, path: str = "") -> None:
     if dataclasses.is_dataclass(kind):
         fields = [f.name for f in dataclasses.fields(kind)]
         owner = cfg["_target_"] if "_target_" in fields else (path or "the config")
-        _check(cfg.keys(), fields, path, owner)
+        _check(cfg.keys(), fields, path, owner, getattr(kind, "instead", {}))
     elif "_target_" in cfg:
         accepted = _parameters(cfg, path)
         if accepted is not None:
@@ -96,16 +96,27 @@ def locate(target: str) -> Any:
     raise ImportError(f"no module named {parts[0]!r}")
 
 
-def _check(keys: Iterable[Any], valid: list[str], path: str, owner: str) -> None:
+def _check(
+    keys: Iterable[Any], valid: list[str], path: str, owner: str, instead: dict[str, str] | None = None
+) -> None:
     """One line for the first key not in `valid`: the nearest valid key, or all of them."""
-    public = [v for v in valid if not v.startswith("_")]
     for key in map(str, keys):
-        if key in valid:
-            continue
-        near = difflib.get_close_matches(key, public, n=1)
-        hint = f"did you mean {_join(path, near[0])}?" if near else f"valid: {', '.join(public)}"
-        message = f"unknown key {_join(path, key)}: {owner} takes no '{key}' ({hint})"
-        raise LightfitError(message)
+        if key not in valid:
+            raise LightfitError(unknown_key(key, valid, path, owner, instead))
+
+
+def unknown_key(
+    key: str, valid: list[str], path: str, owner: str, instead: dict[str, str] | None = None
+) -> str:
+    """The line for a key of the node at `path` that is not in `valid`: what to write instead
+    (a key that lightfit sets itself, in `instead`), the nearest valid key, or all of them.
+    Also what a mistyped override (`trainer.max_step=3`) says while Hydra composes (errors.py)."""
+    if instead and key in instead:
+        return f"{_join(path, key)}: {instead[key]}"
+    public = [v for v in valid if not v.startswith("_")]
+    near = difflib.get_close_matches(key, public, n=1)
+    hint = f"did you mean {_join(path, near[0])}?" if near else f"valid: {', '.join(public)}"
+    return f"unknown key {_join(path, key)}: {owner} takes no '{key}' ({hint})"
 
 
 def _join(path: str, key: str) -> str:

@@ -45,6 +45,7 @@ def train(cfg: DictConfig) -> float | None:
     config.check_counts(cfg)
     mode = check_task_config(cfg.task, cfg.monitor)  # a wrong metric name stops here, before any data
     check_loop(cfg.loop)  # the module or fit function exists, and its own keys fit its signature
+    config.check_trainer(cfg)  # a Trainer key the loop does not take, or the installed Lightning lacks
     optimized = cfg.get("optimized_metric") or cfg.monitor
     if cfg.cv.folds is not None and cfg.cv.fold is None:  # k-fold cross-validation: each fold a run
         return cross_validated(cfg, run_dir).get(optimized)
