@@ -39,8 +39,8 @@ def _omegaconf_type(hint: Any) -> Any:
     if origin in (Union, types.UnionType):
         members = [_omegaconf_type(a) for a in args if a is not type(None)]
         members = [m for m in members if m is not Any]  # e.g. Union[float, Tensor] -> float
-        if not members:
-            return Any
+        if not members or any(typing.get_origin(m) is list for m in members):
+            return Any  # OmegaConf checks no union of a container (ReduceLROnPlateau's min_lr)
         checked = members[0] if len(members) == 1 else Union[tuple(members)]  # noqa: UP007
         return Optional[checked] if type(None) in args else checked  # noqa: UP045
     if origin in (list, tuple, collections.abc.Sequence) and args and args[0] in PRIMITIVES:
@@ -86,6 +86,21 @@ def schema_of(
             continue
         fields.append((param.name, _omegaconf_type(hints.get(param.name, Any)), _default(param.default)))
     return make_dataclass(f"{getattr(target, '__name__', 'Target')}Schema", fields)
+
+
+def scheduler_schema(target: Any, interval: str, name: str | None = None) -> type:
+    """A torch scheduler's schema (a partial, called with the optimizer) and the keys of
+    Lightning's lr_scheduler dict, which lightfit reads off (run/schedule.py)."""
+    base = schema_of(target, partial=True, skip=("optimizer",), name=name)
+    return make_dataclass(
+        base.__name__,
+        [
+            ("interval", str, field(default=interval)),  # step: every optimizer step; epoch: every epoch
+            ("frequency", int, field(default=1)),  # every that many steps or epochs
+            ("monitor", Optional[str], field(default=None)),  # noqa: UP045 - ReduceLROnPlateau; null: the run's monitor
+        ],
+        bases=(base,),
+    )
 
 
 @dataclass
@@ -151,7 +166,7 @@ EXPLICIT_KEYS = (
     "max_epochs", "min_epochs", "max_steps", "min_steps", "max_time",
     "limit_train_batches", "limit_val_batches", "limit_test_batches",
     "val_check_interval", "check_val_every_n_epoch", "deterministic",
-    "inference_mode",  # the explicit loop evaluates under torch.no_grad(): what false means
+    "benchmark", "inference_mode",  # the explicit loop evaluates under torch.no_grad(): what false means
 )  # fmt: skip
 
 
@@ -159,7 +174,9 @@ def check_trainer(cfg: Any) -> None:
     """The trainer node against the loop that runs it: the explicit loop takes `EXPLICIT_KEYS`;
     another key with a non-default value is one line naming it and the loops that take it."""
     from lightfit.errors import LightfitError
+    from lightfit.run.hooks import max_time_seconds
 
+    max_time_seconds(cfg.trainer.max_time)  # a malformed time: one line, in every loop
     defaults = {f.name: f.default for f in dataclasses.fields(TrainerSchema)}
     set_keys = {k: v for k, v in cfg.trainer.items() if k in defaults and v != defaults[k]}
     if cfg.loop.get("fit") is None:  # a Lightning loop: the installed Trainer's own signature
@@ -271,9 +288,10 @@ def register() -> None:
     import numpy as np
     import torch
     from omegaconf import OmegaConf
+    from torch.optim import lr_scheduler
 
     from lightfit import nets
-    from lightfit.run import slurm
+    from lightfit.run import schedule, slurm
 
     # Read from the source: importing the data module would import Lightning (about 3 s).
     data_module = init_from_source("lightfit.data.datamodule", "ArrayDataModule", {"np": np})
@@ -315,10 +333,11 @@ def register() -> None:
         ),
         "optimizer/adam": schema_of(torch.optim.Adam, partial=True, skip=("params",)),
         "optimizer/sgd": schema_of(torch.optim.SGD, partial=True, skip=("params",)),
-        "scheduler/step": schema_of(torch.optim.lr_scheduler.StepLR, partial=True, skip=("optimizer",)),
-        "scheduler/cosine": schema_of(
-            torch.optim.lr_scheduler.CosineAnnealingLR, partial=True, skip=("optimizer",)
-        ),
+        "scheduler/step": scheduler_schema(lr_scheduler.StepLR, "epoch"),
+        "scheduler/cosine": scheduler_schema(lr_scheduler.CosineAnnealingLR, "epoch"),
+        "scheduler/plateau": scheduler_schema(lr_scheduler.ReduceLROnPlateau, "epoch"),
+        "scheduler/onecycle": scheduler_schema(lr_scheduler.OneCycleLR, "step"),
+        "scheduler/warmup_cosine": scheduler_schema(schedule.warmup_cosine, "step"),
     }
     store = ConfigStore.instance()
     for path, node in schemas.items():

@@ -23,6 +23,7 @@ from lightfit.run.context import Run, built, checkpoint_config, load_net_weights
 from lightfit.run.contract import TrainingModule, check
 from lightfit.run.loggers import build_loggers
 from lightfit.run.progress import progress_callbacks
+from lightfit.run.schedule import Schedule
 from lightfit.run.signals import TrainingInterrupted
 
 # What lightfit passes a module itself; the loop.module node's other keys are the module's own.
@@ -69,7 +70,7 @@ def build_module(run: Run) -> tuple[L.LightningModule, dict[str, Any]]:
         net=run.net,
         task=run.task,
         optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        scheduler=Schedule.from_config(cfg),  # the scheduler, its interval, frequency and monitor
         **{key: value for key, value in knobs.items() if key in takes},
     )
     check(module, TrainingModule, "loop.module")

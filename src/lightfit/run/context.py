@@ -79,6 +79,7 @@ def build_network_and_task(cfg: DictConfig, datamodule: Any) -> tuple[nn.Module,
     from hydra.utils import instantiate
 
     from lightfit.nets import TargetScale, build_network
+    from lightfit.run.schedule import Schedule
     from lightfit.tasks import build_task
 
     targets = None
@@ -88,8 +89,9 @@ def build_network_and_task(cfg: DictConfig, datamodule: Any) -> tuple[nn.Module,
     net = built("model", cfg.model, lambda: build_network(instantiate(cfg.model), *shapes, targets))
     # Built once here only to check the values (lr, momentum, ...): the loops build their own.
     optimizer = built("optimizer", cfg.optimizer, lambda: instantiate(cfg.optimizer)(net.parameters()))
-    if cfg.get("scheduler"):
-        built("scheduler", cfg.scheduler, lambda: instantiate(cfg.scheduler)(optimizer))
+    if (schedule := Schedule.from_config(cfg)) is not None:
+        batches = len(datamodule.train_dataloader())
+        built("scheduler", cfg.scheduler, lambda: schedule.build(optimizer, batches))
     return net, build_task(cfg.task, datamodule.num_outputs, net)
 
 
