@@ -89,15 +89,14 @@ class Schedule:
 
         if not cfg.get("scheduler"):
             return None
-        node = cfg.scheduler
-        settings = {key: node[key] for key in KEYS if key in node}
-        rest = OmegaConf.masked_copy(node, [k for k in node if k not in KEYS])
-        fills_total = TOTAL in rest and rest[TOTAL] is None
+        node = OmegaConf.to_container(cfg.scheduler, resolve=True)  # max_lr: ${optimizer.lr}
+        settings = {key: node.pop(key) for key in KEYS if key in node}
+        fills_total = TOTAL in node and node[TOTAL] is None
         if fills_total:
-            rest = OmegaConf.masked_copy(rest, [k for k in rest if k != TOTAL])
+            del node[TOTAL]
         schedule = cls(
-            make=instantiate(rest, _partial_=True),
-            target=get_object(rest._target_),
+            make=instantiate(node, _partial_=True),
+            target=get_object(node["_target_"]),
             trainer=cfg.trainer,
             accumulate=cfg.loop.accumulate_grad_batches,
             fills_total=fills_total,
