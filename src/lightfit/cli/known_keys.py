@@ -32,6 +32,7 @@ HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
 LIGHTFIT_KEYS = {
     "task.metrics[]": ("name",),  # a metric entry's column name
     "logger": ("log_model",),  # the MLflow setting, on a logger written without its name
+    "scheduler": ("interval", "frequency", "monitor"),  # Lightning's lr_scheduler dict (run/schedule.py)
 }
 
 

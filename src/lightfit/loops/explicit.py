@@ -227,7 +227,7 @@ def fit(  # long: the whole loop in one function, to be read (and copied) in one
             if validates and (position % val_every == 0 or (out_of_time and may_stop(epoch))):
                 val_batches = itertools.islice(val_loader, num_batches(val_loader, hooks.limit_val_batches))
                 val_results = evaluate_epoch(model, val_batches, task, val_metrics)
-                if batches < n:  # mid-epoch: the run logs it; the epoch's end comes with its metrics
+                if batches < n and not ended:  # mid-epoch: the run logs it; an epoch's end, with its metrics
                     hooks.on_validation(epoch, batches, floats(val_results))
             if ended:
                 break
