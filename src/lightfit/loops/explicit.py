@@ -220,8 +220,10 @@ def fit(  # long: the whole loop in one function, to be read (and copied) in one
                     if hooks.should_stop():  # a signal: the run saves and stops
                         raise StopTraining(epoch, batches)
             ended = 0 <= hooks.max_steps <= step
-            if hooks.max_time is not None and time.monotonic() - started >= hooks.max_time:
-                out_of_time = True
+            if hooks.max_time is not None and not out_of_time:
+                # rank 0's clock decides (Fabric: a broadcast), so that all ranks stop at the same batch
+                out_of_time = fabric.broadcast(time.monotonic() - started >= hooks.max_time)
+            if out_of_time:
                 ended = ended or may_stop(epoch)
             position = batches if every_n_epoch is not None else epoch * n + batches
             if validates and (position % val_every == 0 or (out_of_time and may_stop(epoch))):
