@@ -59,7 +59,8 @@ def test_a_scheduler_that_cannot_step_is_one_line(run_dir, overrides, message):
         ["scheduler=onecycle"],
         ["scheduler=onecycle", "loop.accumulate_grad_batches=3", "trainer.max_steps=5"],
         ["scheduler=warmup_cosine", "scheduler.warmup_steps=3"],
-        ["scheduler=plateau", "scheduler.patience=0", "scheduler.factor=0.1", "scheduler.monitor=train/loss"],
+        ["scheduler=plateau", "scheduler.patience=0", "scheduler.factor=0.1", "scheduler.monitor=train/loss",
+         "scheduler.mode=max"],
         ["scheduler=plateau", "scheduler.patience=0", "scheduler.threshold=0.5",
          "trainer.val_check_interval=3"],
         ["scheduler=step", "scheduler.step_size=2", "scheduler.interval=step", "scheduler.frequency=3"],
@@ -69,12 +70,12 @@ def test_a_scheduler_that_cannot_step_is_one_line(run_dir, overrides, message):
 )  # fmt: skip
 def test_each_scheduler_gives_the_same_weights_in_the_three_loops(tmp_path, scheduler):
     runs = {loop: run_train(tmp_path / loop, f"loop={loop}", *SHORT, *scheduler) for loop in LOOPS}
-    lrs = set()
     for loop in LOOPS:
-        checkpoint = torch.load(tmp_path / loop / "checkpoints/last.ckpt", weights_only=True)
-        lrs.add(checkpoint["optimizer_states"][0]["param_groups"][0]["lr"])
         assert_same_weights(
             tmp_path / "automatic/checkpoints/last.ckpt", tmp_path / loop / "checkpoints/last.ckpt"
         )
         assert runs[loop]["test/acc"] == runs["automatic"]["test/acc"]
-    assert len(lrs) == 1 and lrs != {0.05}  # the learning rate moved, the same way in each loop
+    # The learning rate moved. (After the last epoch Lightning steps a ReduceLROnPlateau once
+    # more, after last.ckpt is written: the automatic loop's file can be one step behind.)
+    checkpoint = torch.load(tmp_path / "explicit/checkpoints/last.ckpt", weights_only=True)
+    assert checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] != 0.05

@@ -100,11 +100,11 @@ def test_explicit_validates_mid_epoch_and_stops_at_max_steps(run_dir):
     "limits",
     [
         ["trainer.max_steps=6", "trainer.val_check_interval=0.5"],
-        ["trainer.max_steps=9", "trainer.val_check_interval=3", "loop.accumulate_grad_batches=2"],
+        ["trainer.max_steps=5", "trainer.val_check_interval=2", "loop.accumulate_grad_batches=2"],
         ["trainer.val_check_interval=3", "trainer.check_val_every_n_epoch=null", "trainer.max_epochs=2"],
         ["trainer.check_val_every_n_epoch=2"],
     ],
-    ids=["max_steps-half-epoch", "max_steps-every-3-batches-accumulate", "across-epochs", "every-2-epochs"],
+    ids=["max_steps-half-epoch", "max_steps-every-2-batches-accumulate", "across-epochs", "every-2-epochs"],
 )
 def test_the_three_loops_stop_and_validate_alike(tmp_path, limits):
     """Same weights at the end and in best.ckpt (the epochs validated), same step count."""
