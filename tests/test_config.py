@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 
 from lightfit.data import ArrayDataModule
 from lightfit.run.checkpoint import network_config
+from lightfit.run.schedule import Schedule
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = {
@@ -57,7 +58,9 @@ def test_optimizer_and_scheduler_are_factories():
     params = [torch.nn.Parameter(torch.zeros(2))]
     optimizer = instantiate(cfg.optimizer)(params)
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["lr"] == 0.3
-    assert isinstance(instantiate(cfg.scheduler)(optimizer), torch.optim.lr_scheduler.StepLR)
+    schedule = Schedule.from_config(cfg)  # the factory, and Lightning's interval, frequency, monitor
+    assert isinstance(schedule.build(optimizer, loader_batches=10), torch.optim.lr_scheduler.StepLR)
+    assert (schedule.interval, schedule.frequency, schedule.monitor) == ("epoch", 1, "val/loss")
 
 
 def test_data_overrides_reach_the_data_module():

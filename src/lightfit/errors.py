@@ -44,11 +44,32 @@ def _hydra_message(exc: BaseException) -> str:
         names = ", ".join(options.group(2).split())
         return f"{head} (available in '{options.group(1)}': {names})"
     cause = exc.__cause__ or exc.__context__
+    if (unknown := _unknown_key(cause)) is not None:
+        return unknown
     detail = _first_line(str(cause)) if cause is not None else ""
     if detail and "$" not in detail and detail.split(":")[0] not in head:
         return f"{head.rstrip('.')}: {detail}"
     hint = re.search(r"^(To append to your config use .*)$", text, re.M)
     return f"{head} ({hint.group(1)})" if hint else head
+
+
+def _unknown_key(exc: BaseException | None) -> str | None:
+    """`trainer.max_step=3`: OmegaConf's "Key 'max_step' not in 'TrainerSchema'" as lightfit's
+    line for an unknown key (cli/known_keys.py), with the nearest key of the schema."""
+    import dataclasses
+
+    kind, key = getattr(exc, "object_type", None), getattr(exc, "key", None)
+    full_key = getattr(exc, "full_key", None)
+    if not (dataclasses.is_dataclass(kind) and isinstance(key, str) and isinstance(full_key, str)):
+        return None
+    if "not in" not in str(exc):  # a missing key, not some other error about a schema's key
+        return None
+    from lightfit.cli.known_keys import unknown_key
+
+    path = full_key.rpartition(".")[0]
+    fields = [f.name for f in dataclasses.fields(kind)]
+    owner = path or "the config"
+    return unknown_key(key, fields, path, owner, getattr(kind, "instead", {}))
 
 
 def one_line(exc: BaseException) -> str | None:

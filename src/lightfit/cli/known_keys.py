@@ -33,11 +33,7 @@ LIGHTFIT_KEYS = {
     "task.metrics[]": ("name",),  # a metric entry's column name
     "logger": ("log_model",),  # the MLflow setting, on a logger written without its name
     "model": ("compile",),  # model.compile=true: torch.compile for training (run/context.py)
-}
-# Trainer arguments that are config groups of their own here.
-ELSEWHERE = {
-    "trainer.callbacks": "callbacks=[early_stopping,lr_monitor] or +callbacks.<name>._target_=...",
-    "trainer.logger": "logger=csv, tensorboard, mlflow, none or a list of them",
+    "scheduler": ("interval", "frequency", "monitor"),  # Lightning's lr_scheduler dict (run/schedule.py)
 }
 
 
@@ -47,7 +43,7 @@ def check_keys(cfg: DictConfig, path: str = "") -> None:
     if dataclasses.is_dataclass(kind):
         fields = [f.name for f in dataclasses.fields(kind)]
         owner = cfg["_target_"] if "_target_" in fields else (path or "the config")
-        _check(cfg.keys(), fields, path, owner)
+        _check(cfg.keys(), fields, path, owner, getattr(kind, "instead", {}))
     elif "_target_" in cfg:
         accepted = _parameters(cfg, path)
         if accepted is not None:
@@ -102,18 +98,27 @@ def locate(target: str) -> Any:
     raise ImportError(f"no module named {parts[0]!r}")
 
 
-def _check(keys: Iterable[Any], valid: list[str], path: str, owner: str) -> None:
+def _check(
+    keys: Iterable[Any], valid: list[str], path: str, owner: str, instead: dict[str, str] | None = None
+) -> None:
     """One line for the first key not in `valid`: the nearest valid key, or all of them."""
-    public = [v for v in valid if not v.startswith("_")]
     for key in map(str, keys):
-        if key in valid:
-            continue
-        near = difflib.get_close_matches(key, public, n=1)
-        hint = f"did you mean {_join(path, near[0])}?" if near else f"valid: {', '.join(public)}"
-        if (group := ELSEWHERE.get(_join(path, key))) is not None:
-            hint = f"use {group}"
-        message = f"unknown key {_join(path, key)}: {owner} takes no '{key}' ({hint})"
-        raise LightfitError(message)
+        if key not in valid:
+            raise LightfitError(unknown_key(key, valid, path, owner, instead))
+
+
+def unknown_key(
+    key: str, valid: list[str], path: str, owner: str, instead: dict[str, str] | None = None
+) -> str:
+    """The line for a key of the node at `path` that is not in `valid`: what to write instead
+    (a key that lightfit sets itself, in `instead`), the nearest valid key, or all of them.
+    Also what a mistyped override (`trainer.max_step=3`) says while Hydra composes (errors.py)."""
+    if instead and key in instead:
+        return f"{_join(path, key)}: {instead[key]}"
+    public = [v for v in valid if not v.startswith("_")]
+    near = difflib.get_close_matches(key, public, n=1)
+    hint = f"did you mean {_join(path, near[0])}?" if near else f"valid: {', '.join(public)}"
+    return f"unknown key {_join(path, key)}: {owner} takes no '{key}' ({hint})"
 
 
 def _join(path: str, key: str) -> str:

@@ -38,6 +38,7 @@ def train(cfg: DictConfig) -> float | None:  # long: a run's steps in order, rea
     from lightfit.run.finetune import init_weights
     from lightfit.run.results import RESULTS, write_json_atomic, write_tables
     from lightfit.run.resume import AUTO, load_resume
+    from lightfit.run.schedule import Schedule
     from lightfit.run.signals import StopRequest, TrainingInterrupted
     from lightfit.run.sweep import is_fold_dir
     from lightfit.tasks import check_task_config
@@ -49,6 +50,8 @@ def train(cfg: DictConfig) -> float | None:  # long: a run's steps in order, rea
     check_loop(cfg.loop)  # the module or fit function exists, and its own keys fit its signature
     check_init_from(cfg)
     callbacks = build_callbacks(cfg)  # callbacks=[early_stopping,...]: built, and checked for the loop
+    config.check_trainer(cfg)  # a Trainer key the loop does not take, or the installed Lightning lacks
+    Schedule.from_config(cfg)  # scheduler.interval, and a ReduceLROnPlateau's monitor
     optimized = cfg.get("optimized_metric") or cfg.monitor
     if cfg.cv.folds is not None and cfg.cv.fold is None:  # k-fold cross-validation: each fold a run
         return cross_validated(cfg, run_dir).get(optimized)

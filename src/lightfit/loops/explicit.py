@@ -16,8 +16,9 @@ Lightning): with the same seed all three end with the same weights.
 from __future__ import annotations
 
 import itertools
+import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ from lightning.fabric import Fabric
 from lightning.fabric.wrappers import is_wrapped
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torch.utils.data import DataLoader
 
 from lightfit.errors import LightfitError
@@ -60,6 +61,27 @@ def set_epoch(loader: DataLoader, epoch: int) -> None:
             obj.set_epoch(epoch)
 
 
+def val_check_batches(interval: int | float | None, n: int, every_n_epoch: int | None) -> int:
+    """Validate after every this many batches (Lightning's `val_check_interval`): by default
+    at the end of each epoch of `n` batches; a float is a fraction of the epoch, an int a count
+    (across epochs when `check_val_every_n_epoch` is None)."""
+    if interval is None:
+        return n
+    if isinstance(interval, float):
+        if not 0.0 < interval <= 1.0:
+            raise LightfitError(
+                f"trainer.val_check_interval={interval}: a fraction of the epoch (0 < x <= 1.0) "
+                "or a number of batches (an int)"
+            )
+        return max(1, int(n * interval))
+    if interval > n and every_n_epoch is not None:
+        raise LightfitError(
+            f"trainer.val_check_interval={interval} is more than the {n} batches of an epoch: "
+            "add trainer.check_val_every_n_epoch=null to count batches across epochs"
+        )
+    return interval
+
+
 def train_epoch(
     fabric: Fabric,
     model: nn.Module,
@@ -68,22 +90,19 @@ def train_epoch(
     task: Task,
     metrics: StageMetrics,
     *,
-    epoch: int = 0,
+    n: int,
     start_batch: int = 0,
     accumulate_grad_batches: int = 1,
     gradient_clip_val: float | None = None,
-    hooks: FitHooks = NO_HOOKS,
-) -> int:
-    """One pass over `loader`; returns the number of batches trained (fewer if stopped).
+) -> Iterator[tuple[int, bool]]:
+    """Train on the first `n` batches of `loader`, one at a time; after each, yield how many
+    batches of the epoch are trained and whether the optimizer stepped. The caller decides
+    what happens between batches (checkpoints, validation, stops) and may stop early.
 
     `start_batch`: the epoch resumes after that many batches, which the loader skips itself
-    (`IndexBatchSampler(resume_at=...)`). `hooks.on_step` and `hooks.should_stop` are called
-    only right after an optimizer step and before the last batch: a checkpoint or a stop
-    there loses no accumulated gradients and resumes exactly.
+    (`IndexBatchSampler(resume_at=...)`).
     """
     model.train()
-    n = num_batches(loader, hooks.limit_train_batches)
-    batch_idx = start_batch - 1
     batches = itertools.islice(loader, n - start_batch)
     for batch_idx, batch in enumerate(batches, start_batch):
         x, y = fabric.to_device(batch)  # Fabric: instead of x.to(device), y.to(device)
@@ -102,11 +121,7 @@ def train_epoch(
                 fabric.clip_gradients(model, optimizer, max_norm=gradient_clip_val)
             optimizer.step()
             optimizer.zero_grad()
-            if batch_idx + 1 < n:
-                hooks.on_step(epoch, batch_idx + 1)  # a step checkpoint
-                if hooks.should_stop():
-                    break
-    return batch_idx + 1
+        yield batch_idx + 1, step_now
 
 
 @torch.no_grad()  # evaluation builds no graph: less memory, faster
@@ -134,17 +149,23 @@ def fit(  # long: the whole loop in one function, to be read (and copied) in one
     *,
     task: Task,
     epochs: int,
-    scheduler: LRScheduler | None = None,
+    scheduler: LRScheduler | ReduceLROnPlateau | None = None,
     accumulate_grad_batches: int = 1,
     gradient_clip_val: float | None = None,
     hooks: FitHooks | None = None,
 ) -> dict[str, list[float]]:
-    """Train `model` (set up with `fabric.setup`) for `epochs`; return per-epoch metrics.
+    """Train `model` (set up with `fabric.setup`) for `epochs` (-1: until another limit);
+    return per-epoch metrics.
 
     The history maps `train/loss`, `val/loss`, `{stage}/{metric}` for each of the task's
-    metrics (`train/acc`, `val/r2`, ...) and `time` to one value per epoch. `hooks` is where
-    a run's machinery comes in (`FitHooks`: where to start, batch limits, `on_step`,
-    `should_stop`, `on_epoch_end`); without it this is a plain loop. When
+    metrics (`train/acc`, `val/r2`, ...), `time` and `batches` (trained in the epoch) to one
+    value per epoch. `hooks` is where a run's machinery comes in (`FitHooks`: where to
+    start, batch limits, step and time limits, when to validate, how the scheduler steps,
+    `on_step`, `should_stop`, `on_validation`, `on_epoch_end`); without it this is a plain
+    loop that validates and steps the scheduler once per epoch. The limits and the
+    validation schedule are Lightning's: the run ends after the optimizer step that reaches
+    `max_steps`, or after the first batch past `max_time` (once `min_epochs` are trained),
+    and validates then; the epoch's last validation is in its metrics. When
     `hooks.should_stop()` turns true, the epoch ends after the next optimizer step (not at
     an epoch's last batch) and `StopTraining` is raised; a NaN or infinite loss raises
     `NonFiniteLoss` at the end of the epoch. `train_loader` may come from
@@ -161,40 +182,90 @@ def fit(  # long: the whole loop in one function, to be read (and copied) in one
     train_metrics = hooks.train_metrics if hooks.train_metrics is not None else task.stage_metrics("train")
     train_metrics = train_metrics.to(fabric.device)
     val_metrics = task.stage_metrics("val").to(fabric.device)
+    k, n = accumulate_grad_batches, num_batches(train_loader, hooks.limit_train_batches)
+    every_n_epoch = hooks.check_val_every_n_epoch
+    val_every = val_check_batches(hooks.val_check_interval, n, every_n_epoch)
+    # Lightning's lr_scheduler dict: step every `frequency` optimizer steps or epochs; a
+    # ReduceLROnPlateau steps on the newest value of `monitor`.
+    schedule = {"interval": "epoch", "frequency": 1, "monitor": None} | hooks.lr_scheduler
+    plateau = isinstance(scheduler, ReduceLROnPlateau)
+    step = hooks.start_epoch * math.ceil(n / k) + math.ceil(hooks.start_batch / k)  # optimizer steps
+    latest: dict[str, float] = {}  # each metric's newest value (Lightning's callback_metrics)
+    started, out_of_time = time.monotonic(), False
     history: dict[str, list[float]] = {}
-    for epoch in range(hooks.start_epoch, epochs):
+
+    def may_stop(epochs_done: int) -> bool:  # Lightning's min_epochs and min_steps
+        return epochs_done >= (hooks.min_epochs or 0) and step >= (hooks.min_steps or 0)
+
+    epoch = hooks.start_epoch
+    while (epochs < 0 or epoch < epochs) and not 0 <= hooks.max_steps <= step:
         start = time.perf_counter()
         set_epoch(train_loader, epoch)
-        batches = train_epoch(
-            fabric,
-            model,
-            optimizer,
-            train_loader,
-            task,
-            train_metrics,
-            epoch=epoch,
-            start_batch=hooks.start_batch if epoch == hooks.start_epoch else 0,
-            accumulate_grad_batches=accumulate_grad_batches,
-            gradient_clip_val=gradient_clip_val,
-            hooks=hooks,
-        )
-        if batches < num_batches(train_loader, hooks.limit_train_batches):
-            raise StopTraining(epoch, batches)
+        validates = val_loader is not None and (every_n_epoch is None or (epoch + 1) % every_n_epoch == 0)
+        val_results: dict[str, Tensor] = {}  # the epoch's newest validation
+        ended = False  # by max_steps or max_time, before the epoch's last batch
+        first = hooks.start_batch if epoch == hooks.start_epoch else 0
+        batches = first  # trained in this epoch so far
+        for batches, stepped in train_epoch(
+            fabric, model, optimizer, train_loader, task, train_metrics, n=n, start_batch=first,
+            accumulate_grad_batches=k, gradient_clip_val=gradient_clip_val,
+        ):  # fmt: skip
+            if stepped:
+                step += 1
+                every = schedule["frequency"]
+                if scheduler is not None and schedule["interval"] == "step" and batches % every == 0:
+                    scheduler.step()  # e.g. OneCycleLR: every optimizer step
+                if batches < n:
+                    hooks.on_step(epoch, batches)  # a step checkpoint
+                    if hooks.should_stop():  # a signal: the run saves and stops
+                        raise StopTraining(epoch, batches)
+            ended = 0 <= hooks.max_steps <= step
+            if hooks.max_time is not None and not out_of_time:
+                # rank 0's clock decides (Fabric: a broadcast), so that all ranks stop at the same batch
+                out_of_time = fabric.broadcast(time.monotonic() - started >= hooks.max_time)
+            if out_of_time:
+                ended = ended or may_stop(epoch)
+            position = batches if every_n_epoch is not None else epoch * n + batches
+            if validates and (position % val_every == 0 or (out_of_time and may_stop(epoch))):
+                val_batches = itertools.islice(val_loader, num_batches(val_loader, hooks.limit_val_batches))
+                val_results = evaluate_epoch(model, val_batches, task, val_metrics)
+                if batches < n and not ended:  # mid-epoch: the run logs it; an epoch's end, with its metrics
+                    hooks.on_validation(epoch, batches, floats(val_results))
+            if ended:
+                break
         train_metrics.check_finite(epoch)  # before anything is saved
-        epoch_metrics = train_metrics.compute()
+        epoch_metrics = train_metrics.compute() | val_results
         train_metrics.reset()
-        if val_loader is not None:
-            val_batches = itertools.islice(val_loader, num_batches(val_loader, hooks.limit_val_batches))
-            epoch_metrics |= evaluate_epoch(model, val_batches, task, val_metrics)
-        if scheduler is not None:
-            scheduler.step()  # once per epoch, like Lightning's interval="epoch"
-        # .item(): one device-to-host copy per metric per epoch, for printing and logging.
-        values = {k: v.item() for k, v in scalars(epoch_metrics).items()}
-        values["time"] = time.perf_counter() - start
+        values = floats(epoch_metrics)
+        latest |= values
+        epoch_step = schedule["interval"] == "epoch" and (epoch + 1) % schedule["frequency"] == 0
+        if scheduler is not None and epoch_step and batches == n:
+            # like Lightning's interval="epoch"; a ReduceLROnPlateau on its metric's newest value
+            scheduler.step(monitored(latest, schedule["monitor"], epoch)) if plateau else scheduler.step()
+        values |= {"time": time.perf_counter() - start, "batches": batches}
         for key, value in values.items():
             history.setdefault(key, []).append(value)
         hooks.on_epoch_end(epoch, values)
+        epoch += 1
+        if ended or (out_of_time and may_stop(epoch)):
+            break
     return history
+
+
+def floats(metrics: dict[str, Tensor]) -> dict[str, float]:
+    # .item(): one device-to-host copy per metric, for printing and logging.
+    return {key: value.item() for key, value in scalars(metrics).items()}
+
+
+def monitored(metrics: dict[str, float], monitor: str | None, epoch: int) -> float:
+    """The value a ReduceLROnPlateau steps on; one line when there is none yet."""
+    if monitor not in metrics:
+        raise LightfitError(
+            f"scheduler.monitor={monitor}: no value at epoch {epoch + 1} to step ReduceLROnPlateau on "
+            f"(there are: {', '.join(sorted(metrics)) or 'none'}; validation runs every "
+            "trainer.check_val_every_n_epoch epochs)"
+        )
+    return metrics[monitor]
 
 
 def checkpoint_state(

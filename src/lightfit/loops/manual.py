@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from lightfit.loops.module import OptimizerFactory, SchedulerFactory, TaskModule
 from lightfit.tasks import Task
@@ -47,9 +48,21 @@ class ManualLoop(TaskModule):
             optimizer.step()  # auto: also counts trainer.global_step (optimizer steps, not batches)
             optimizer.zero_grad()  # auto: Lightning zeroes before the first backward of a window
         scheduler = self.lr_schedulers()
-        if last and scheduler is not None:
-            scheduler.step()  # auto: interval="epoch" schedulers step once per epoch
+        if scheduler is not None and not isinstance(scheduler, ReduceLROnPlateau):
+            config = self.trainer.lr_scheduler_configs[0]  # configure_optimizers' lr_scheduler dict
+            if step_now and config.interval == "step" and (batch_idx + 1) % config.frequency == 0:
+                scheduler.step()  # auto: interval="step" schedulers step after the optimizer
+            if last and config.interval == "epoch" and (self.current_epoch + 1) % config.frequency == 0:
+                scheduler.step()  # auto: interval="epoch" schedulers step once per epoch
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        # auto: a ReduceLROnPlateau steps at the epoch's end, after validation, on its monitor.
+        scheduler = self.lr_schedulers()
+        if isinstance(scheduler, ReduceLROnPlateau):
+            config, schedule = self.trainer.lr_scheduler_configs[0], self.make_scheduler
+            if (self.current_epoch + 1) % config.frequency == 0:
+                scheduler.step(self.trainer.callback_metrics[schedule.monitor])
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:
         # auto: Trainer(gradient_clip_val=...). Lightning calls this hook inside

@@ -18,10 +18,11 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from lightfit.run.checkpoint import load_module
+from lightfit.run.schedule import Schedule
 from lightfit.tasks import StageMetrics, Task
 
 OptimizerFactory = Callable[..., Optimizer]  # params -> optimizer (a Hydra `_partial_` target)
-SchedulerFactory = Callable[[Optimizer], LRScheduler]
+SchedulerFactory = Callable[[Optimizer], LRScheduler]  # or a Schedule (run/schedule.py)
 
 
 class TaskModule(L.LightningModule):
@@ -84,6 +85,15 @@ class TaskModule(L.LightningModule):
         optimizer = self.make_optimizer(self.parameters())
         if self.make_scheduler is None:
             return optimizer
+        if isinstance(self.make_scheduler, Schedule):  # a config's: its interval, frequency, monitor
+            # The run's length (OneCycleLR) from the data module, as the explicit loop counts it;
+            # not trainer.estimated_stepping_batches, which drops the loader's resume state.
+            batches = len(self.trainer.datamodule.train_dataloader())
+            scheduler = self.make_scheduler.build(optimizer, batches)
+            config = self.make_scheduler.lightning(scheduler)
+            if not self.automatic_optimization:  # manual.py steps a ReduceLROnPlateau on its monitor
+                config.pop("monitor", None)
+            return {"optimizer": optimizer, "lr_scheduler": config}
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": self.make_scheduler(optimizer), "interval": "epoch"},

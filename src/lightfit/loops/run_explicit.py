@@ -12,9 +12,11 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from hydra.utils import instantiate
 from lightning.fabric import Fabric
 
@@ -32,10 +34,11 @@ from lightfit.run.console import epoch_line
 from lightfit.run.context import Run, built, checkpoint_config, load_net_weights
 from lightfit.run.contract import FitLoop, check
 from lightfit.run.early_stopping import EarlyStopping
-from lightfit.run.hooks import EarlyStop, FitHooks, StopTraining
+from lightfit.run.hooks import EarlyStop, FitHooks, StopTraining, max_time_seconds
 from lightfit.run.loggers import build_loggers
 from lightfit.run.lr_monitor import LearningRateMonitor
 from lightfit.run.resume import EPOCH_KEY, INTERRUPTED, epoch_position, restore_position
+from lightfit.run.schedule import Schedule
 from lightfit.run.signals import TrainingInterrupted
 
 log = logging.getLogger("lightfit")
@@ -59,10 +62,10 @@ class ExplicitRun:
             precision=t.precision, plugins=[self.io],
         )  # fmt: skip
         self.fabric.launch()
+        set_torch_flags(t.deterministic, t.benchmark)  # as Trainer(deterministic=..., benchmark=...)
         optimizer = instantiate(cfg.optimizer)(run.net.parameters())
         # Fabric: moves the model to the device, wraps it for DDP (plain PyTorch: net.to(device))
         self.model, self.optimizer = self.fabric.setup(run.net, optimizer)
-        self.scheduler = instantiate(cfg.scheduler)(self.optimizer) if cfg.get("scheduler") else None
         dm = run.datamodule
         if run.resume.mid_epoch:  # the train loader skips the batches trained before the checkpoint
             dm.resume_train_at(*run.resume.mid_epoch)
@@ -77,6 +80,10 @@ class ExplicitRun:
             use_distributed_sampler=False,  # the data module shards itself, without padding
         )  # their batches arrive on the device
         self.loaders = dict(zip(STAGES, (dm.train_dataloader(), *evaluation), strict=True))
+        self.schedule = Schedule.from_config(cfg)  # the scheduler, and when it steps
+        self.scheduler = None
+        if self.schedule is not None:  # the run's length (OneCycleLR): from the train loader's
+            self.scheduler = self.schedule.build(self.optimizer, len(self.loaders["train"]))
         self.fast = int(t.fast_dev_run)  # like Lightning: that many batches, one epoch, no checkpoints
         self.limits = {s: self.fast or t.get(f"limit_{s}_batches") for s in STAGES}
         self.epochs = 1 if self.fast else t.max_epochs
@@ -85,6 +92,7 @@ class ExplicitRun:
         self.accumulate = cfg.loop.accumulate_grad_batches  # read once: a config lookup costs ~20 us
         self.steps_per_epoch = math.ceil(batches / self.accumulate)
         self.every_n_train_steps = cfg.checkpoint.every_n_train_steps
+        self.epochs_trained = 0
         self.train_metrics = run.task.stage_metrics("train").to(self.fabric.device)
         self.loggers = build_loggers(cfg)  # logger=csv, tensorboard, mlflow, none, or a list of them
         self.extra = {CHECKPOINT_KEY: checkpoint_config(cfg, dm, run.task)}
@@ -121,12 +129,19 @@ class ExplicitRun:
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         """The epoch line and the logger (rank 0), then best.ckpt if it improved and last.ckpt;
-        raises `EarlyStop` after that when early stopping says this was the last epoch."""
-        step = (epoch + 1) * self.steps_per_epoch
+        raises `EarlyStop` after that when early stopping says this was the last epoch. An epoch
+        that max_steps or max_time ended early has fewer `batches`: last.ckpt then resumes
+        inside it, as Lightning's does."""
+        batches = int(metrics["batches"])
+        step = epoch * self.steps_per_epoch + math.ceil(batches / self.accumulate)
+        self.epochs_trained = epoch + 1
         for monitor in self.rates:
             metrics = metrics | monitor.epoch_end()  # the rates this epoch started with
-        # The same decision on the same float as the Lightning loops; every stopper sees the epoch.
-        stops = [s.reason() for s in self.stoppers if s.update(metrics[s.monitor], epoch)]
+        # The same decision on the same float as the Lightning loops; every stopper sees the epoch
+        # (an epoch that did not validate has no val/ metric to judge, as in the Lightning loops).
+        stops = [
+            s.reason() for s in self.stoppers if s.monitor in metrics and s.update(metrics[s.monitor], epoch)
+        ]
         if self.fabric.is_global_zero:
             log.info(epoch_line(epoch + 1, self.epochs, metrics, metrics["time"], note="  ".join(stops)))
             for logger in self.loggers:
@@ -138,8 +153,10 @@ class ExplicitRun:
             self.end_epoch(epoch, stopped=bool(stops))
             return
         with self.io.timed():  # its cost: in train.log at the end
-            improved = self.run.best.update(metrics, epoch)  # ties: the lower val/loss, then the later epoch
-            state = self.state(epoch, self.batches_per_epoch)  # every rank: a gather; the best score in it
+            # ties: the lower val/loss, then the later epoch; an epoch without validation is no candidate
+            validated = any(k.startswith("val/") for k in metrics)
+            improved = validated and self.run.best.update(metrics, epoch)
+            state = self.state(epoch, batches)  # every rank: a gather; the best score in it
             # Fabric.save without its barrier, which has nothing to wait for: the write goes on in
             # the background. Rank 0 writes last.ckpt and, when the score improved, best.ckpt: one
             # file, two names.
@@ -154,6 +171,13 @@ class ExplicitRun:
         if stopped:
             self.epochs_trained = epoch + 1
             raise EarlyStop
+
+    def on_validation(self, epoch: int, batches: int, metrics: dict[str, float]) -> None:
+        """A validation inside the epoch (trainer.val_check_interval): to the logger (rank 0)."""
+        step = epoch * self.steps_per_epoch + math.ceil(batches / self.accumulate)
+        if self.fabric.is_global_zero:
+            for logger in self.loggers:
+                logger.log_metrics(metrics | {"epoch": epoch}, step - 1)
 
     def should_stop(self) -> bool:
         return self.run.stop.agreed(self.fabric.world_size > 1)  # under DDP: every rank's answer
@@ -176,9 +200,17 @@ class ExplicitRun:
             monitor.epoch_start([self.optimizer])  # kept when a checkpoint inside the epoch brought them
         for logger in self.loggers:
             run.resume.keep_metrics(logger)
+        self.epochs_trained = start_epoch
+        t = run.cfg.trainer
         hooks = RunHooks(
-            start_epoch, start_batch, self.train_metrics, self.limits["train"], self.limits["val"], run=self
-        )
+            start_epoch, start_batch, self.train_metrics, self.limits["train"], self.limits["val"],
+            # fast_dev_run: like Lightning, those batches and one validation, nothing else
+            max_steps=-1 if self.fast else t.max_steps, min_epochs=t.min_epochs, min_steps=t.min_steps,
+            max_time=None if self.fast else max_time_seconds(t.max_time),
+            val_check_interval=None if self.fast else t.val_check_interval,
+            check_val_every_n_epoch=1 if self.fast else t.check_val_every_n_epoch,
+            lr_scheduler=self.schedule.settings() if self.schedule else {}, run=self,
+        )  # fmt: skip
         ended = [s.stopped_epoch for s in self.stoppers if s.stopped_epoch is not None]
         try:
             if ended:  # resumed after an early stop: nothing left to train
@@ -235,8 +267,25 @@ class RunHooks(FitHooks):
     def should_stop(self) -> bool:
         return self.run.should_stop()
 
+    def on_validation(self, epoch: int, batches: int, metrics: dict[str, float]) -> None:
+        self.run.on_validation(epoch, batches, metrics)
+
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         self.run.on_epoch_end(epoch, metrics)
+
+
+def set_torch_flags(deterministic: bool | str, benchmark: bool | None) -> None:
+    """`Trainer(deterministic=..., benchmark=...)` as Lightning applies them, for the explicit loop."""
+    if deterministic and benchmark is None:
+        benchmark = False  # cuDNN's benchmark picks kernels by timing: not reproducible
+    if benchmark is not None:
+        torch.backends.cudnn.benchmark = benchmark
+    if deterministic == "warn":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    elif isinstance(deterministic, bool):
+        torch.use_deterministic_algorithms(deterministic)
+    if deterministic:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # deterministic cuBLAS (NVIDIA's docs)
 
 
 def train_explicit(run: Run) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from lightfit.run.context import Run, built, checkpoint_config, load_net_weights
 from lightfit.run.contract import TrainingModule, check
 from lightfit.run.loggers import build_loggers
 from lightfit.run.progress import progress_callbacks
+from lightfit.run.schedule import Schedule
 from lightfit.run.signals import TrainingInterrupted
 
 # What lightfit passes a module itself; the loop.module node's other keys are the module's own.
@@ -34,8 +35,12 @@ MODULE_ARGS = ("net", "task", "optimizer", "scheduler", *KNOBS)
 def trainer(cfg: DictConfig, run_dir: Path, callbacks: list, logger: Any, **loop_kwargs: Any) -> L.Trainer:
     """A Trainer with the config's settings; a progress bar only on a terminal."""
     interactive = sys.stdout.isatty()
+    # Every key of the node (cli/config.py: TrainerSchema), less those an older Lightning lacks
+    # (at their defaults: config.check_trainer refused any other value).
+    settings = OmegaConf.to_container(cfg.trainer, resolve=True)
+    takes = inspect.signature(L.Trainer).parameters
     return L.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        **{key: value for key, value in settings.items() if key in takes},
         **loop_kwargs,
         callbacks=[*callbacks, *progress_callbacks(interactive)],  # bar and summary on a terminal
         logger=logger,
@@ -66,7 +71,7 @@ def build_module(run: Run) -> tuple[L.LightningModule, dict[str, Any]]:
         net=run.net,
         task=run.task,
         optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        scheduler=Schedule.from_config(cfg),  # the scheduler, its interval, frequency and monitor
         **{key: value for key, value in knobs.items() if key in takes},
     )
     check(module, TrainingModule, "loop.module")

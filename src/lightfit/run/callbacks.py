@@ -113,25 +113,33 @@ class RunCallback(Checkpoint):
         """What every batch end would otherwise look up: the epoch's last batch, and whether a
         batch end before it can have anything to do (a step checkpoint, DDP ranks to agree)."""
         self.last_batch = trainer.num_training_batches - 1
+        self.train_logged = False  # at the epoch's last batch; max_steps or max_time may end it before
         self.quiet = self.dirpath is None or (not self.every_n_train_steps and trainer.world_size == 1)
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if batch_idx < self.last_batch and self.quiet and (self.stop is None or self.stop.signum is None):
+        quiet = self.quiet and (self.stop is None or self.stop.signum is None) and not trainer.should_stop
+        if batch_idx < self.last_batch and quiet and trainer.global_step != trainer.max_steps:
             return  # most steps: a few comparisons, not the checks below (~470 steps an epoch)
         if batch_idx + 1 >= trainer.num_training_batches:  # the epoch's last batch
             # Before validation and before any checkpoint: diverged weights are never saved.
             pl_module.train_metrics.check_finite(trainer.current_epoch)
             self.log_stage(pl_module, "train")
+            self.train_logged = True
             return
         if self.dirpath is None or not may_save_mid_epoch(trainer, batch_idx):
             return  # the same batches on every rank: the ranks' exchanges stay in step
         if self.stop is not None and self.stop.agreed(trainer.world_size > 1):
             raise StopRequested(self.stop.signum)  # Lightning calls on_exception, then re-raises
-        # last.ckpt every N optimizer steps (trainer.global_step counts steps, not batches)
+        # last.ckpt every N optimizer steps (trainer.global_step counts steps, not batches), and
+        # where max_steps or max_time end the run inside an epoch: a resume continues there
+        # (a checkpoint at the epoch's end would resume at the next epoch).
         n, step = self.every_n_train_steps, trainer.global_step
-        if n and step % n == 0 and step != self.saved_step and not trainer.fast_dev_run:
+        ends = step == trainer.max_steps or (
+            trainer.should_stop and trainer.current_epoch >= (trainer.min_epochs or 0)
+        )
+        if (ends or (n and step % n == 0)) and step != self.saved_step and not trainer.fast_dev_run:
             with trainer.strategy.checkpoint_io.timed():  # its cost: in train.log at the end
                 trainer.save_checkpoint(self.dirpath / "last.ckpt", weights_only=False)  # rank 0 writes
             self.saved_step = step
@@ -149,6 +157,9 @@ class RunCallback(Checkpoint):
         self.validated = not trainer.sanity_checking
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if not self.train_logged:  # an epoch that max_steps or max_time ended early: its batches so far
+            pl_module.train_metrics.check_finite(trainer.current_epoch)
+            self.log_stage(pl_module, "train")
         if trainer.is_global_zero:
             seconds, epoch = time.perf_counter() - self.start, trainer.current_epoch
             # callbacks=early_stopping decided before this hook (a Checkpoint's hooks run last)
@@ -161,6 +172,12 @@ class RunCallback(Checkpoint):
         best = None
         if validated and self.best.update(trainer.callback_metrics, trainer.current_epoch):
             self.best_path = best = self.dirpath / BEST
+        if not self.train_logged and self.saved_step == trainer.global_step:
+            # max_steps or max_time ended the epoch early: last.ckpt was written at its last batch
+            if best is not None:
+                with trainer.strategy.checkpoint_io.timed():
+                    trainer.save_checkpoint(best, weights_only=False)
+            return
         # Rank 0 writes last.ckpt and, when the score improved, best.ckpt: one file, two names.
         last = self.dirpath / "last.ckpt"
         with trainer.strategy.checkpoint_io.timed():

@@ -84,6 +84,7 @@ def build_network_and_task(cfg: DictConfig, datamodule: Any) -> tuple[nn.Module,
 
     from lightfit.nets import TargetScale, build_network
     from lightfit.run.checkpoint import network_config
+    from lightfit.run.schedule import Schedule
     from lightfit.tasks import build_task
 
     targets = None
@@ -98,8 +99,9 @@ def build_network_and_task(cfg: DictConfig, datamodule: Any) -> tuple[nn.Module,
         net.compile()
     # Built once here only to check the values (lr, momentum, ...): the loops build their own.
     optimizer = built("optimizer", cfg.optimizer, lambda: instantiate(cfg.optimizer)(net.parameters()))
-    if cfg.get("scheduler"):
-        built("scheduler", cfg.scheduler, lambda: instantiate(cfg.scheduler)(optimizer))
+    if (schedule := Schedule.from_config(cfg)) is not None:
+        batches = len(datamodule.train_dataloader())
+        built("scheduler", cfg.scheduler, lambda: schedule.build(optimizer, batches))
     labels = None
     if cfg.task.get("class_weight") == "balanced":  # counted on the training split
         if not callable(getattr(datamodule, "train_labels", None)):
