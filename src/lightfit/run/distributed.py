@@ -248,8 +248,8 @@ def end_process_group() -> None:
         return
     dist.barrier()
     dist.destroy_process_group()
-    # The trainer, its strategy and the DDP wrapper still hold the group, in reference cycles:
-    # collected now, its threads are joined now (torch 2.2's destroy only drops its own reference).
+    # torch 2.2's destroy only drops torch's own references; what else holds the group (a
+    # trainer, its DDP wrapper) may sit in reference cycles: collected now, not at the exit.
     gc.collect()
 
 
