@@ -246,7 +246,9 @@ class FailingOnRankOne(AutomaticLoop):
 
 @pytest.mark.slow
 def test_one_failing_rank_stops_the_other_at_once_with_its_line(tmp_path, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), *sys.path[1:2]]))
+    # the ranks import this module (loop.module._target_=test_ddp.FailingOnRankOne)
+    pythonpath = [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(pythonpath))
     run = tmp_path / "run"
     proc = cli(*DDP, "loop.module._target_=test_ddp.FailingOnRankOne", f"hydra.run.dir={run}")
     ended = time.time()
