@@ -250,7 +250,9 @@ def test_one_failing_rank_stops_the_other_at_once_with_its_line(tmp_path, monkey
     pythonpath = [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(pythonpath))
     run = tmp_path / "run"
-    proc = cli(*DDP, "loop.module._target_=test_ddp.FailingOnRankOne", f"hydra.run.dir={run}")
+    proc = cli(
+        *DDP, "loop.module._target_=test_ddp.FailingOnRankOne", f"hydra.run.dir={run}", timeout=480
+    )  # a run took 206 s on 2 shared cores at load 18
     ended = time.time()
     assert proc.returncode == 2, proc.stderr
     # rank 0's gloo error (the peer closed its connection) is not shown: rank 1's line is the news
