@@ -17,6 +17,10 @@ from contextlib import contextmanager
 
 EXIT_USAGE = 2
 LAUNCHER_PID = "LIGHTFIT_LAUNCHER_PID"  # set in the DDP ranks that lightfit.run.distributed starts
+# A rank that stopped because another rank's process ended: the launcher reports that one.
+EXIT_OTHER_RANK_FAILED = 3
+# What gloo raises in a rank when another rank's process has ended (its sockets closed)
+PEER_GONE = re.compile(r"Connection (closed|reset) by peer|Broken pipe")
 
 
 class LightfitError(ValueError):
@@ -115,10 +119,25 @@ def reported(prog: str, show_traceback: bool | None = None) -> Iterator[None]:
         yield
     except Exception as exc:  # noqa: BLE001 - sorted into user errors and bugs below
         message = one_line(exc)
+        if message is None and not show_traceback and another_rank_failed(exc):
+            raise SystemExit(EXIT_OTHER_RANK_FAILED) from None  # its own line or traceback says why
         if message is None or show_traceback:
             raise
         say(prog, message)
         raise SystemExit(_exit_code(exc)) from None
+
+
+def another_rank_failed(exc: BaseException) -> bool:
+    """In a rank that lightfit's launcher started: `exc` is gloo's error for a rank whose process
+    ended (a failed rank closes its connections as it exits). The launcher then reports the
+    rank that failed, in one line; this rank's traceback would only bury that line."""
+    if LAUNCHER_PID not in os.environ:
+        return False
+    while exc is not None:
+        if isinstance(exc, RuntimeError) and PEER_GONE.search(str(exc)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def say(prog: str, message: str) -> None:

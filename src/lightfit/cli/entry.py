@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from lightfit.cli import known_keys
 from lightfit.errors import reported_in_job, run_hydra_entry
+from lightfit.run import distributed
 
 LIGHTFIT_CONF = "lightfit.conf"
 
@@ -55,4 +56,10 @@ def run_command(
         if not any(arg.lstrip("+").startswith("hydra.searchpath=") for arg in sys.argv[1:]):
             sys.argv.append(f"hydra.searchpath=[pkg://{config_module}]")
     entry = hydra.main(config_path=f"pkg://{main}", config_name=config_name, version_base="1.3")
-    run_hydra_entry(label, entry(job))
+    hydra_job = entry(job)
+
+    def job_then_end() -> None:
+        hydra_job()
+        distributed.end_process_group()  # under DDP, on every rank: before the interpreter's exit
+
+    run_hydra_entry(label, job_then_end)

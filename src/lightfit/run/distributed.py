@@ -13,11 +13,13 @@ The ranks get the environment torchrun gives (RANK, LOCAL_RANK, WORLD_SIZE, MAST
 MASTER_PORT, TORCHELASTIC_RUN_ID), so Lightning and Fabric join them into one process
 group and start nothing themselves. If a rank fails, the launcher stops the others; if the
 job is interrupted (Ctrl-C, SIGTERM), it stops them all; the job fails with one line.
+A rank that finished ends its process group itself (`end_process_group`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -31,7 +33,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from lightfit.errors import LAUNCHER_PID, LightfitError
+from lightfit.errors import EXIT_OTHER_RANK_FAILED, LAUNCHER_PID, LightfitError
 
 ENTRY_POINT = "lightfit.cli.train"  # what each rank runs: python -m lightfit.cli.train
 LIGHTFIT_CONF = "pkg://lightfit.conf"  # the configs it composes unless the job's command had others
@@ -52,6 +54,7 @@ JOB_ONLY = (
 # What torch's launcher passes on to the ranks; SIGUSR1 (SLURM's time-limit warning) stops
 # them like SIGTERM, where torch's launcher takes a list (LaunchConfig.signals_to_handle).
 HANDLED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1")
+MONITOR_INTERVAL_S = 0.1  # torchrun's default from torch 2.3 on
 
 
 def processes_to_start(trainer: DictConfig) -> int:
@@ -141,6 +144,9 @@ def launch(nprocs: int, run_dir: Path) -> None:
             rdzv_backend="c10d",  # this process hosts the rendezvous, as `torchrun --standalone`
             rdzv_endpoint="localhost:0",
             max_restarts=0,  # a failed rank fails the job; Hydra or SLURM decide about retries
+            # how often it looks at the ranks: torch 2.2 waits 30 s between looks (0.1 s from 2.3),
+            # so a failed rank stopped the others, and a finished run ended, up to 30 s late
+            monitor_interval=MONITOR_INTERVAL_S,
             **_log_dir(scratch),  # output is not redirected: ranks print here
         )
         if hasattr(config, "signals_to_handle"):
@@ -185,13 +191,15 @@ def _rank_message(error_file: str | Path) -> str | None:
 
 
 def _rank_failed(exc: Any) -> RankFailed:
-    """One line for failed ranks: a rank's own one-line error if it left one, else what ended it."""
+    """One line for failed ranks: a rank's own one-line error if it left one, else what ended it;
+    not a rank that only stopped because another one's process had ended."""
     failures = sorted(exc.failures.items(), key=lambda item: (item[1].timestamp, item[0]))
     for _, failure in failures:
         message = _rank_message(failure.error_file)
         if message and failure.exitcode > 0:
             return RankFailed(message, failure.exitcode)
-    rank, failure = failures[0]
+    causes = [item for item in failures if item[1].exitcode != EXIT_OTHER_RANK_FAILED]
+    rank, failure = (causes or failures)[0]
     if failure.exitcode < 0:
         cause, code = f"signal {failure.signal_name()}", 128 - failure.exitcode
     else:
@@ -222,6 +230,27 @@ def exit_with_launcher() -> None:
     ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
     if os.getppid() != int(parent):  # it died before prctl took effect
         raise SystemExit(1)
+
+
+def end_process_group() -> None:
+    """In a rank whose command succeeded: wait for the other ranks, then destroy the process group.
+
+    Neither Lightning nor Fabric destroys the default process group, so gloo's threads were
+    torn down with the interpreter, and now and then a rank that had finished its work died
+    in that teardown (`terminate called without an active exception`, SIGABRT): the job
+    failed after writing its results. Destroyed here, in the rank's main thread, before exit.
+    The barrier lets no rank close its connections while another still talks to it. Only a
+    command that succeeded calls it: after an error a rank exits at once, and the launcher
+    stops the others (a barrier would wait for a rank that is gone).
+    """
+    dist = sys.modules.get("torch.distributed")  # not imported: no process group, nothing to end
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    dist.barrier()
+    dist.destroy_process_group()
+    # torch 2.2's destroy only drops torch's own references; what else holds the group (a
+    # trainer, its DDP wrapper) may sit in reference cycles: collected now, not at the exit.
+    gc.collect()
 
 
 def _quoted(path: Path) -> str:
