@@ -68,12 +68,30 @@ def _unknown_key(exc: BaseException | None) -> str | None:
         return None
     if "not in" not in str(exc):  # a missing key, not some other error about a schema's key
         return None
-    from lightfit.cli.known_keys import unknown_key
-
     path = full_key.rpartition(".")[0]
     fields = [f.name for f in dataclasses.fields(kind)]
     owner = path or "the config"
     return unknown_key(key, fields, path, owner, getattr(kind, "instead", {}))
+
+
+def unknown_key(
+    key: str, valid: list[str], path: str, owner: str, instead: dict[str, str] | None = None
+) -> str:
+    """The line for a key of the node at `path` that is not in `valid`: what to write instead
+    (a key that lightfit sets itself, in `instead`), the nearest valid key, or all of them.
+    Also what a mistyped override (`trainer.max_step=3`) says while Hydra composes (errors.py)."""
+    import difflib
+
+    if instead and key in instead:
+        return f"{_join(path, key)}: {instead[key]}"
+    public = [v for v in valid if not v.startswith("_")]
+    near = difflib.get_close_matches(key, public, n=1)
+    hint = f"did you mean {_join(path, near[0])}?" if near else f"valid: {', '.join(public)}"
+    return f"unknown key {_join(path, key)}: {owner} takes no '{key}' ({hint})"
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
 
 
 def one_line(exc: BaseException) -> str | None:

@@ -48,7 +48,8 @@ from lightfit.loops.explicit import evaluate_epoch
 from lightfit.loops.explicit import fit as fit_loop
 from lightfit.run.hooks import EarlyStop
 from lightfit.tasks import CLASSIFICATION, REGRESSION, Task, scalars
-from lightfit.tasks.task import BALANCED, LOSSES, balanced_weights
+from lightfit.tasks.task import LOSSES
+from lightfit.tasks.weights import keras_class_weights
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
 # What fit() was given for a model (loss, metrics, task), as Keras' compile() keeps it on the
@@ -119,20 +120,6 @@ def _task(
     if task is None:
         task = REGRESSION if isinstance(loss, str) and loss in LOSSES[REGRESSION] else CLASSIFICATION
     return Task(task, loss, metrics, num_outputs, class_weight=class_weight)
-
-
-def _class_weights(class_weight: dict[int, float] | str, labels: Tensor, num_outputs: int) -> list[float]:
-    """Keras' `class_weight` dict (a class it leaves out weighs 1), or scikit-learn's "balanced"
-    counted on the training labels, as one weight per class."""
-    if class_weight == BALANCED:
-        return balanced_weights(labels, num_outputs)
-    if not isinstance(class_weight, dict):
-        raise LightfitError(f"class_weight={class_weight!r} must be a dict {{class: weight}} or 'balanced'")
-    if unknown := [c for c in class_weight if not isinstance(c, int) or not 0 <= c < num_outputs]:
-        raise LightfitError(
-            f"class_weight names class {unknown[0]!r}; the model has classes 0..{num_outputs - 1}"
-        )
-    return [float(class_weight.get(c, 1.0)) for c in range(num_outputs)]
 
 
 @contextmanager
@@ -292,7 +279,7 @@ def fit(
                 raise LightfitError(
                     f"class_weight weighs classes: it is for classification, not {the_task.name}"
                 )
-            weights = _class_weights(class_weight, labels, the_task.num_outputs)
+            weights = keras_class_weights(class_weight, labels, the_task.num_outputs)
             the_task = _task(loss, metrics, task, the_task.num_outputs, weights)
     COMPILED[model] = {"loss": loss, "metrics": metrics, "task": task}
     fabric = Fabric(accelerator=accelerator, devices=1, precision=precision)

@@ -15,7 +15,6 @@ and no schema may hold only the callable's parameters (anything goes when it tak
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 import inspect
 import re
@@ -24,7 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from lightfit.errors import LightfitError
+from lightfit.errors import LightfitError, unknown_key
 
 # Keys that Hydra's instantiate reads itself, whatever the target.
 HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
@@ -105,20 +104,6 @@ def _check(
     for key in map(str, keys):
         if key not in valid:
             raise LightfitError(unknown_key(key, valid, path, owner, instead))
-
-
-def unknown_key(
-    key: str, valid: list[str], path: str, owner: str, instead: dict[str, str] | None = None
-) -> str:
-    """The line for a key of the node at `path` that is not in `valid`: what to write instead
-    (a key that lightfit sets itself, in `instead`), the nearest valid key, or all of them.
-    Also what a mistyped override (`trainer.max_step=3`) says while Hydra composes (errors.py)."""
-    if instead and key in instead:
-        return f"{_join(path, key)}: {instead[key]}"
-    public = [v for v in valid if not v.startswith("_")]
-    near = difflib.get_close_matches(key, public, n=1)
-    hint = f"did you mean {_join(path, near[0])}?" if near else f"valid: {', '.join(public)}"
-    return f"unknown key {_join(path, key)}: {owner} takes no '{key}' ({hint})"
 
 
 def _join(path: str, key: str) -> str:

@@ -33,6 +33,7 @@ from lightfit.errors import LightfitError
 from lightfit.run.checkpoint import net_weights
 from lightfit.run.hooks import FitHooks, StopTraining
 from lightfit.run.resume import RNG_KEY, restore_rng_states, rng_states
+from lightfit.run.schedule import monitored
 from lightfit.tasks import StageMetrics, Task, scalars
 
 NO_HOOKS = FitHooks()  # a plain loop: from the first epoch, all batches, nothing called
@@ -255,17 +256,6 @@ def fit(  # long: the whole loop in one function, to be read (and copied) in one
 def floats(metrics: dict[str, Tensor]) -> dict[str, float]:
     # .item(): one device-to-host copy per metric, for printing and logging.
     return {key: value.item() for key, value in scalars(metrics).items()}
-
-
-def monitored(metrics: dict[str, float], monitor: str | None, epoch: int) -> float:
-    """The value a ReduceLROnPlateau steps on; one line when there is none yet."""
-    if monitor not in metrics:
-        raise LightfitError(
-            f"scheduler.monitor={monitor}: no value at epoch {epoch + 1} to step ReduceLROnPlateau on "
-            f"(there are: {', '.join(sorted(metrics)) or 'none'}; validation runs every "
-            "trainer.check_val_every_n_epoch epochs)"
-        )
-    return metrics[monitor]
 
 
 def checkpoint_state(

@@ -173,3 +173,14 @@ class Schedule:
     def settings(self) -> dict[str, Any]:
         """The same dict without the scheduler: `FitHooks.lr_scheduler` for the explicit loop."""
         return {"interval": self.interval, "frequency": self.frequency, "monitor": self.monitor}
+
+
+def monitored(metrics: dict[str, float], monitor: str | None, epoch: int) -> float:
+    """The value a ReduceLROnPlateau steps on; one line when there is none yet."""
+    if monitor not in metrics:
+        raise LightfitError(
+            f"scheduler.monitor={monitor}: no value at epoch {epoch + 1} to step ReduceLROnPlateau on "
+            f"(there are: {', '.join(sorted(metrics)) or 'none'}; validation runs every "
+            "trainer.check_val_every_n_epoch epochs)"
+        )
+    return metrics[monitor]
