@@ -50,7 +50,7 @@ def test_any_trainer_argument_composes():
                                "(did you mean trainer.max_steps?)"),
         ("trainer.val_check_intervl=0.5", "(did you mean trainer.val_check_interval?)"),
         ("trainer.max_steps=many", "max_steps"),
-        ("trainer.callbacks=[]", "trainer.callbacks: set by lightfit"),
+        ("trainer.callbacks=[]", "trainer.callbacks: a config group of its own"),
         ("trainer.accumulate_grad_batches=2", "trainer.accumulate_grad_batches: a loop setting, "
                                               "the same in every loop: loop.accumulate_grad_batches"),
         ("trainer.default_root_dir=x", "trainer.default_root_dir: set by lightfit to the run dir"),

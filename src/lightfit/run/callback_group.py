@@ -33,7 +33,9 @@ def build_callbacks(cfg: DictConfig) -> list[Any]:
     node = cfg.get("callbacks")
     nodes = OmegaConf.to_container(node, resolve=True) if node else {}
     explicit = cfg.loop.get("fit") is not None
-    metrics = build_task(cfg.task, num_outputs=1).metric_entries  # as check_task_config reads them
+    # as check_task_config reads them; the class weights need the data's class count: not here
+    task = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if "weight" not in k}
+    metrics = build_task(task, num_outputs=1).metric_entries
     callbacks = []
     for name, spec in nodes.items():
         if not spec:
