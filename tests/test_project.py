@@ -346,3 +346,27 @@ def test_evaluate_in_a_project_names_the_projects_predict(project, monkeypatch):
     GlobalHydra.instance().clear()
     HydraConfig.instance().set_config(cfg)
     assert str(no_labels(Path("x.npy"), "a .npy")).endswith("to get predictions use proj predict")
+
+
+def own_fit(fabric, model, optimizer, train_loader, val_loader=None, *, task, epochs, scheduler=None,
+            accumulate_grad_batches=1, gradient_clip_val=None, hooks=None):  # fmt: skip
+    """A project's fit (its loop.py): the contract's parameters, and one epoch at a time."""
+    from lightfit.loops.explicit import fit
+
+    return fit(fabric, model, optimizer, train_loader, val_loader, task=task, epochs=epochs, hooks=hooks)
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [("trainer.max_steps=5", "trainer.max_steps=5"), ("scheduler=onecycle", "scheduler=torch.optim")],
+)
+def test_a_projects_fit_refuses_what_only_lightfits_fit_reads(tmp_path, override, named):
+    """A project's own loop.fit reads whole epochs off its hooks: a step limit or a scheduler
+    that steps every batch would be ignored there, so it is refused in one line, before training."""
+    from conftest import run_train
+
+    from lightfit.errors import LightfitError
+
+    fit = ["loop=explicit", "loop.fit._target_=test_project.own_fit", "logger=none"]
+    with pytest.raises(LightfitError, match=rf"^{re.escape(named)}.*: loop.fit=test_project.own_fit steps"):
+        run_train(tmp_path / "run", *fit, override)

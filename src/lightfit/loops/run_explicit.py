@@ -32,7 +32,7 @@ from lightfit.run.checkpoint import CHECKPOINT_KEY
 from lightfit.run.checkpoint_io import BackgroundCheckpointIO, copies
 from lightfit.run.console import epoch_line
 from lightfit.run.context import Run, built, checkpoint_config, load_net_weights
-from lightfit.run.contract import FitLoop, check
+from lightfit.run.contract import FitLoop, check, check_own_fit
 from lightfit.run.early_stopping import EarlyStopping
 from lightfit.run.hooks import EarlyStop, FitHooks, StopTraining, max_time_seconds
 from lightfit.run.loggers import build_loggers
@@ -105,6 +105,7 @@ class ExplicitRun:
             "loop.fit", cfg.loop.fit, lambda: instantiate(cfg.loop.fit, _partial_=True, _convert_="all")
         )
         check(self.fit, FitLoop, "loop.fit")
+        check_own_fit(self.fit, cfg, self.schedule)  # a project's fit: what it does not read
 
     def state(self, epoch: int, batches: int) -> dict[str, Any]:
         """A checkpoint of this moment (Lightning's layout), with the best score so far and the
@@ -132,7 +133,7 @@ class ExplicitRun:
         raises `EarlyStop` after that when early stopping says this was the last epoch. An epoch
         that max_steps or max_time ended early has fewer `batches`: last.ckpt then resumes
         inside it, as Lightning's does."""
-        batches = int(metrics["batches"])
+        batches = int(metrics.get("batches", self.batches_per_epoch))  # a project's fit: whole epochs
         step = epoch * self.steps_per_epoch + math.ceil(batches / self.accumulate)
         self.epochs_trained = epoch + 1
         for monitor in self.rates:

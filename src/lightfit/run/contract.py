@@ -124,3 +124,25 @@ def check(obj: Any, protocol: type, what: str) -> None:
             f"{what} ({module}.{name}) does not keep lightfit.contract.{protocol.__name__}: "
             f"no {', '.join(missing)}"
         )
+
+
+# What lightfit's own fit reads off FitHooks beyond the loop of a plain fit: a project's fit
+# (its loop.py) that does not read them would ignore these settings; they are refused instead.
+OWN_FIT_ONLY = {"max_steps": -1, "min_epochs": None, "min_steps": None, "max_time": None,
+                "val_check_interval": None, "check_val_every_n_epoch": 1}  # fmt: skip
+
+
+def check_own_fit(fit: Any, cfg: Any, schedule: Any) -> None:
+    """One line for a setting only lightfit's `fit` honours, given to another fit function."""
+    function = getattr(fit, "func", fit)  # a partial of the fit function, from loop.fit
+    if (function.__module__, function.__qualname__) == ("lightfit.loops.explicit", "fit"):
+        return
+    t = cfg.trainer
+    chosen = [f"trainer.{key}={t.get(key)}" for key, default in OWN_FIT_ONLY.items() if t.get(key) != default]
+    if schedule is not None and (schedule.interval != "epoch" or schedule.reduces_on_plateau):
+        chosen.append(f"scheduler={cfg.scheduler._target_} (interval={schedule.interval})")
+    if chosen:
+        raise LightfitError(
+            f"{chosen[0]}: loop.fit={cfg.loop.fit._target_} steps and validates once an epoch; "
+            "lightfit's loop.fit (lightfit.loops.explicit.fit), loop=automatic and loop=manual take it"
+        )
