@@ -6,8 +6,8 @@ Defaults live in code: the schema of a network, data module, optimizer or schedu
 read from its constructor's signature (names, type hints, defaults), so the YAML files
 in conf/ only hold choices, and a new argument in code is a new key in the config.
 
-Importing this module registers the schemas in Hydra's ConfigStore as `schema/...`; the
-YAML files extend them through their defaults lists.
+`register()` stores the schemas in Hydra's ConfigStore as `schema/...`; the YAML files
+extend them through their defaults lists. The trainer node's table is in trainer_schema.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import __future__  # the compiler flag of `from __future__ import annotations`, 
 
 import ast
 import collections.abc
-import dataclasses
 import importlib.util
 import inspect
 import types
@@ -23,10 +22,13 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Optional, Union
+from typing import Any, Optional, Union
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
+
+# The trainer node's table and its check, also importable from here (cli/train.py, tests).
+from lightfit.cli.trainer_schema import EXPLICIT_KEYS, TrainerSchema, check_trainer  # noqa: F401
 
 PRIMITIVES = (int, float, bool, str, Path)
 
@@ -107,108 +109,6 @@ def scheduler_schema(target: Any, interval: str, name: str | None = None) -> typ
         ],
         bases=(base,),
     )
-
-
-@dataclass
-class TrainerSchema:
-    """Every argument of `lightning.Trainer` a run may set: `trainer.<key>=...` (a plain table,
-    so that a typo is answered while composing, before Lightning is imported; a test holds it
-    to Trainer's own signature). The Lightning loops pass the node to the Trainer; the explicit
-    loop honours the keys in `EXPLICIT_KEYS` and refuses any other one set to a non-default
-    value. The Trainer arguments lightfit sets itself are in `instead`: what to write instead."""
-
-    instead: ClassVar[dict[str, str]] = {
-        "logger": "a config group of its own: logger=csv|tensorboard|mlflow|wandb|none, or a list",
-        "callbacks": "a config group of its own: callbacks=[early_stopping,lr_monitor] or "
-        "+callbacks.<name>._target_=...",
-        "plugins": "set by lightfit (background checkpoint writes, SLURM requeue)",
-        "default_root_dir": "set by lightfit to the run dir: hydra.run.dir=<dir>",
-        "enable_progress_bar": "set by lightfit: a bar on a terminal, one line per epoch otherwise",
-        "enable_model_summary": "set by lightfit: the summary shows with the bar on a terminal",
-        "enable_checkpointing": "set by lightfit, which writes checkpoints/best.ckpt and last.ckpt "
-        "(checkpoint.every_n_train_steps=N: also every N steps)",
-        "use_distributed_sampler": "set by lightfit: under DDP the data module shards itself",
-        "barebones": "not with lightfit, whose callback writes checkpoints and logs metrics",
-        "accumulate_grad_batches": "a loop setting, the same in every loop: loop.accumulate_grad_batches",
-        "gradient_clip_val": "a loop setting, the same in every loop: loop.gradient_clip_val",
-        "gradient_clip_algorithm": "not with lightfit: loop.gradient_clip_val clips the norm in every loop",
-    }
-
-    accelerator: str = "auto"
-    strategy: str = "auto"
-    devices: Any = "auto"  # a count, "auto", or a list of device ids
-    num_nodes: int = 1
-    precision: str = "32-true"
-    fast_dev_run: Union[bool, int] = False  # noqa: UP007
-    max_epochs: int = 20  # -1: no limit (max_steps or max_time ends the run)
-    min_epochs: Optional[int] = None  # noqa: UP045 - a time limit stops no run before these
-    max_steps: int = -1  # optimizer steps; -1: no limit. Stops mid-epoch, whichever limit comes first
-    min_steps: Optional[int] = None  # noqa: UP045
-    max_time: Any = None  # "DD:HH:MM:SS" or {hours: 1, minutes: 30}: stop at the first step after it
-    limit_train_batches: Optional[Union[int, float]] = None  # noqa: UP007, UP045 - int: batches, float: fraction
-    limit_val_batches: Optional[Union[int, float]] = None  # noqa: UP007, UP045
-    limit_test_batches: Optional[Union[int, float]] = None  # noqa: UP007, UP045
-    limit_predict_batches: Optional[Union[int, float]] = None  # noqa: UP007, UP045
-    overfit_batches: Union[int, float] = 0.0  # noqa: UP007
-    val_check_interval: Optional[Union[int, float]] = None  # noqa: UP007, UP045 - float: of an epoch, int: batches
-    check_val_every_n_epoch: Optional[int] = 1  # noqa: UP045 - null: val_check_interval counts across epochs
-    num_sanity_val_steps: int = 0
-    log_every_n_steps: int = 50
-    deterministic: Any = False  # true, false or "warn"
-    benchmark: Optional[bool] = None  # noqa: UP045
-    inference_mode: bool = True
-    profiler: Optional[str] = None  # noqa: UP045 - "simple" or "advanced"
-    detect_anomaly: bool = False
-    sync_batchnorm: bool = False
-    reload_dataloaders_every_n_epochs: int = 0
-    enable_autolog_hparams: bool = True
-    model_registry: Optional[str] = None  # noqa: UP045
-
-
-# What the explicit loop (loops/run_explicit.py, explicit.py) does with the trainer node:
-# devices, precision, limits, when to validate and when to stop. Any other key set to a
-# non-default value is refused there in one line (`check_trainer`).
-EXPLICIT_KEYS = (
-    "accelerator", "strategy", "devices", "num_nodes", "precision", "fast_dev_run",
-    "max_epochs", "min_epochs", "max_steps", "min_steps", "max_time",
-    "limit_train_batches", "limit_val_batches", "limit_test_batches",
-    "val_check_interval", "check_val_every_n_epoch", "deterministic",
-    "benchmark", "inference_mode",  # the explicit loop evaluates under torch.no_grad(): what false means
-)  # fmt: skip
-
-
-def check_trainer(cfg: Any) -> None:
-    """The trainer node against the loop that runs it: the explicit loop takes `EXPLICIT_KEYS`;
-    another key with a non-default value is one line naming it and the loops that take it."""
-    from lightfit.errors import LightfitError
-    from lightfit.run.hooks import max_time_seconds
-
-    max_time_seconds(cfg.trainer.max_time)  # a malformed time: one line, in every loop
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainerSchema)}
-    set_keys = {k: v for k, v in cfg.trainer.items() if k in defaults and v != defaults[k]}
-    if cfg.loop.get("fit") is None:  # a Lightning loop: the installed Trainer's own signature
-        for key, value in set_keys.items():
-            if key not in trainer_parameters():
-                from importlib.metadata import version
-
-                raise LightfitError(
-                    f"trainer.{key}={value}: the installed lightning {version('lightning')} "
-                    f"has no Trainer argument '{key}' (a newer lightning has)"
-                )
-        return
-    for key, value in set_keys.items():
-        if key not in EXPLICIT_KEYS:
-            raise LightfitError(
-                f"trainer.{key}={value}: loop={cfg.loop.name} does not take it "
-                f"(loop=automatic and loop=manual do; default: {defaults[key]})"
-            )
-
-
-def trainer_parameters() -> list[str]:
-    """The arguments of the installed `lightning.Trainer` (imports Lightning)."""
-    import lightning
-
-    return list(inspect.signature(lightning.Trainer).parameters)
 
 
 @dataclass
@@ -302,24 +202,15 @@ def register() -> None:
     """Store every schema under `schema/` in Hydra's ConfigStore, and the resolvers (idempotent)."""
     import numpy as np
     import torch
-    from omegaconf import OmegaConf
     from torch.optim import lr_scheduler
 
     from lightfit import nets
-    from lightfit.run import schedule, slurm
+    from lightfit.run import schedule
 
     # Read from the source: importing the data module would import Lightning (about 3 s).
     data_module = init_from_source("lightfit.data.datamodule", "ArrayDataModule", {"np": np})
-    data_target = "lightfit.data.datamodule.ArrayDataModule"
     table_module = init_from_source("lightfit.data.table_module", "TableDataModule", {"Any": Any})
     image_module = init_from_source("lightfit.data.image_module", "ImageDataModule", {})
-
-    # hydra.run.dir: outputs/slurm-<job id> in a SLURM batch job, so that a requeued job finds
-    # its run again; else the time. Cached like Hydra's ${now:}: one value per composed config.
-    OmegaConf.register_new_resolver("lightfit.run_name", slurm.run_name, use_cache=True, replace=True)
-    # ckpt_path: auto in a SLURM batch job (a requeued job continues), else null
-    default_ckpt_path = slurm.default_ckpt_path
-    OmegaConf.register_new_resolver("lightfit.default_ckpt_path", default_ckpt_path, replace=True)
 
     arrays = ("x", "y", "x_test", "y_test", "task")  # task: from the task group, at run time
     bundled = (*arrays, "path", "labels")
@@ -332,7 +223,7 @@ def register() -> None:
         "data/diabetes": schema_of(
             data_module, skip=(*bundled, "num_classes"), name="lightfit.data.diabetes"
         ),
-        "data/npz": schema_of(data_module, skip=arrays, name=data_target),
+        "data/npz": schema_of(data_module, skip=arrays, name="lightfit.data.datamodule.ArrayDataModule"),
         "data/table": schema_of(
             table_module, skip=("task", "encoding"), name="lightfit.data.TableDataModule"
         ),
@@ -358,8 +249,7 @@ def register() -> None:
     for path, node in schemas.items():
         group, _, name = f"schema/{path}".rpartition("/")
         store.store(group=group, name=name, node=node)
-    if not OmegaConf.has_resolver("lightfit.direction"):
-        OmegaConf.register_new_resolver("lightfit.direction", _direction)
+    _register_resolvers()
 
 
 def init_from_source(module: str, cls: str, names: dict[str, Any]) -> Callable[..., None]:
@@ -378,6 +268,19 @@ def init_from_source(module: str, cls: str, names: dict[str, Any]) -> Callable[.
     scope = dict(names)
     exec(code, scope)  # noqa: S102 - lightfit's own source, and only a signature of plain defaults
     return scope["__init__"]
+
+
+def _register_resolvers() -> None:
+    """The `${lightfit.<name>:}` resolvers that conf/ uses (idempotent)."""
+    from lightfit.run import slurm
+
+    # hydra.run.dir: outputs/slurm-<job id> in a SLURM batch job, so that a requeued job finds
+    # its run again; else the time. Cached like Hydra's ${now:}: one value per composed config.
+    OmegaConf.register_new_resolver("lightfit.run_name", slurm.run_name, use_cache=True, replace=True)
+    # ckpt_path: auto in a SLURM batch job (a requeued job continues), else null
+    OmegaConf.register_new_resolver("lightfit.default_ckpt_path", slurm.default_ckpt_path, replace=True)
+    if not OmegaConf.has_resolver("lightfit.direction"):
+        OmegaConf.register_new_resolver("lightfit.direction", _direction)
 
 
 def _direction(*, _root_: Any) -> str:

@@ -35,7 +35,7 @@ MODULE_ARGS = ("net", "task", "optimizer", "scheduler", *KNOBS)
 def trainer(cfg: DictConfig, run_dir: Path, callbacks: list, logger: Any, **loop_kwargs: Any) -> L.Trainer:
     """A Trainer with the config's settings; a progress bar only on a terminal."""
     interactive = sys.stdout.isatty()
-    # Every key of the node (cli/config.py: TrainerSchema), less those an older Lightning lacks
+    # Every key of the node (cli/trainer_schema.py: TrainerSchema), less those an older Lightning lacks
     # (at their defaults: config.check_trainer refused any other value).
     settings = OmegaConf.to_container(cfg.trainer, resolve=True)
     takes = inspect.signature(L.Trainer).parameters
