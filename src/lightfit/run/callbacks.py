@@ -205,7 +205,7 @@ class RunCallback(Checkpoint):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # The best weights are this run's own best.ckpt: a checkpoint of another run directory
-        # had them copied here, or its score is dropped (resume.adopt_best). Never the path
+        # had them copied here, or its score is dropped (same_run.adopt_best). Never the path
         # stored in the state, which may lie in the run directory that wrote it.
         if self.best is None or not self.keeps_best or state_dict.get("score") is None:
             return
