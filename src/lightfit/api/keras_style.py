@@ -227,7 +227,7 @@ def _split(
     return inputs[:cut], labels[:cut], inputs[cut:], labels[cut:]
 
 
-def fit(
+def fit(  # long: Keras' signature, an argument a line, and what each means
     model: nn.Module,
     x: np.ndarray,
     y: np.ndarray,
