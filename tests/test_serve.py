@@ -28,6 +28,33 @@ from lightfit.data import load_split
 pytestmark = [pytest.mark.slow, needs("serve")]  # a server process each: `make test-all`
 
 
+def descendants(pid: int) -> set[int]:
+    """The processes started by `pid`, and theirs (from /proc/<pid>/stat's parent field)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    return {pid for pid in pids if Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)}
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -64,11 +91,22 @@ class Server:
             return error.code, json.loads(error.read() or b"{}")
 
     def close(self) -> None:
+        """SIGTERM, as `kill` or a service manager sends it: the command and every process it
+        started (LitServe's API server and the model's worker) end."""
+        started = descendants(self.proc.pid)
+        assert started, "LitServe started no process"
         self.proc.terminate()
         try:
-            self.proc.wait(timeout=20)
+            self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            raise AssertionError("lightfit serve did not stop on SIGTERM") from None
+        deadline = time.monotonic() + 30
+        while (left := alive(started)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        for pid in left:  # not to leave them running after the test
+            os.kill(pid, 9)
+        assert not left, f"processes left after SIGTERM: {sorted(left)}"
 
 
 @pytest.fixture

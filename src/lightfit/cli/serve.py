@@ -24,6 +24,7 @@ import binascii
 import io
 import logging
 import re
+import signal
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,9 +194,16 @@ def serve(cfg: DictConfig) -> None:
         max_payload_size=int(cfg.max_body_mb * 1024 * 1024), timeout=float(cfg.timeout),
     )  # fmt: skip
     server.app.add_exception_handler(RequestValidationError, bad_body)
+    # SIGTERM (kill, systemd, docker stop) as Ctrl-C: LitServe then stops its API servers and
+    # the model's worker; without it they outlive the command, still listening.
+    signal.signal(signal.SIGTERM, _interrupt)
     log.info(f"serving {cfg.ckpt_path} at http://{cfg.host}:{cfg.port}/predict (GET /health)")
     server.run(host=cfg.host, port=int(cfg.port), generate_client_file=False, num_api_servers=1,
                log_level="warning")  # fmt: skip
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def main(*, prog: str = "lightfit", config_module: str = "lightfit.conf") -> None:
