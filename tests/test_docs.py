@@ -81,7 +81,16 @@ def exported_digits_model(folder: Path) -> None:
     numpy.save(folder / "x_test.npy", load_split(folder / "run")["test"][0])
 
 
-@pytest.mark.parametrize(("where", "code"), PYTHON, ids=[w for w, _ in PYTHON])
+def trains(code: str) -> bool:
+    """A block that starts a training run of its own (a subprocess): `make test-all` only."""
+    return "subprocess" in code and '"train"' in code
+
+
+@pytest.mark.parametrize(
+    ("where", "code"),
+    [pytest.param(w, c, marks=[pytest.mark.slow] if trains(c) else []) for w, c in PYTHON],
+    ids=[w for w, _ in PYTHON],
+)
 def test_python_block_runs(where, code, tmp_path, monkeypatch):
     if "import keras" in code:
         require("bench")

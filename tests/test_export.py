@@ -19,7 +19,9 @@ from conftest import FAST, cli, needs, run_train
 
 from lightfit.data import load_split
 
-ONNX = [pytest.param("onnx", marks=[needs("export"), pytest.mark.slow]), "torchscript"]
+# Each export runs the exporter and a check in a process of its own: `make test-all`.
+pytestmark = pytest.mark.slow
+ONNX = [pytest.param("onnx", marks=needs("export")), "torchscript"]
 
 
 def predicted(run: Path, input_path: Path, tmp_path: Path) -> np.ndarray:

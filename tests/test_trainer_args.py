@@ -60,6 +60,7 @@ def test_a_bad_trainer_key_is_one_line_while_composing(override, message):
     assert message in composed_error(override)
 
 
+@pytest.mark.slow  # a process of its own; the same line while composing is tested above, in-process
 def test_a_misspelt_trainer_key_on_the_command_line(tmp_path):
     proc = cli("trainer.max_step=3", f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2
