@@ -324,6 +324,7 @@ def test_a_stop_mid_epoch_with_accumulation_resumes_exactly(tmp_path):
     assert rows[0] == rows[1]
 
 
+@pytest.mark.slow  # two processes, a stop and a resume: about 20 s; the in-process resumes stay in make test
 def test_the_stop_hint_pasted_alone_resumes_to_the_same_weights(tmp_path):
     # data=diabetes: the default config (digits) would hold a different network
     overrides = ["data=diabetes", "data.batch_size=8", "model.dropout=0.3", "trainer.max_epochs=30"]
