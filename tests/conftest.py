@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -120,6 +121,17 @@ def cli(
         text=True,
         timeout=timeout,
     )
+
+
+def predicted(run: Path, input_path: Path, tmp_path: Path) -> Any:
+    """What `lightfit predict` writes for `input_path`: probabilities or values, (N, ...)."""
+    out = tmp_path / f"predicted-{input_path.stem}.npy"
+    proc = cli(f"ckpt_path={run}/checkpoints/best.ckpt", f"input={input_path}", f"output={out}",
+               module="lightfit predict")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    import numpy as np
+
+    return np.load(out)
 
 
 @pytest.fixture

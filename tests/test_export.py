@@ -15,22 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, cli, needs, run_train
+from conftest import FAST, cli, needs, predicted, run_train
 
 from lightfit.data import load_split
 
 # Each export runs the exporter and a check in a process of its own: `make test-all`.
 pytestmark = pytest.mark.slow
 ONNX = [pytest.param("onnx", marks=needs("export")), "torchscript"]
-
-
-def predicted(run: Path, input_path: Path, tmp_path: Path) -> np.ndarray:
-    """What `lightfit predict` writes for `input_path`: probabilities or values, (N, ...)."""
-    out = tmp_path / f"predicted-{input_path.stem}.npy"
-    proc = cli(f"ckpt_path={run}/checkpoints/best.ckpt", f"input={input_path}", f"output={out}",
-               module="lightfit predict")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    return np.load(out)
 
 
 def export(run: Path, fmt: str, tmp_path: Path) -> tuple[Path, dict]:

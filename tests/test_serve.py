@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FAST, cli, needs, run_train
+from conftest import FAST, cli, needs, predicted, run_train
 
 from lightfit.data import load_split
 
@@ -120,14 +120,6 @@ def serving():
     yield start
     for server in servers:
         server.close()
-
-
-def predicted(run: Path, input_path: Path, tmp_path: Path) -> np.ndarray:
-    out = tmp_path / f"predicted-{input_path.stem}.npy"
-    proc = cli(f"ckpt_path={run}/checkpoints/best.ckpt", f"input={input_path}", f"output={out}",
-               module="lightfit predict")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    return np.load(out)
 
 
 def assert_refused(server: Server, body, needle: str, status: int = 422, **kwargs) -> None:
