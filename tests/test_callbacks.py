@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -94,9 +95,9 @@ def test_explicit_early_stopping_writes_its_epoch_line_results_and_rates(tmp_pat
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
     assert len(lines) == 3
     assert "lr 0.0005" in lines[1]
-    assert lines[2].endswith(
-        "early stop: val/loss did not improve by more than 0.5 in 2 epochs (best 2.1207 in epoch 1)"
-    )
+    # the best value's last digits differ between torch versions (.ci/lowest)
+    stop = r"early stop: val/loss did not improve by more than 0\.5 in 2 epochs \(best 2\.1\d+ in epoch 1\)$"
+    assert re.search(stop, lines[2]), lines[2]
     assert rates(tmp_path) == [0.001, 0.0005, 0.00025]  # the rate each epoch started with
 
 

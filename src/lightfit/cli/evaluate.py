@@ -10,6 +10,7 @@ its results.json.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -78,8 +79,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     quiet_lightning()
     # The optimizer is never built: Trainer.test only runs test_step and the metrics.
     module = AutomaticLoop(net, task)
+    settings = OmegaConf.to_container(cfg.trainer, resolve=True)
+    takes = inspect.signature(L.Trainer).parameters  # an older Lightning lacks some (at their defaults)
     trainer = L.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        **{key: value for key, value in settings.items() if key in takes},
         callbacks=[RunCallback()],  # without checkpoints: computes and logs the metrics only
         logger=False,
         enable_progress_bar=False,
