@@ -10,7 +10,6 @@ its results.json.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -72,6 +71,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
 
     from lightfit.loops import AutomaticLoop
+    from lightfit.loops.run_lightning import trainer_settings
     from lightfit.run.callbacks import RunCallback
     from lightfit.run.console import metrics_line, quiet_lightning
     from lightfit.run.results import write_json_atomic
@@ -79,10 +79,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     quiet_lightning()
     # The optimizer is never built: Trainer.test only runs test_step and the metrics.
     module = AutomaticLoop(net, task)
-    settings = OmegaConf.to_container(cfg.trainer, resolve=True)
-    takes = inspect.signature(L.Trainer).parameters  # an older Lightning lacks some (at their defaults)
     trainer = L.Trainer(
-        **{key: value for key, value in settings.items() if key in takes},
+        **trainer_settings(cfg.trainer),  # those the installed Lightning takes
         callbacks=[RunCallback()],  # without checkpoints: computes and logs the metrics only
         logger=False,
         enable_progress_bar=False,

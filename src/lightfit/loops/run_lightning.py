@@ -35,12 +35,8 @@ MODULE_ARGS = ("net", "task", "optimizer", "scheduler", *KNOBS)
 def trainer(cfg: DictConfig, run_dir: Path, callbacks: list, logger: Any, **loop_kwargs: Any) -> L.Trainer:
     """A Trainer with the config's settings; a progress bar only on a terminal."""
     interactive = sys.stdout.isatty()
-    # Every key of the node (cli/trainer_schema.py: TrainerSchema), less those an older Lightning lacks
-    # (at their defaults: config.check_trainer refused any other value).
-    settings = OmegaConf.to_container(cfg.trainer, resolve=True)
-    takes = inspect.signature(L.Trainer).parameters
     return L.Trainer(
-        **{key: value for key, value in settings.items() if key in takes},
+        **trainer_settings(cfg.trainer),
         **loop_kwargs,
         callbacks=[*callbacks, *progress_callbacks(interactive)],  # bar and summary on a terminal
         logger=logger,
@@ -51,6 +47,13 @@ def trainer(cfg: DictConfig, run_dir: Path, callbacks: list, logger: Any, **loop
         enable_model_summary=False,  # the terminal's bar prints it
         use_distributed_sampler=False,  # under DDP the data module shards itself, without padding
     )
+
+
+def trainer_settings(node: DictConfig) -> dict[str, Any]:
+    """Every key of the trainer node (cli/trainer_schema.py: TrainerSchema), less those an older
+    Lightning lacks (at their defaults: config.check_trainer refused any other value)."""
+    takes = inspect.signature(L.Trainer).parameters
+    return {key: value for key, value in OmegaConf.to_container(node, resolve=True).items() if key in takes}
 
 
 def build_module(run: Run) -> tuple[L.LightningModule, dict[str, Any]]:
