@@ -104,11 +104,16 @@ def test_explicit_validates_mid_epoch_and_stops_at_max_steps(run_dir):
         ["trainer.max_steps=5", "trainer.val_check_interval=2", "loop.accumulate_grad_batches=2"],
         ["trainer.val_check_interval=3", "trainer.check_val_every_n_epoch=null", "trainer.max_epochs=2"],
         ["trainer.check_val_every_n_epoch=2"],
+        ["trainer.val_check_interval=2", "loop.accumulate_grad_batches=3"],
     ],
-    ids=["max_steps-half-epoch", "max_steps-every-2-batches-accumulate", "across-epochs", "every-2-epochs"],
-)
+    ids=["max_steps-half-epoch", "max_steps-every-2-batches-accumulate", "across-epochs", "every-2-epochs",
+         "validate-inside-a-window"],
+)  # fmt: skip
 def test_the_three_loops_stop_and_validate_alike(tmp_path, limits):
-    """Same weights at the end and in best.ckpt (the epochs validated), same step count."""
+    """Same weights at the end and in best.ckpt (the epochs validated), same step count.
+
+    validate-inside-a-window: batch 2 of a 3-batch window; the window's gradients survive
+    the validation and its step comes after batch 3 (it once dropped them in loop=manual)."""
     runs = {loop: run_train(tmp_path / loop, f"loop={loop}", *SHORT, *limits) for loop in LOOPS}
     for loop in ("manual", "explicit"):
         for name in ("last.ckpt", "best.ckpt"):

@@ -64,6 +64,15 @@ class ManualLoop(TaskModule):
             if (self.current_epoch + 1) % config.frequency == 0:
                 scheduler.step(self.trainer.callback_metrics[schedule.monitor])
 
+    def on_validation_model_zero_grad(self) -> None:
+        """Keep the gradients of a window that a mid-epoch validation interrupts.
+
+        auto: Lightning frees the gradients before validating only where a window ends, and
+        counts windows with Trainer(accumulate_grad_batches), which is 1 here: its default
+        (`self.zero_grad()`) would drop the batches accumulated so far, and the window would
+        step on the rest alone. training_step's zero_grad already frees them after each step.
+        """
+
     def on_before_optimizer_step(self, optimizer: Any) -> None:
         # auto: Trainer(gradient_clip_val=...). Lightning calls this hook inside
         # optimizer.step(), after 16-bit AMP has unscaled the gradients; clipping before
