@@ -75,7 +75,39 @@ def test_each_scheduler_gives_the_same_weights_in_the_three_loops(tmp_path, sche
             tmp_path / "automatic/checkpoints/last.ckpt", tmp_path / loop / "checkpoints/last.ckpt"
         )
         assert runs[loop]["test/acc"] == runs["automatic"]["test/acc"]
-    # The learning rate moved. (After the last epoch Lightning steps a ReduceLROnPlateau once
-    # more, after last.ckpt is written: the automatic loop's file can be one step behind.)
-    checkpoint = torch.load(tmp_path / "explicit/checkpoints/last.ckpt", weights_only=True)
-    assert checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] != 0.05
+    # The learning rate moved, and every loop's last.ckpt holds it after the last epoch's step.
+    rates = {loop: saved_lr(tmp_path / loop) for loop in LOOPS}
+    assert rates == dict.fromkeys(LOOPS, rates["explicit"]) and rates["explicit"] != 0.05
+
+
+def saved_lr(run_dir):
+    checkpoint = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
+    return checkpoint["optimizer_states"][0]["param_groups"][0]["lr"]
+
+
+@pytest.mark.slow
+def test_a_plateau_step_is_in_last_ckpt_and_an_automatic_run_resumes_past_it(tmp_path):
+    """The lr halves at the ends of epochs 2 and 3 (patience 0, threshold 0.5). Each loop's
+    last.ckpt holds the scheduler after its epoch's step (Lightning would step it after the
+    file is written), and an automatic run resumed from last.ckpt, written at an epoch's end or
+    inside an epoch, ends with the weights and scheduler of the run never stopped."""
+    plateau = [*SHORT, "scheduler=plateau", "scheduler.patience=0", "scheduler.threshold=0.5"]
+    for loop in LOOPS:
+        run_train(tmp_path / loop, f"loop={loop}", *plateau)
+    saved = {loop: torch.load(tmp_path / loop / "checkpoints/last.ckpt", weights_only=True) for loop in LOOPS}
+    assert {loop: saved_lr(tmp_path / loop) for loop in LOOPS} == dict.fromkeys(LOOPS, 0.0125)
+    for loop in LOOPS:
+        assert saved[loop]["lr_schedulers"] == saved["explicit"]["lr_schedulers"], loop
+
+    automatic = [*plateau, "loop=automatic"]
+    run_train(tmp_path / "end", *automatic, "trainer.max_epochs=2")  # last.ckpt at epoch 2's end
+    run_train(tmp_path / "end", *automatic, "ckpt_path=last")
+    run_train(tmp_path / "mid", *automatic, "trainer.max_steps=6")  # last.ckpt at epoch 2's batch 2
+    mid = tmp_path / "mid/checkpoints/last.ckpt"
+    assert torch.load(mid, weights_only=True)["epoch_position"]["batches"] == 2
+    run_train(tmp_path / "mid", *automatic, f"ckpt_path={mid}")
+    for run in ("end", "mid"):
+        last = tmp_path / run / "checkpoints/last.ckpt"
+        assert_same_weights(tmp_path / "automatic/checkpoints/last.ckpt", last)
+        resumed = torch.load(last, weights_only=True)
+        assert resumed["lr_schedulers"] == saved["automatic"]["lr_schedulers"], run

@@ -34,10 +34,14 @@ from lightfit.run.resume import (
     restore_rng_states,
     rng_states,
 )
+from lightfit.run.schedule import monitored
 from lightfit.run.signals import StopRequest
 from lightfit.tasks import scalars
 
 log = logging.getLogger("lightfit")
+# What a ReduceLROnPlateau's `interval` becomes when RunCallback steps it: Lightning steps only
+# schedulers whose interval is "step" or "epoch" (see RunCallback.take_plateau_steps).
+STEPPED_BY_RUN = "epoch, stepped by RunCallback"
 
 
 class StopRequested(Exception):
@@ -60,6 +64,14 @@ class RunCallback(Checkpoint):
     (Lightning issue 20806). So SIGTERM is taken back here, like Ctrl-C it only sets a
     flag, and the ranks agree at each batch end (`StopRequest.agreed`): all of them stop
     at the same batch, and all of them take part in saving `interrupted.ckpt`.
+
+    ReduceLROnPlateau (automatic optimization): Lightning steps an epoch's plateau scheduler
+    after every `on_train_epoch_end`, so after `last.ckpt` is written: the file would hold the
+    scheduler and learning rate one step behind, and a resume from it never takes that step
+    (nor, resumed inside an epoch, the step at that epoch's end: Lightning skips it while its
+    loop restarts). This callback takes those steps instead, just before the epoch's
+    checkpoint, where the manual loop takes them (its `on_train_epoch_end`, which Lightning
+    calls before a Checkpoint's), so a checkpoint holds the state after the epoch's step.
     """
 
     def __init__(
@@ -80,6 +92,7 @@ class RunCallback(Checkpoint):
         self.tables: dict[str, Tensor] = {}  # the last non-scalar metrics (a confusion matrix)
         self.validated = False  # this epoch: callback_metrics keeps older epochs' val metrics
         self.saved_step = -1
+        self.plateaus: list[Any] = []  # the ReduceLROnPlateau configs this callback steps
         self.where, self.saved = "", None  # where a stop happened, and its checkpoint
 
     # Metrics are logged once per epoch: logging every step would cost more than the step
@@ -102,6 +115,7 @@ class RunCallback(Checkpoint):
         if self.stop is not None:
             self.stop.reclaim_sigterm()  # Lightning registered its handler just before this hook
         self.saved_step = trainer.global_step  # a resumed run does not save its first step again
+        self.plateaus = self.take_plateau_steps(trainer, pl_module)
         self.start = time.perf_counter()  # a run resumed mid-epoch gets no on_train_epoch_start for it
         self.per_epoch(trainer)
 
@@ -156,10 +170,32 @@ class RunCallback(Checkpoint):
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         self.validated = not trainer.sanity_checking
 
+    def take_plateau_steps(self, trainer: Any, pl_module: Any) -> list[Any]:
+        """The automatic loop's epoch-interval ReduceLROnPlateau configs, which this callback
+        steps from now on (`step_plateaus`); Lightning no longer does, their interval renamed."""
+        if not pl_module.automatic_optimization:
+            return []  # manual optimization steps its own schedulers (loops/manual.py)
+        taken = [c for c in trainer.lr_scheduler_configs if c.reduce_on_plateau and c.interval == "epoch"]
+        for config in taken:
+            config.interval = STEPPED_BY_RUN
+        return taken
+
+    def step_plateaus(self, trainer: Any, pl_module: Any) -> None:
+        """What Lightning's loop would do after this hook (`_update_learning_rates`): every
+        `frequency` epochs, once the epoch's batches all ran, each plateau steps on its monitor."""
+        epoch = trainer.current_epoch
+        if not self.train_logged:
+            return  # max_steps or max_time ended the epoch early: no epoch step, as in Lightning
+        for config in self.plateaus:
+            if (epoch + 1) % config.frequency == 0:
+                metric = monitored(trainer.callback_metrics, config.monitor, epoch)
+                pl_module.lr_scheduler_step(config.scheduler, metric)  # a module may override this hook
+
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if not self.train_logged:  # an epoch that max_steps or max_time ended early: its batches so far
             pl_module.train_metrics.check_finite(trainer.current_epoch)
             self.log_stage(pl_module, "train")
+        self.step_plateaus(trainer, pl_module)  # before last.ckpt, which holds the stepped state
         if trainer.is_global_zero:
             seconds, epoch = time.perf_counter() - self.start, trainer.current_epoch
             # callbacks=early_stopping decided before this hook (a Checkpoint's hooks run last)

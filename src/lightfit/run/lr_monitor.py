@@ -3,9 +3,9 @@
 `LearningRateMonitor` (a Lightning callback; `callbacks=lr_monitor`) records each parameter
 group's learning rate when an epoch starts, and adds it to that epoch's metrics as
 `train/lr` (`train/lr_0`, `train/lr_1`, ... with several groups). The epoch's start, not
-its end: an epoch scheduler has stepped by the end (the manual loop at its last batch, the
-automatic loop after `on_train_epoch_end`, the explicit loop before its epoch end), and the
-rate the epoch trained with is the one it started with. Lightning's own
+its end: an epoch scheduler has stepped by the end (the manual and automatic loops at its
+last batch, a ReduceLROnPlateau in `on_train_epoch_end`; the explicit loop before its
+epoch end), and the rate the epoch trained with is the one it started with. Lightning's own
 `LearningRateMonitor` logs `lr-Adam` to the loggers only, under its own step, and cannot run
 in the explicit loop; this one is a metric of the epoch in all three loops. The recorded
 rates travel in a checkpoint made inside an epoch, so an epoch resumed in its middle logs
