@@ -220,11 +220,8 @@ def serve(cfg: DictConfig) -> None:
     Model(cfg.ckpt_path)  # a bad checkpoint: one line now, not in the server's worker
     if int(cfg.max_batch_size) < 1:
         raise LightfitError(f"max_batch_size={cfg.max_batch_size} must be at least 1")
-    from lightfit.cli.serve_api import (
-        BadBody,
-        CheckpointAPI,
-        bad_body,
-    )  # LitServe's workers import it by name
+    # serve_api imports LitServe at its top; LitServe's workers import CheckpointAPI by name
+    from lightfit.cli.serve_api import BadBody, CheckpointAPI, bad_body
 
     api = CheckpointAPI(
         str(cfg.ckpt_path), cfg.max_image_pixels, int(cfg.max_batch_size), float(cfg.batch_timeout)

@@ -55,8 +55,8 @@ async def read_body(request: Request) -> dict | Upload:
 
 
 async def read_upload(request: Request) -> Upload:
-    """The form's files named "file", read whole: the model's worker gets them through
-    LitServe's queue, which takes bytes (the files Starlette keeps open do not cross it)."""
+    """The form's files named "file", read whole here, so that what crosses LitServe's queue
+    to the model's worker is plain bytes and names, and Starlette's files are closed at once."""
     try:
         form = await request.form()  # Starlette's parser (python-multipart)
     except HTTPException as exc:
