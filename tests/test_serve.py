@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FAST, cli, needs, predicted, run_train
+from conftest import FAST, cli, needs, predicted, require, run_train
 
 from lightfit.data import load_split
 
@@ -122,6 +122,25 @@ def serving():
         server.close()
 
 
+def form(*files: tuple[str, bytes], field: str = "file") -> tuple[bytes, str]:
+    """A multipart/form-data body of (file name, bytes) parts, as `curl -F file=@a.png -F file=@b.png`
+    sends it, and its Content-Type."""
+    boundary = "lightfit-test-7d2a9c"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'.encode()
+        + b"Content-Type: application/octet-stream\r\n\r\n"
+        + data
+        + b"\r\n"
+        for name, data in files
+    ]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def upload(server: Server, *files: tuple[str, bytes], field: str = "file") -> tuple[int, dict]:
+    body, content_type = form(*files, field=field)
+    return server.post(body, content_type)
+
+
 def assert_refused(server: Server, body, needle: str, status: int = 422, **kwargs) -> None:
     code, answer = server.post(body, **kwargs)
     assert code == status, answer
@@ -151,6 +170,8 @@ def test_arrays_good_bad_then_good_again(serving, tmp_path):
     assert_refused(server, {"x": np.full((8, 8), np.nan).tolist()}, "NaN or infinite")
     code, _ = server.post({"x": np.zeros((200, 8, 8)).tolist()})  # about 100 KB: over max_body_mb
     assert code == 413
+    body, content_type = form(("digit.png", b"\x89PNG..."))  # any file: this model takes none
+    assert_refused(server, body, 'this model (arrays) takes JSON, {"x": ...}', 415, content_type=content_type)
 
     # One bad request among good ones sent at once (batch_timeout=0.05: batched together):
     # only it is refused.
@@ -193,34 +214,49 @@ def test_a_table_by_column_name(serving, tmp_path):
     assert_refused(server, {"rows": [missing]}, "city")
     assert_refused(server, {"rows": [rows[0] | {"city": "Atlantis"}]}, "Atlantis")
     assert_refused(server, {"rows": "age=3"}, '"rows" is not a list of objects')
+    body, content_type = form(("churn.csv", churn.read_bytes()))
+    assert_refused(
+        server, body, 'this model (table) takes JSON, {"rows": ...}', 415, content_type=content_type
+    )
     assert server.post({"rows": rows})[0] == 200
 
 
-@needs("images")
-def test_images_as_base64(serving, tmp_path):
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory) -> tuple[Path, list[Path], np.ndarray]:
+    """A run trained on 200 digit PNGs, four of its PNGs, and what `lightfit predict` gives them."""
+    require("images")
     sys.path.insert(0, str(Path(__file__).parent))
-    from PIL import Image
     from test_images import write_digits
 
+    tmp_path = tmp_path_factory.mktemp("digits")
     photos = write_digits(tmp_path / "digits", 200)
     run = tmp_path / "run"
     run_train(
         run, "data=images", f"data.path={photos}", "data.channels=1", f"data.cache={tmp_path / 'c'}", *FAST
     )
-    server = serving(run / "checkpoints/best.ckpt", "max_image_pixels=1000")
     files = sorted(photos.rglob("*.png"))[:4]
     flat = tmp_path / "flat"
     flat.mkdir()
     for i, f in enumerate(files):
         (flat / f"{i}.png").write_bytes(f.read_bytes())
-    expected = predicted(run, flat, tmp_path)
+    return run, files, predicted(run, flat, tmp_path)
+
+
+def probabilities(run: Path, answer: dict) -> np.ndarray:
+    """An answer's probabilities (N, C), in the order of the run's classes (predict's columns)."""
+    classes = json.loads((run / "results.json").read_text())["classes"]
+    assert all(sorted(p) == sorted(classes) for p in answer["probabilities"]), answer
+    return np.array([[p[c] for c in classes] for p in answer["probabilities"]])
+
+
+def test_images_as_base64(serving, digits_run):
+    from PIL import Image
+
+    run, files, expected = digits_run
+    server = serving(run / "checkpoints/best.ckpt", "max_image_pixels=1000")
     code, answer = server.post({"images": [base64.b64encode(f.read_bytes()).decode() for f in files]})
     assert code == 200, answer
-    classes = sorted(answer["probabilities"][0])
-    assert classes == sorted(json.loads((run / "results.json").read_text())["classes"])
-    got = np.array([[p[c] for c in json.loads((run / "results.json").read_text())["classes"]]
-                    for p in answer["probabilities"]])  # fmt: skip
-    np.testing.assert_allclose(got, expected, atol=1e-6)
+    np.testing.assert_allclose(probabilities(run, answer), expected, atol=1e-6)
 
     assert_refused(server, {"images": ["%%%"]}, "image 0 is not base64")
     text = base64.b64encode(b"plain text, not a PNG").decode()
@@ -231,6 +267,60 @@ def test_images_as_base64(serving, tmp_path):
         server, {"images": [base64.b64encode(big.getvalue()).decode()]}, "more pixels than the limit"
     )
     assert server.post({"images": [base64.b64encode(files[0].read_bytes()).decode()]})[0] == 200
+
+
+def test_images_as_uploaded_files(serving, digits_run):
+    """`curl -F file=@a.png -F file=@b.png`: the answer of the same images sent as base64, and
+    predict's; each bad upload refused in one line; uploads and JSON batched together."""
+    from PIL import Image
+
+    run, files, expected = digits_run
+    server = serving(run / "checkpoints/best.ckpt", "max_image_pixels=1000", "max_body_mb=0.05",
+                     "batch_timeout=0.05")  # fmt: skip
+    photos = [(f.name, f.read_bytes()) for f in files]
+    code, answer = upload(server, *photos)
+    assert code == 200, answer
+    np.testing.assert_allclose(probabilities(run, answer), expected, atol=1e-6)
+    assert answer == server.post({"images": [base64.b64encode(data).decode() for _, data in photos]})[1]
+    code, answer = upload(server, photos[2])  # one file
+    assert code == 200, answer
+    np.testing.assert_allclose(probabilities(run, answer), expected[2:3], atol=1e-6)
+
+    def refused(body_and_type: tuple[bytes, str], needle: str, status: int = 422) -> None:
+        assert_refused(server, body_and_type[0], needle, status, content_type=body_and_type[1])
+
+    refused(form(("notes.txt", b"plain text, not a PNG")), "file 'notes.txt' is not an image Pillow can read")
+    big = io.BytesIO()
+    Image.new("L", (40, 40)).save(big, "PNG")  # 1600 pixels, over max_image_pixels=1000
+    refused(
+        form(photos[0], ("big.png", big.getvalue())), "file 'big.png' has more pixels than the limit (1000)"
+    )
+    refused(
+        form(*photos, field="image"), "the form has parts ['image', 'image', 'image', 'image'] that are not"
+    )
+    refused(form(), "the form has no file")
+    refused((b"--x\r\n", "multipart/form-data"), "the form cannot be read", status=400)  # no boundary
+    code, answer = upload(server, ("noise.png", os.urandom(100_000)))  # over max_body_mb=0.05
+    assert code == 413, answer
+
+    # Uploads, base64 JSON and one bad upload sent at once (batch_timeout=0.05: batched
+    # together): only the bad one is refused.
+    def send(i: int) -> tuple[int, dict]:
+        if i == 3:
+            return upload(server, ("notes.txt", b"not a PNG"))
+        if i % 2:
+            return server.post({"images": [base64.b64encode(photos[i % 4][1]).decode()]})
+        return upload(server, photos[i % 4])
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(send, range(8)))
+    assert [code for code, _ in answers] == [200, 200, 200, 422, 200, 200, 200, 200]
+    for i, (code, answer) in enumerate(answers):
+        if code == 200:
+            np.testing.assert_allclose(probabilities(run, answer), expected[i % 4 : i % 4 + 1], atol=1e-6)
+    assert upload(server, photos[0])[0] == 200  # still serving
+    assert server.post({"images": [base64.b64encode(photos[0][1]).decode()]})[0] == 200
+    assert server.proc.poll() is None
 
 
 def test_a_bad_checkpoint_is_one_line(tmp_path):

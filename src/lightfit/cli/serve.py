@@ -8,13 +8,14 @@ the network as one batch). lightfit supplies the model and the request format:
     POST /predict  {"x": [[...], ...]}                       arrays: one sample or a list of them
                    {"rows": [{"age": 41, "city": "Rome"}]}   a table: rows by column name
                    {"images": ["<base64 PNG or JPEG>", ...]}  images
+                   multipart/form-data, files named "file"   images: curl -F file=@cat.png ...
     answer         {"predictions": [...], "probabilities": [{"<class>": p, ...}, ...]}
 
 Predictions are label names (or class ids) for a classifier, with each class's probability,
 or values in the target's units for a regression: what `lightfit predict` writes. Requests
-are JSON only; nothing from a client is unpickled. A bad request is answered 4xx with one
-line, `{"error": "..."}`, and only that request: in a batch, each request is checked on its
-own before the batch runs, so one bad request never fails the others.
+are JSON or, for images, uploaded files; nothing from a client is unpickled. A bad request is
+answered 4xx with one line, `{"error": "..."}`, and only that request: in a batch, each
+request is checked on its own before the batch runs, so one bad request never fails the others.
 """
 
 from __future__ import annotations
@@ -38,6 +39,15 @@ from lightfit.errors import LightfitError
 log = logging.getLogger("lightfit")
 EXTRA_HINT = "pip install 'lightfit[serve]'"
 KEYS = {"arrays": "x", "table": "rows", "images": "images"}
+
+
+@dataclass
+class Upload:
+    """A multipart/form-data body as the API server read it: the files named "file", in
+    order, as (file name, bytes), and the names of the form's other parts."""
+
+    files: list[tuple[str, bytes]]
+    others: list[str]
 
 
 @dataclass
@@ -78,10 +88,19 @@ class Model:
     def decode(self, request: Any) -> np.ndarray | Refused:
         """A request's body as x (N, *input_shape) float32, or why it cannot be."""
         key = KEYS[self.kind]
-        if not isinstance(request, dict) or key not in request:
+        if isinstance(request, Upload):
+            if self.kind != "images":
+                return Refused(
+                    415,
+                    f'this model ({self.kind}) takes JSON, {{"{key}": ...}}; files are for a model of images',
+                )
+            decode, value = self._decode_upload, request
+        elif not isinstance(request, dict) or key not in request:
             return Refused(422, f'this model takes {{"{key}": ...}} ({self.kind}); got {_keys(request)}')
+        else:
+            decode, value = getattr(self, f"_decode_{self.kind}"), request[key]
         try:
-            x = getattr(self, f"_decode_{self.kind}")(request[key])
+            x = decode(value)
         except LightfitError as exc:
             return Refused(422, str(exc))
         if len(x) == 0:
@@ -120,37 +139,55 @@ class Model:
         return x
 
     def _decode_images(self, images: Any) -> np.ndarray:
-        from PIL import Image
-
-        from lightfit.data.images import decode
-
         images = [images] if isinstance(images, str) else images
         if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
             raise LightfitError('"images" is not a list of base64 strings (PNG or JPEG files)')
-        size, channels = self.input_shape[1:], self.input_shape[0]
         x = np.empty((len(images), *self.input_shape), np.float32)
         for i, text in enumerate(images):
             try:
                 data = base64.b64decode(text, validate=True)
             except (binascii.Error, ValueError):
                 raise LightfitError(f"image {i} is not base64") from None
-            with warnings.catch_warnings():
-                # Pillow warns past MAX_IMAGE_PIXELS and raises past twice that: refused either way
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                try:
-                    x[i] = decode(io.BytesIO(data), size, channels)
-                except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-                    limit = Image.MAX_IMAGE_PIXELS
-                    raise LightfitError(f"image {i} has more pixels than the limit ({limit})") from None
-                except LightfitError as exc:  # decode names the file: here a BytesIO, said as "image i"
-                    if "exceeds limit" in str(exc):  # decode catches Pillow's error past twice the limit
-                        raise LightfitError(
-                            f"image {i} has more pixels than the limit ({Image.MAX_IMAGE_PIXELS})"
-                        ) from None
-                    reason = str(exc).split(" is not an image", 1)[-1]
-                    reason = re.sub(r" <_io\.BytesIO object at \w+>", "", reason)
-                    raise LightfitError(f"image {i} is not an image{reason}") from None
+            x[i] = self._image(f"image {i}", data)
         return x
+
+    def _decode_upload(self, upload: Upload) -> np.ndarray:
+        if upload.others:
+            raise LightfitError(
+                f'the form has parts {upload.others} that are not files named "file"; send each image '
+                "as one: curl -F file=@cat.png -F file=@dog.jpg ..."
+            )
+        if not upload.files:
+            raise LightfitError("the form has no file; send each image as one: curl -F file=@cat.png ...")
+        x = np.empty((len(upload.files), *self.input_shape), np.float32)
+        for i, (name, data) in enumerate(upload.files):
+            x[i] = self._image(f"file {name!r}", data)
+        return x
+
+    def _image(self, name: str, data: bytes) -> np.ndarray:
+        """One encoded image (PNG, JPEG, ...) as the network's (C, H, W); `name` says which in a refusal."""
+        from PIL import Image
+
+        from lightfit.data.images import decode
+
+        size, channels = self.input_shape[1:], self.input_shape[0]
+        with warnings.catch_warnings():
+            # Pillow warns past MAX_IMAGE_PIXELS and raises past twice that: refused either way
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            try:
+                return decode(io.BytesIO(data), size, channels)
+            except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+                raise LightfitError(
+                    f"{name} has more pixels than the limit ({Image.MAX_IMAGE_PIXELS})"
+                ) from None
+            except LightfitError as exc:  # decode names the file: here a BytesIO, said as `name`
+                if "exceeds limit" in str(exc):  # decode catches Pillow's error past twice the limit
+                    raise LightfitError(
+                        f"{name} has more pixels than the limit ({Image.MAX_IMAGE_PIXELS})"
+                    ) from None
+                reason = str(exc).split(" is not an image", 1)[-1]
+                reason = re.sub(r" <_io\.BytesIO object at \w+>", "", reason)
+                raise LightfitError(f"{name} is not an image{reason}") from None
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Probabilities (N, C), or values in the target's units."""
@@ -177,14 +214,14 @@ def serve(cfg: DictConfig) -> None:
     """Check the checkpoint, then serve it until interrupted."""
     try:
         import litserve as ls
+        import python_multipart  # noqa: F401  (FastAPI reads uploaded files with it)
     except ImportError:
-        raise LightfitError(f"lightfit serve needs LitServe: {EXTRA_HINT}") from None
+        raise LightfitError(f"lightfit serve needs LitServe and python-multipart: {EXTRA_HINT}") from None
     Model(cfg.ckpt_path)  # a bad checkpoint: one line now, not in the server's worker
     if int(cfg.max_batch_size) < 1:
         raise LightfitError(f"max_batch_size={cfg.max_batch_size} must be at least 1")
-    from fastapi.exceptions import RequestValidationError
-
-    from lightfit.cli.serve_api import CheckpointAPI, bad_body  # LitServe's workers import them by name
+    # serve_api imports LitServe at its top; LitServe's workers import CheckpointAPI by name
+    from lightfit.cli.serve_api import BadBody, CheckpointAPI, bad_body
 
     api = CheckpointAPI(
         str(cfg.ckpt_path), cfg.max_image_pixels, int(cfg.max_batch_size), float(cfg.batch_timeout)
@@ -193,7 +230,7 @@ def serve(cfg: DictConfig) -> None:
         api, accelerator="cpu", devices=1, workers_per_device=int(cfg.workers),
         max_payload_size=int(cfg.max_body_mb * 1024 * 1024), timeout=float(cfg.timeout),
     )  # fmt: skip
-    server.app.add_exception_handler(RequestValidationError, bad_body)
+    server.app.add_exception_handler(BadBody, bad_body)
     # SIGTERM (kill, systemd, docker stop) as Ctrl-C: LitServe then stops its API servers and
     # the model's worker; without it they outlive the command, still listening.
     signal.signal(signal.SIGTERM, _interrupt)

@@ -1,18 +1,85 @@
 """The LitAPI of `lightfit serve` (cli/serve.py): LitServe's hooks around `serve.Model`.
 
 A module of its own because it imports LitServe (the `serve` extra) at the top, and LitServe's
-worker process rebuilds the API by importing its class by name.
+worker process rebuilds the API by importing its class by name. No `from __future__ import
+annotations` here: LitServe reads decode_request's annotation as an object (see `Body`).
 """
 
-from __future__ import annotations
-
-from typing import Any
+import json
+from typing import Annotated, Any
 
 import litserve as ls
 import numpy as np
+from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
-from lightfit.cli.serve import Model, Refused
+from lightfit.cli.serve import Model, Refused, Upload
+
+NOT_AN_OBJECT = "the body is not a JSON object (send it with Content-Type: application/json)"
+
+
+class BadBody(Exception):
+    """A body refused by the API server before it reaches the model's worker: status, one line."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+async def read_body(request: Request) -> dict | Upload:
+    """The body as a JSON object, or a multipart form's files as bytes (Upload).
+
+    JSON is read as FastAPI reads a `dict` body (the annotation this replaced): only with a
+    JSON Content-Type, `application/json` or `...+json`. A body over `max_body_mb` stops in
+    LitServe's middleware while it is read here, answered 413 as before.
+    """
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media == "multipart/form-data":
+        return await read_upload(request)
+    body = await request.body()
+    if not body or not (
+        media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+    ):
+        raise BadBody(422, NOT_AN_OBJECT)
+    try:
+        value = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise BadBody(422, f"the body is not valid JSON ({exc.msg})") from None
+    except UnicodeDecodeError:
+        raise BadBody(422, "the body is not valid JSON (not UTF-8)") from None
+    if not isinstance(value, dict):
+        raise BadBody(422, NOT_AN_OBJECT)
+    return value
+
+
+async def read_upload(request: Request) -> Upload:
+    """The form's files named "file", read whole here, so that what crosses LitServe's queue
+    to the model's worker is plain bytes and names, and Starlette's files are closed at once."""
+    try:
+        form = await request.form()  # Starlette's parser (python-multipart)
+    except HTTPException as exc:
+        if exc.status_code != 400:  # 413: the body limit, answered as for JSON
+            raise
+        raise BadBody(400, f"the form cannot be read ({exc.detail})") from None
+    try:
+        files, others = [], []
+        for name, value in form.multi_items():
+            if name == "file" and isinstance(value, UploadFile):
+                files.append((value.filename or "", await value.read()))
+            else:
+                others.append(name)
+    finally:
+        await form.close()
+    return Upload(files, others)
+
+
+# LitServe makes decode_request's annotation the type of its endpoint's `request` parameter
+# and passes what FastAPI gives there to decode_request. Its default, a Starlette Request, has
+# LitServe read the body: a form, or JSON with a 500 and a traceback for a body that is not
+# JSON. This dependency reads it instead: FastAPI calls read_body for each request.
+Body = Annotated[dict | Upload, Depends(read_body)]
 
 
 class CheckpointAPI(ls.LitAPI):
@@ -27,7 +94,7 @@ class CheckpointAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
         self.model = Model(self.ckpt_path, self.max_image_pixels)
 
-    def decode_request(self, request: dict) -> np.ndarray | Refused:  # dict: FastAPI answers bad JSON 422
+    def decode_request(self, request: Body) -> np.ndarray | Refused:
         return self.model.decode(request)
 
     def batch(self, inputs: list) -> list:
@@ -55,11 +122,6 @@ class CheckpointAPI(ls.LitAPI):
         return self.model.answer(output)
 
 
-async def bad_body(request: Any, exc: Any) -> JSONResponse:
-    """FastAPI's answer to a body that is not a JSON object, as one line like every refusal."""
-    first = exc.errors()[0] if exc.errors() else {}
-    if first.get("type") == "json_invalid":
-        message = f"the body is not valid JSON ({first.get('ctx', {}).get('error', first.get('msg'))})"
-    else:
-        message = "the body is not a JSON object (send it with Content-Type: application/json)"
-    return JSONResponse({"error": message}, status_code=422)
+async def bad_body(request: Request, exc: BadBody) -> JSONResponse:
+    """A body refused by read_body, answered with one line like every refusal."""
+    return JSONResponse({"error": exc.message}, status_code=exc.status)
