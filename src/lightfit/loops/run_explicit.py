@@ -62,6 +62,7 @@ class ExplicitRun:
             precision=t.precision, plugins=[self.io],
         )  # fmt: skip
         self.fabric.launch()
+        self.distributed = self.fabric.world_size > 1  # read once: should_stop asks at every step
         set_torch_flags(t.deterministic, t.benchmark)  # as Trainer(deterministic=..., benchmark=...)
         optimizer = instantiate(cfg.optimizer)(run.net.parameters())
         # Fabric: moves the model to the device, wraps it for DDP (plain PyTorch: net.to(device))
@@ -181,7 +182,7 @@ class ExplicitRun:
                 logger.log_metrics(metrics | {"epoch": epoch}, step - 1)
 
     def should_stop(self) -> bool:
-        return self.run.stop.agreed(self.fabric.world_size > 1)  # under DDP: every rank's answer
+        return self.run.stop.agreed(self.distributed)  # under DDP: every rank's answer
 
     def train(self) -> None:
         run, loop = self.run, self.run.cfg.loop
