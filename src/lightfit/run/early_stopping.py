@@ -8,6 +8,10 @@ call it from `on_train_epoch_end` with the epoch's folded metric, the explicit l
 all of them stop at the same epoch. Its state (best, wait, stopped epoch) travels in every
 checkpoint under `callbacks`, as Lightning stores a callback's state, so a resumed run stops
 where an uninterrupted one would.
+
+Under DDP every rank takes the decision itself, on the same number: the epoch's metrics are
+summed across ranks before the division (StageMetrics.compute), so all ranks stop after the
+same epoch, and none is left waiting in the next epoch's all-reduce (tests/test_ddp_callbacks.py).
 """
 
 from __future__ import annotations
