@@ -1,9 +1,10 @@
 """A checkpoint behind HTTP: `lightfit serve ckpt_path=... [host=127.0.0.1] [port=8000]`.
 
 Built on LitServe (the `serve` extra), Lightning's serving library: it runs the HTTP server,
-the worker that holds the model, `GET /health`, the body size limit and the batching of
-requests (`max_batch_size` requests, or what came within `batch_timeout` seconds, go through
-the network as one batch). lightfit supplies the model and the request format:
+the worker that holds the model, `GET /health`, the body size limit and the queues between
+them. lightfit supplies the model, how a batch forms (serve_api.GreedyBatchLoop: the requests
+queued when the model is free, up to `max_batch_size`, go through the network as one batch,
+with no wait for more unless `batch_timeout` asks for it) and the request format:
 
     POST /predict  {"x": [[...], ...]}                       arrays: one sample or a list of them
                    {"rows": [{"age": 41, "city": "Rome"}]}   a table: rows by column name
@@ -223,9 +224,12 @@ def serve(cfg: DictConfig) -> None:
     # serve_api imports LitServe at its top; LitServe's workers import CheckpointAPI by name
     from lightfit.cli.serve_api import BadBody, CheckpointAPI, bad_body
 
+    if int(cfg.threads) < 1:
+        raise LightfitError(f"threads={cfg.threads} must be at least 1")
     api = CheckpointAPI(
-        str(cfg.ckpt_path), cfg.max_image_pixels, int(cfg.max_batch_size), float(cfg.batch_timeout)
-    )
+        str(cfg.ckpt_path), cfg.max_image_pixels, int(cfg.max_batch_size), float(cfg.batch_timeout),
+        int(cfg.threads),
+    )  # fmt: skip
     server = ls.LitServer(
         api, accelerator="cpu", devices=1, workers_per_device=int(cfg.workers),
         max_payload_size=int(cfg.max_body_mb * 1024 * 1024), timeout=float(cfg.timeout),
