@@ -25,6 +25,7 @@ import base64
 import binascii
 import io
 import logging
+import os
 import re
 import signal
 import warnings
@@ -222,7 +223,7 @@ def serve(cfg: DictConfig) -> None:
     if int(cfg.max_batch_size) < 1:
         raise LightfitError(f"max_batch_size={cfg.max_batch_size} must be at least 1")
     # serve_api imports LitServe at its top; LitServe's workers import CheckpointAPI by name
-    from lightfit.cli.serve_api import BadBody, CheckpointAPI, bad_body
+    from lightfit.cli.serve_api import BadBody, CheckpointAPI, allow_all, bad_body
 
     if int(cfg.threads) < 1:
         raise LightfitError(f"threads={cfg.threads} must be at least 1")
@@ -230,6 +231,8 @@ def serve(cfg: DictConfig) -> None:
         str(cfg.ckpt_path), cfg.max_image_pixels, int(cfg.max_batch_size), float(cfg.batch_timeout),
         int(cfg.threads),
     )  # fmt: skip
+    if not os.environ.get("LIT_SERVER_API_KEY"):  # with it, LitServe asks for the X-API-Key header
+        api.authorize = allow_all
     server = ls.LitServer(
         api, accelerator="cpu", devices=1, workers_per_device=int(cfg.workers),
         max_payload_size=int(cfg.max_body_mb * 1024 * 1024), timeout=float(cfg.timeout),
