@@ -100,24 +100,22 @@ class GreedyBatchLoop(BatchedLoop):
     """
 
     def get_batch_requests(self, lit_api: ls.LitAPI, request_queue: Any, transport: Any) -> tuple[list, list]:
-        payloads: list = []
-        timed_out: list = []
-        deadline = None
-        while len(payloads) + len(timed_out) < lit_api.max_batch_size:
-            try:
-                if not payloads and not timed_out:
-                    item = request_queue.get(timeout=1.0)  # idle: one blocking ask, not a poll
-                elif deadline is None:
-                    item = request_queue.get_nowait()
-                else:
-                    item = request_queue.get(timeout=max(deadline - time.monotonic(), 0))
-            except Empty:
-                if payloads or timed_out:
-                    if deadline is None and lit_api.batch_timeout > 0:
-                        deadline = time.monotonic() + lit_api.batch_timeout
-                        continue
-                    break
-                return [], []
+        try:
+            items = [request_queue.get(timeout=1.0)]  # idle: one blocking ask, not a poll
+        except Empty:
+            return [], []
+        try:
+            # qsize: one ask for how many wait, cheaper than a get_nowait that fails after the
+            # last one (an exception sent back); a count gone stale (workers > 1) ends in Empty
+            for _ in range(min(request_queue.qsize(), lit_api.max_batch_size - 1)):
+                items.append(request_queue.get_nowait())
+            deadline = time.monotonic() + lit_api.batch_timeout
+            while len(items) < lit_api.max_batch_size and (left := deadline - time.monotonic()) > 0:
+                items.append(request_queue.get(timeout=left))
+        except Empty:
+            pass
+        payloads, timed_out = [], []
+        for item in items:
             if item == _SENTINEL_VALUE:
                 raise _StopLoopError()
             response_queue_id, uid, timestamp, x_enc = item
