@@ -225,8 +225,9 @@ def serve(cfg: DictConfig) -> None:
     # serve_api imports LitServe at its top; LitServe's workers import CheckpointAPI by name
     from lightfit.cli.serve_api import BadBody, CheckpointAPI, allow_all, bad_body
 
-    if int(cfg.threads) < 1:
-        raise LightfitError(f"threads={cfg.threads} must be at least 1")
+    for key in ("threads", "api_servers"):
+        if int(cfg[key]) < 1:
+            raise LightfitError(f"{key}={cfg[key]} must be at least 1")
     api = CheckpointAPI(
         str(cfg.ckpt_path), cfg.max_image_pixels, int(cfg.max_batch_size), float(cfg.batch_timeout),
         int(cfg.threads),
@@ -242,8 +243,8 @@ def serve(cfg: DictConfig) -> None:
     # the model's worker; without it they outlive the command, still listening.
     signal.signal(signal.SIGTERM, _interrupt)
     log.info(f"serving {cfg.ckpt_path} at http://{cfg.host}:{cfg.port}/predict (GET /health)")
-    server.run(host=cfg.host, port=int(cfg.port), generate_client_file=False, num_api_servers=1,
-               log_level="warning")  # fmt: skip
+    server.run(host=cfg.host, port=int(cfg.port), generate_client_file=False,
+               num_api_servers=int(cfg.api_servers), log_level="warning")  # fmt: skip
 
 
 def _interrupt(signum: int, frame: Any) -> None:
