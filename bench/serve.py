@@ -113,7 +113,7 @@ def load(
         with lock:
             latencies.extend(mine)
 
-    roles = server_processes(server_pid) if server_pid else {}
+    roles = server_processes(server_pid) if server_pid and Path("/proc").is_dir() else {}  # Linux
     cpu_before = {pid: _cpu_seconds(pid) for pid in roles}
     client_before = resource.getrusage(resource.RUSAGE_SELF)
     threads = [threading.Thread(target=user) for _ in range(concurrency)]
