@@ -1,17 +1,24 @@
 """`lightfit serve` under load: one-row requests at concurrency 1 and 32, batched and not.
 
-Issue 30's target: with requests batched on the server (LitServe's `max_batch_size=16`,
-`batch_timeout=0.005`), at least 2x the requests per second of `max_batch_size=1` at
-concurrency 32. Each server is a real `lightfit serve` process on a digits checkpoint; the
-client is threads with keep-alive connections (http.client), one per concurrent user, each
-sending one row at a time for `seconds` after a short warm-up. Latency is per request, from
-send to the whole answer read.
+Issue 30's target: with requests batched on the server (`max_batch_size=16`, the default
+`batch_timeout`), at least 2x the requests per second of `max_batch_size=1` at concurrency
+32. Each server is a real `lightfit serve` process on a digits checkpoint; the client is
+threads with keep-alive connections (http.client), one per concurrent user, each sending one
+row at a time for `seconds` after a short warm-up. Latency is per request, from send to the
+whole answer read.
+
+Requests per second are wall-clock, and the client shares the machine with the server: on a
+busy machine they say little. The CPU time each process spent per request (Linux, /proc)
+says where the time goes whatever the load: the API server (HTTP, FastAPI, JSON), LitServe's
+queue manager (every request crosses its queues twice), the model's worker, and the client.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -20,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-SETTINGS = {"batched": ["max_batch_size=16", "batch_timeout=0.005"], "unbatched": ["max_batch_size=1"]}
+SETTINGS = {"batched": ["max_batch_size=16"], "unbatched": ["max_batch_size=1"]}
 CONCURRENCY = (1, 32)
 
 
@@ -47,8 +54,45 @@ def _wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 120) -> No
     raise RuntimeError("lightfit serve did not answer /health")
 
 
-def load(port: int, body: bytes, concurrency: int, seconds: float) -> dict[str, float]:
-    """`concurrency` users, each one request at a time on its own connection, for `seconds`."""
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def server_processes(pid: int) -> dict[int, str]:
+    """`lightfit serve`'s processes (Linux: /proc) by role. LitServe starts its queue manager
+    (forked), then the model's worker (spawned), then the API server (forked): a forked child
+    started before the worker is the manager, one started after it an API server."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    started = {}
+    for child in children.get(pid, []):
+        started[child] = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    cmdline = {child: Path(f"/proc/{child}/cmdline").read_bytes() for child in started}
+    workers = [child for child in started if b"spawn_main" in cmdline[child]]
+    first_worker = min((started[w] for w in workers), default=0)
+    roles = {pid: "lightfit serve"}
+    for child in started:
+        if b"resource_tracker" in cmdline[child]:
+            roles[child] = "resource tracker"
+        elif child in workers:
+            roles[child] = "model worker"
+        else:
+            roles[child] = "queue manager" if started[child] <= first_worker else "API server"
+    return roles
+
+
+def load(
+    port: int, body: bytes, concurrency: int, seconds: float, server_pid: int | None = None
+) -> dict[str, Any]:
+    """`concurrency` users, each one request at a time on its own connection, for `seconds`;
+    with `server_pid`, also the CPU time each of its processes and the client spent per request."""
     latencies: list[float] = []
     lock, errors = threading.Lock(), []
     start_at = time.monotonic() + 0.5  # everyone starts together
@@ -69,20 +113,33 @@ def load(port: int, body: bytes, concurrency: int, seconds: float) -> dict[str, 
         with lock:
             latencies.extend(mine)
 
+    roles = server_processes(server_pid) if server_pid and Path("/proc").is_dir() else {}  # Linux
+    cpu_before = {pid: _cpu_seconds(pid) for pid in roles}
+    client_before = resource.getrusage(resource.RUSAGE_SELF)
     threads = [threading.Thread(target=user) for _ in range(concurrency)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    client_after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = {pid: _cpu_seconds(pid) - before for pid, before in cpu_before.items()}
     if errors:
         raise RuntimeError(f"{len(errors)} requests failed: HTTP {sorted(set(errors))}")
     latencies.sort()
-    return {
+    result: dict[str, Any] = {
         "requests": len(latencies),
         "requests_per_second": len(latencies) / seconds,
         "p50_ms": 1000 * statistics.median(latencies),
         "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
     }
+    if roles:  # CPU microseconds per request, by process
+        per_request: dict[str, float] = {}
+        for pid, seconds_used in cpu.items():
+            per_request[roles[pid]] = per_request.get(roles[pid], 0) + 1e6 * seconds_used / len(latencies)
+        client = sum(getattr(client_after, f) - getattr(client_before, f) for f in ("ru_utime", "ru_stime"))
+        per_request["client"] = 1e6 * client / len(latencies)
+        result["cpu_us_per_request"] = per_request
+    return result
 
 
 def case_serve(tmp: Path, seconds: float = 10.0) -> dict[str, Any]:
@@ -115,7 +172,7 @@ def case_serve(tmp: Path, seconds: float = 10.0) -> dict[str, Any]:
         try:
             _wait_healthy(port, proc)
             load(port, body, 8, 1.0)  # warm-up
-            results[name] = {str(c): load(port, body, c, seconds) for c in CONCURRENCY}
+            results[name] = {str(c): load(port, body, c, seconds, proc.pid) for c in CONCURRENCY}
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -147,6 +204,18 @@ def serve_markdown(result: dict[str, Any]) -> list[str]:
             lines.append(f"| {name} ({' '.join(settings)}) | {c} | {r['requests_per_second']:.0f} | "
                          f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")  # fmt: skip
     lines += ["", f"Batched / unbatched at concurrency 32: {result['speedup_at_32']:.2f}x (target >= 2x)."]
+    some = next(iter(result[next(iter(SETTINGS))].values()))
+    if "cpu_us_per_request" in some:
+        roles = ["API server", "queue manager", "model worker", "client"]
+        roles = [role for role in roles if role in some["cpu_us_per_request"]]
+        lines += ["", "CPU microseconds per request, by process:", "",
+                  f"| server | concurrency | {' | '.join(roles)} | all |",
+                  "|---|---:|" + "---:|" * (len(roles) + 1)]  # fmt: skip
+        for name in SETTINGS:
+            for c, r in result[name].items():
+                cpu = r["cpu_us_per_request"]
+                cells = " | ".join(f"{cpu[role]:.0f}" for role in roles)
+                lines.append(f"| {name} | {c} | {cells} | {sum(cpu.values()):.0f} |")
     return lines
 
 

@@ -328,3 +328,13 @@ def test_a_bad_checkpoint_is_one_line(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "checkpoint not found" in proc.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_bad_batch_thread_and_server_counts_are_one_line(digits_run):
+    run, _, _ = digits_run
+    for bad, expected in (("max_batch_size=0", "max_batch_size=0 must be at least 1"),
+                          ("threads=0", "threads=0 must be at least 1"),
+                          ("api_servers=0", "api_servers=0 must be at least 1")):  # fmt: skip
+        proc = cli(f"ckpt_path={run / 'checkpoints/best.ckpt'}", bad, module="lightfit serve")
+        assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+        assert expected in proc.stderr

@@ -1,9 +1,10 @@
 """A checkpoint behind HTTP: `lightfit serve ckpt_path=... [host=127.0.0.1] [port=8000]`.
 
 Built on LitServe (the `serve` extra), Lightning's serving library: it runs the HTTP server,
-the worker that holds the model, `GET /health`, the body size limit and the batching of
-requests (`max_batch_size` requests, or what came within `batch_timeout` seconds, go through
-the network as one batch). lightfit supplies the model and the request format:
+the worker that holds the model, `GET /health`, the body size limit and the queues between
+them. lightfit supplies the model, how a batch forms (serve_api.GreedyBatchLoop: the requests
+queued when the model is free, up to `max_batch_size`, go through the network as one batch,
+with no wait for more unless `batch_timeout` asks for it) and the request format:
 
     POST /predict  {"x": [[...], ...]}                       arrays: one sample or a list of them
                    {"rows": [{"age": 41, "city": "Rome"}]}   a table: rows by column name
@@ -24,6 +25,7 @@ import base64
 import binascii
 import io
 import logging
+import os
 import re
 import signal
 import warnings
@@ -221,11 +223,17 @@ def serve(cfg: DictConfig) -> None:
     if int(cfg.max_batch_size) < 1:
         raise LightfitError(f"max_batch_size={cfg.max_batch_size} must be at least 1")
     # serve_api imports LitServe at its top; LitServe's workers import CheckpointAPI by name
-    from lightfit.cli.serve_api import BadBody, CheckpointAPI, bad_body
+    from lightfit.cli.serve_api import BadBody, CheckpointAPI, allow_all, bad_body
 
+    for key in ("threads", "api_servers"):
+        if int(cfg[key]) < 1:
+            raise LightfitError(f"{key}={cfg[key]} must be at least 1")
     api = CheckpointAPI(
-        str(cfg.ckpt_path), cfg.max_image_pixels, int(cfg.max_batch_size), float(cfg.batch_timeout)
-    )
+        str(cfg.ckpt_path), cfg.max_image_pixels, int(cfg.max_batch_size), float(cfg.batch_timeout),
+        int(cfg.threads),
+    )  # fmt: skip
+    if not os.environ.get("LIT_SERVER_API_KEY"):  # with it, LitServe asks for the X-API-Key header
+        api.authorize = allow_all
     server = ls.LitServer(
         api, accelerator="cpu", devices=1, workers_per_device=int(cfg.workers),
         max_payload_size=int(cfg.max_body_mb * 1024 * 1024), timeout=float(cfg.timeout),
@@ -235,8 +243,8 @@ def serve(cfg: DictConfig) -> None:
     # the model's worker; without it they outlive the command, still listening.
     signal.signal(signal.SIGTERM, _interrupt)
     log.info(f"serving {cfg.ckpt_path} at http://{cfg.host}:{cfg.port}/predict (GET /health)")
-    server.run(host=cfg.host, port=int(cfg.port), generate_client_file=False, num_api_servers=1,
-               log_level="warning")  # fmt: skip
+    server.run(host=cfg.host, port=int(cfg.port), generate_client_file=False,
+               num_api_servers=int(cfg.api_servers), log_level="warning")  # fmt: skip
 
 
 def _interrupt(signum: int, frame: Any) -> None:
