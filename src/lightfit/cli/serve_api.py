@@ -14,12 +14,19 @@ import litserve as ls
 import numpy as np
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
-from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
-from litserve.loops.simple_loops import BatchedLoop
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from lightfit.cli.serve import Model, Refused, Upload
+
+try:  # LitServe 0.2's loop and two private names of it (GreedyBatchLoop); should a later LitServe
+    # move them, the server batches with LitServe's own loop instead of failing to start
+    from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
+    from litserve.loops.simple_loops import BatchedLoop
+
+    GREEDY = True
+except ImportError:  # pragma: no cover - not with the LitServe versions pyproject allows today
+    BatchedLoop, GREEDY = object, False
 
 NOT_AN_OBJECT = "the body is not a JSON object (send it with Content-Type: application/json)"
 
@@ -134,7 +141,8 @@ class CheckpointAPI(ls.LitAPI):
         self, ckpt_path: str, max_image_pixels: int | None, max_batch_size: int, batch_timeout: float,
         threads: int = 1,
     ) -> None:  # fmt: skip
-        loop = GreedyBatchLoop() if max_batch_size > 1 else "auto"  # 1: LitServe's loop, one by one
+        greedy = GREEDY and max_batch_size > 1  # 1: LitServe's loop, one by one
+        loop = GreedyBatchLoop() if greedy else "auto"
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, loop=loop)
         self.ckpt_path, self.max_image_pixels, self.threads = ckpt_path, max_image_pixels, threads
 
