@@ -2,7 +2,9 @@
 
 Issue 30's target: with requests batched on the server (`max_batch_size=16`, the default
 `batch_timeout`), at least 2x the requests per second of `max_batch_size=1` at concurrency
-32. Each server is a real `lightfit serve` process on a digits checkpoint; the client is
+32. Each server is a real `lightfit serve` process on a checkpoint trained on digits, for
+each model of MODELS (the default MLP, and a wide one whose forward pass costs more than
+the HTTP around it, where batching pays); the client is
 threads with keep-alive connections (http.client), one per concurrent user, each sending one
 row at a time for `seconds` after a short warm-up. Latency is per request, from send to the
 whole answer read.
@@ -29,6 +31,10 @@ from typing import Any
 
 SETTINGS = {"batched": ["max_batch_size=16"], "unbatched": ["max_batch_size=1"]}
 CONCURRENCY = (1, 32)
+# The digits MLP, whose forward pass (~50 us a row) is a small part of what a request costs,
+# and a wide one, whose pass (~1.8 ms a row, ~0.4 ms a row in a batch of 16 on one thread)
+# is most of it: batching can only share the model's part.
+MODELS = {"digits MLP (hidden 128)": [], "wide MLP (hidden 2048 x 3)": ["model.hidden=[2048,2048,2048]"]}
 
 
 def _free_port() -> int:
@@ -143,31 +149,33 @@ def load(
 
 
 def case_serve(tmp: Path, seconds: float = 10.0) -> dict[str, Any]:
-    """A digits checkpoint served both ways; each setting loaded at each concurrency."""
+    """Each model of MODELS trained on digits and served both ways, each at each concurrency."""
     try:
         import litserve  # noqa: F401
     except ImportError:
         return {"skipped": "LitServe is not installed (pip install -e '.[serve]')"}
-    run = tmp / "serve-run"
-    train = [
-        sys.executable,
-        "-m",
-        "lightfit",
-        "train",
-        "trainer.max_epochs=2",
-        "logger=none",
-        f"hydra.run.dir={run}",
-    ]
-    subprocess.run(train, check=True, capture_output=True, timeout=600)
     import numpy as np
 
     x = np.load(Path(__file__).resolve().parents[1] / "src/lightfit/data/digits.npz")["x"][0]
     body = json.dumps({"x": x.tolist()}).encode()  # one row
-    results: dict[str, Any] = {"seconds": seconds}
+    results: dict[str, Any] = {"seconds": seconds, "models": {}}
+    for number, (model, overrides) in enumerate(MODELS.items()):
+        run = tmp / f"serve-run-{number}"
+        train = [sys.executable, "-m", "lightfit", "train", "trainer.max_epochs=2", "logger=none",
+                 f"hydra.run.dir={run}", *overrides]  # fmt: skip
+        subprocess.run(train, check=True, capture_output=True, timeout=600)
+        results["models"][model] = served = serve_both_ways(run / "checkpoints/best.ckpt", body, seconds)
+        batched, unbatched = (served[n][str(CONCURRENCY[-1])]["requests_per_second"] for n in SETTINGS)
+        served["speedup_at_32"] = batched / unbatched
+    return results
+
+
+def serve_both_ways(ckpt: Path, body: bytes, seconds: float) -> dict[str, Any]:
+    """`lightfit serve` on `ckpt` with each of SETTINGS, loaded at each concurrency."""
+    results: dict[str, Any] = {}
     for name, settings in SETTINGS.items():
         port = _free_port()
-        command = [sys.executable, "-m", "lightfit", "serve", f"ckpt_path={run}/checkpoints/best.ckpt",
-                   f"port={port}", *settings]  # fmt: skip
+        command = [sys.executable, "-m", "lightfit", "serve", f"ckpt_path={ckpt}", f"port={port}", *settings]
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             _wait_healthy(port, proc)
@@ -176,17 +184,15 @@ def case_serve(tmp: Path, seconds: float = 10.0) -> dict[str, Any]:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    batched, unbatched = (results[n][str(CONCURRENCY[-1])]["requests_per_second"] for n in SETTINGS)
-    results["speedup_at_32"] = batched / unbatched
     return results
 
 
 def serve_rows(result: dict[str, Any]) -> list[tuple[str, str, bool]]:
-    if "speedup_at_32" not in result:
-        return []
-    speedup = result["speedup_at_32"]
-    return [("lightfit serve, batched vs max_batch_size=1 at concurrency 32: >= 2x requests/s",
-             f"{speedup:.2f}x", speedup >= 2)]  # fmt: skip
+    return [
+        (f"lightfit serve, {model}: batched vs max_batch_size=1 at concurrency 32, >= 2x requests/s",
+         f"{served['speedup_at_32']:.2f}x", served["speedup_at_32"] >= 2)
+        for model, served in result.get("models", {}).items()
+    ]  # fmt: skip
 
 
 def serve_markdown(result: dict[str, Any]) -> list[str]:
@@ -196,27 +202,38 @@ def serve_markdown(result: dict[str, Any]) -> list[str]:
         "",
         f"## lightfit serve: one-row requests, {result['seconds']:.0f} s each",
         "",
-        "| server | concurrency | requests/s | p50 ms | p99 ms |",
-        "|---|---:|---:|---:|---:|",
+        "| model | server | concurrency | requests/s | p50 ms | p99 ms |",
+        "|---|---|---:|---:|---:|---:|",
     ]
-    for name, settings in SETTINGS.items():
-        for c, r in result[name].items():
-            lines.append(f"| {name} ({' '.join(settings)}) | {c} | {r['requests_per_second']:.0f} | "
-                         f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")  # fmt: skip
-    lines += ["", f"Batched / unbatched at concurrency 32: {result['speedup_at_32']:.2f}x (target >= 2x)."]
-    some = next(iter(result[next(iter(SETTINGS))].values()))
-    if "cpu_us_per_request" in some:
-        roles = ["API server", "queue manager", "model worker", "client"]
-        roles = [role for role in roles if role in some["cpu_us_per_request"]]
-        lines += ["", "CPU microseconds per request, by process:", "",
-                  f"| server | concurrency | {' | '.join(roles)} | all |",
-                  "|---|---:|" + "---:|" * (len(roles) + 1)]  # fmt: skip
-        for name in SETTINGS:
-            for c, r in result[name].items():
-                cpu = r["cpu_us_per_request"]
-                cells = " | ".join(f"{cpu[role]:.0f}" for role in roles)
-                lines.append(f"| {name} | {c} | {cells} | {sum(cpu.values()):.0f} |")
+    for model, served in result["models"].items():
+        for name, settings in SETTINGS.items():
+            for c, r in served[name].items():
+                numbers = f"{r['requests_per_second']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f}"
+                lines.append(f"| {model} | {name} ({' '.join(settings)}) | {c} | {numbers} |")
+    lines.append("")
+    for model, served in result["models"].items():
+        lines.append(
+            f"{model}: batched / unbatched at concurrency 32, {served['speedup_at_32']:.2f}x (target >= 2x)."
+        )
+    lines += cpu_markdown(result["models"])
     return lines
+
+
+def cpu_markdown(models: dict[str, Any]) -> list[str]:
+    """The CPU time per request of each process, where /proc said (Linux)."""
+    roles = ["API server", "queue manager", "model worker", "client"]
+    rows = []
+    for model, served in models.items():
+        for name in SETTINGS:
+            for c, r in served[name].items():
+                if cpu := r.get("cpu_us_per_request"):
+                    cells = " | ".join(f"{cpu.get(role, float('nan')):.0f}" for role in roles)
+                    rows.append(f"| {model} | {name} | {c} | {cells} | {sum(cpu.values()):.0f} |")
+    if not rows:
+        return []
+    return ["", "CPU microseconds per request, by process:", "",
+            f"| model | server | concurrency | {' | '.join(roles)} | all |",
+            "|---|---|---:|" + "---:|" * (len(roles) + 1), *rows]  # fmt: skip
 
 
 if __name__ == "__main__":  # python -m bench.serve [SECONDS]: the case alone
