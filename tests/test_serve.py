@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -67,7 +68,11 @@ class Server:
     def __init__(self, ckpt: Path, *args: str) -> None:
         self.port = free_port()
         command = [sys.executable, "-m", "lightfit", "serve", f"ckpt_path={ckpt}", f"port={self.port}", *args]
-        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # its own process group, as a command started on a terminal is: Ctrl-C reaches all of it
+        self.proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+        self.stop = signal.SIGTERM
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.proc.stdout.read()
@@ -91,11 +96,15 @@ class Server:
             return error.code, json.loads(error.read() or b"{}")
 
     def close(self) -> None:
-        """SIGTERM, as `kill` or a service manager sends it: the command and every process it
-        started (LitServe's API server and the model's worker) end."""
+        """SIGTERM, as `kill` or a service manager sends it, or Ctrl-C (`self.stop = SIGINT`: to
+        the whole process group, as a terminal sends it): the command and every process it
+        started (LitServe's API server and the model's worker) end, and none prints a traceback."""
         started = descendants(self.proc.pid)
         assert started, "LitServe started no process"
-        self.proc.terminate()
+        if self.stop == signal.SIGINT:
+            os.killpg(self.proc.pid, signal.SIGINT)
+        else:
+            self.proc.terminate()
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -106,7 +115,9 @@ class Server:
             time.sleep(0.5)
         for pid in left:  # not to leave them running after the test
             os.kill(pid, 9)
-        assert not left, f"processes left after SIGTERM: {sorted(left)}"
+        assert not left, f"processes left after {self.stop.name}: {sorted(left)}"
+        output = self.proc.stdout.read()
+        assert "Traceback" not in output, output
 
 
 @pytest.fixture
@@ -186,6 +197,7 @@ def test_arrays_good_bad_then_good_again(serving, tmp_path):
             np.testing.assert_allclose(got, expected[i], atol=1e-6)
     assert server.post({"x": x_test[0].tolist()})[0] == 200  # still serving
     assert server.proc.poll() is None
+    server.stop = signal.SIGINT  # closed by Ctrl-C (the other tests' servers: SIGTERM)
 
 
 @needs("table")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import logging
 import os
@@ -241,13 +242,18 @@ def serve(cfg: DictConfig) -> None:
     server.app.add_exception_handler(BadBody, bad_body)
     # SIGTERM (kill, systemd, docker stop) as Ctrl-C: LitServe then stops its API servers and
     # the model's worker; without it they outlive the command, still listening.
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, functools.partial(_interrupt, os.getpid()))
     log.info(f"serving {cfg.ckpt_path} at http://{cfg.host}:{cfg.port}/predict (GET /health)")
     server.run(host=cfg.host, port=int(cfg.port), generate_client_file=False,
                num_api_servers=int(cfg.api_servers), log_level="warning")  # fmt: skip
 
 
-def _interrupt(signum: int, frame: Any) -> None:
+def _interrupt(command_pid: int, signum: int, frame: Any) -> None:
+    if os.getpid() != command_pid:
+        # An API server LitServe forked, which inherited this handler: stopped by LitServe
+        # with SIGTERM, uvicorn shuts it down and raises the signal again at the end. Its
+        # exit is quiet; a KeyboardInterrupt there would print a traceback after the answer.
+        raise SystemExit(0)
     raise KeyboardInterrupt
 
 

@@ -5,6 +5,7 @@ worker process rebuilds the API by importing its class by name. No `from __futur
 annotations` here: LitServe reads decode_request's annotation as an object (see `Body`).
 """
 
+import contextlib
 import json
 import time
 from queue import Empty
@@ -111,6 +112,8 @@ class GreedyBatchLoop(BatchedLoop):
             items = [request_queue.get(timeout=1.0)]  # idle: one blocking ask, not a poll
         except Empty:
             return [], []
+        except (EOFError, OSError):  # the queue's manager process has ended: the server stops
+            raise _StopLoopError() from None
         try:
             # qsize: one ask for how many wait, cheaper than a get_nowait that fails after the
             # last one (an exception sent back); a count gone stale (workers > 1) ends in Empty
@@ -121,6 +124,8 @@ class GreedyBatchLoop(BatchedLoop):
                 items.append(request_queue.get(timeout=left))
         except Empty:
             pass
+        except (EOFError, OSError):
+            raise _StopLoopError() from None
         payloads, timed_out = [], []
         for item in items:
             if item == _SENTINEL_VALUE:
@@ -147,7 +152,15 @@ class CheckpointAPI(ls.LitAPI):
         self.ckpt_path, self.max_image_pixels, self.threads = ckpt_path, max_image_pixels, threads
 
     def setup(self, device: str) -> None:
+        import signal
+
         import torch
+
+        # In the model's worker process. Ctrl-C reaches every process of the terminal's group:
+        # the command then stops this worker itself; a KeyboardInterrupt here would print a
+        # traceback from wherever the worker was waiting.
+        with contextlib.suppress(ValueError):  # not the process's main thread: nothing to do
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
         # torch's default, one thread a core, spins them for each forward pass: on a small
         # batch that busy wait costs more CPU than the pass, taken from the API server
