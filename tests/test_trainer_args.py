@@ -87,6 +87,22 @@ def test_the_explicit_loop_refuses_what_it_does_not_honour(run_dir, override, me
     assert not (run_dir / "results.json").exists()
 
 
+@pytest.mark.parametrize(
+    ("loop", "override", "message"),
+    [
+        ("automatic", "trainer.val_check_interval=1000", "trainer.val_check_interval=1000 is more than "
+                                                         "the 20 batches of an epoch: add "
+                                                         "trainer.check_val_every_n_epoch=null"),
+        ("manual", "trainer.val_check_interval=1.5", "trainer.val_check_interval=1.5: a fraction"),
+    ],
+)  # fmt: skip
+def test_the_lightning_loops_refuse_a_val_check_interval_in_one_line(run_dir, loop, override, message):
+    """Lightning raises these from inside `fit` (a traceback); the explicit loop's line instead."""
+    with pytest.raises(LightfitError) as raised:
+        run_train(run_dir, f"loop={loop}", "trainer.max_epochs=1", "logger=none", override)
+    assert str(raised.value).startswith(message)
+
+
 def test_explicit_validates_mid_epoch_and_stops_at_max_steps(run_dir):
     run_train(run_dir, "loop=explicit", *SHORT, "trainer.max_steps=6", "trainer.val_check_interval=0.5")
     checkpoint = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
