@@ -60,6 +60,19 @@ def test_a_bad_trainer_key_is_one_line_while_composing(override, message):
     assert message in composed_error(override)
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("callbacks=[early_stoping,lr_monitor]", "Could not load 'callbacks/early_stoping' (available in "
+                                                 "'callbacks': early_stopping, ema, lr_monitor, swa)"),
+        ("callbacks.early_stopping.patience=5", "callbacks.early_stopping is not in this run: add "
+                                                "callbacks=[early_stopping]"),
+    ],
+)  # fmt: skip
+def test_a_callback_not_in_the_run_is_one_line_with_what_to_type(override, message):
+    assert message in composed_error(override)
+
+
 @pytest.mark.slow  # a process of its own; the same line while composing is tested above, in-process
 def test_a_misspelt_trainer_key_on_the_command_line(tmp_path):
     proc = cli("trainer.max_step=3", f"hydra.run.dir={tmp_path / 'run'}")
