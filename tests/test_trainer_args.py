@@ -116,6 +116,18 @@ def test_the_lightning_loops_refuse_a_val_check_interval_in_one_line(run_dir, lo
     assert str(raised.value).startswith(message)
 
 
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_minimum_past_the_maximum_is_refused_in_every_loop(run_dir, loop):
+    """Every loop stopped at max_epochs and ignored min_epochs in silence."""
+    with pytest.raises(LightfitError) as raised:
+        run_train(run_dir, f"loop={loop}", "trainer.max_epochs=2", "trainer.min_epochs=3", "logger=none")
+    assert str(raised.value) == (
+        "trainer.min_epochs=3 is more than trainer.max_epochs=2, which ends the run first: "
+        "trainer.max_epochs=3, or a smaller trainer.min_epochs"
+    )
+    assert not (run_dir / "results.json").exists()
+
+
 def test_explicit_validates_mid_epoch_and_stops_at_max_steps(run_dir):
     run_train(run_dir, "loop=explicit", *SHORT, "trainer.max_steps=6", "trainer.val_check_interval=0.5")
     checkpoint = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
