@@ -10,6 +10,8 @@ import lightning as L
 import pytest
 import torch
 from conftest import assert_same_weights, cli, compose_config, run_train
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
 
 from lightfit.cli.config import EXPLICIT_KEYS, TrainerSchema
 from lightfit.errors import LightfitError, one_line
@@ -71,6 +73,15 @@ def test_a_bad_trainer_key_is_one_line_while_composing(override, message):
 )  # fmt: skip
 def test_a_callback_not_in_the_run_is_one_line_with_what_to_type(override, message):
     assert message in composed_error(override)
+
+
+def test_a_misspelt_top_level_key_names_the_nearest_one():
+    """Keys outside a typed schema (seed, or serve's port) were Hydra's "Key 'seeed' is not in struct"."""
+    assert composed_error("seeed=1") == "unknown key seeed: the config takes no 'seeed' (did you mean seed?)"
+    GlobalHydra.instance().clear()
+    with initialize_config_module("lightfit.conf", version_base="1.3"), pytest.raises(Exception) as raised:  # noqa: PT011
+        compose("serve", overrides=["prot=9000"])
+    assert one_line(raised.value) == "unknown key prot: the config takes no 'prot' (did you mean port?)"
 
 
 @pytest.mark.slow  # a process of its own; the same line while composing is tested above, in-process

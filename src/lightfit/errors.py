@@ -61,6 +61,10 @@ def _hydra_message(exc: BaseException) -> str:
             f"{head.rstrip('.')}: callbacks.{name} is not in this run: add callbacks=[{name}] "
             f"(several: callbacks=[{name},...]), or +callbacks.{name}._target_=... for a callback of your own"
         )
+    if (unknown := _unknown_in_node(cause)) is not None:  # `lightfit serve prot=9000`: no schema there
+        return unknown
+    if type(exc).__name__ == "MissingMandatoryValue" and getattr(exc, "full_key", None):
+        return f"{head}: add {exc.full_key}=... to the command"  # `lightfit predict` without output=
     detail = _first_line(str(cause)) if cause is not None else ""
     if detail and "$" not in detail and detail.split(":")[0] not in head:
         return f"{head.rstrip('.')}: {detail}"
@@ -83,6 +87,21 @@ def _group_options(group: str, search_path: list[str]) -> list[str]:
         except (ModuleNotFoundError, OSError):  # a package or folder that is not there: no options
             continue
     return sorted(names)
+
+
+def _unknown_in_node(exc: BaseException | None) -> str | None:
+    """`prot=9000` in a config without a typed schema: "Key 'prot' is not in struct" as the
+    line for an unknown key, with the nearest of the keys the node has."""
+    from omegaconf import DictConfig
+
+    node, key, full_key = (getattr(exc, name, None) for name in ("parent_node", "key", "full_key"))
+    if "not in struct" not in str(exc) or not isinstance(node, DictConfig) or not isinstance(key, str):
+        return None
+    keys = [k for k in node if isinstance(k, str) and k != "hydra"]
+    if not keys:
+        return None
+    path = str(full_key or key).rpartition(".")[0]
+    return unknown_key(key, keys, path, path or "the config")
 
 
 def _unknown_key(exc: BaseException | None) -> str | None:
