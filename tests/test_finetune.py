@@ -55,6 +55,20 @@ def test_ckpt_path_of_a_run_with_another_model_names_each_key(digits_run, tmp_pa
         )
 
 
+@pytest.mark.parametrize(
+    ("override", "keys"),
+    [
+        ("optimizer.lr=0.5", "optimizer.lr differs"),  # was trained on at the checkpoint's 0.001, in silence
+        ("optimizer=sgd", "optimizer._target_, optimizer.amsgrad"),  # was a KeyError inside the first step
+        ("scheduler=cosine", "scheduler differs"),
+    ],
+)
+def test_ckpt_path_with_another_optimizer_or_scheduler_is_refused(digits_run, tmp_path, override, keys):
+    last = digits_run / "checkpoints/last.ckpt"
+    with pytest.raises(LightfitError, match=rf"continues the run that wrote it, but {keys}.* init_from="):
+        run_train(tmp_path / "d", f"ckpt_path={last}", override, "trainer.max_epochs=3", "logger=none")
+
+
 def test_ckpt_path_with_nothing_left_to_train_says_so(digits_run, tmp_path):
     last = digits_run / "checkpoints/last.ckpt"
     with pytest.raises(

@@ -43,7 +43,8 @@ def test_onecycle_spans_the_run_and_follows_max_steps(run_dir):
          "scheduler.frequency=1: ReduceLROnPlateau steps on val/loss, which validation computes every 2"),
         (["scheduler=step", "scheduler.interval=batch"], "scheduler.interval=batch: step or epoch"),
         (["scheduler=warmup_cosine", "scheduler.warmup_steps=50"],
-         "scheduler.warmup_steps=50 must be fewer than the run's 12 steps"),
+         "scheduler.warmup_steps=50 must be fewer than the run's 12 steps: scheduler.warmup_steps=1, "
+         "or a longer run"),
     ],
 )  # fmt: skip
 def test_a_scheduler_that_cannot_step_is_one_line(run_dir, overrides, message):

@@ -82,6 +82,14 @@ def test_columns_become_float32_features_and_one_hot_categories(churn):
     np.testing.assert_allclose(x[:7, 1], enc.means["income"], rtol=1e-6)
 
 
+def test_one_column_name_without_brackets_is_that_column(churn):
+    """data.drop=customer_id (no brackets) was read letter by letter: "column 'c' is not in the file"."""
+    assert table_module(churn, missing="mean", drop="customer_id").encoding.features == [
+        "age", "income", "city", "plan"
+    ]  # fmt: skip
+    assert table_module(churn, missing="mean", features="age").encoding.features == ["age"]
+
+
 def test_parquet_gives_the_same_arrays_as_csv(churn, tmp_path):
     import pyarrow.csv
     import pyarrow.parquet

@@ -298,6 +298,20 @@ def test_lightfit_new_refuses_in_one_line(tmp_path):
         assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
 
 
+def test_lightfit_new_without_a_terminal_says_to_add_defaults(tmp_path):
+    """stdin not a terminal (make in a script, CI): copier's "Interactive session required" named
+    its own flags, not make's ARGS=--defaults."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightfit", "new", "ok", "p"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (  # after prompt_toolkit's "Input is not a terminal"
+        "lightfit new: error: copier asks its questions on a terminal, and stdin is not one: add "
+        "--defaults (make new-project ... ARGS=--defaults), or answer each with --data key=value"
+    )
+
+
 def test_a_project_declares_lightfits_own_version_ranges(tmp_path):
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 

@@ -10,6 +10,8 @@ import lightning as L
 import pytest
 import torch
 from conftest import assert_same_weights, cli, compose_config, run_train
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
 
 from lightfit.cli.config import EXPLICIT_KEYS, TrainerSchema
 from lightfit.errors import LightfitError, one_line
@@ -60,6 +62,28 @@ def test_a_bad_trainer_key_is_one_line_while_composing(override, message):
     assert message in composed_error(override)
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("callbacks=[early_stoping,lr_monitor]", "Could not load 'callbacks/early_stoping' (available in "
+                                                 "'callbacks': early_stopping, ema, lr_monitor, swa)"),
+        ("callbacks.early_stopping.patience=5", "callbacks.early_stopping is not in this run: add "
+                                                "callbacks=[early_stopping]"),
+    ],
+)  # fmt: skip
+def test_a_callback_not_in_the_run_is_one_line_with_what_to_type(override, message):
+    assert message in composed_error(override)
+
+
+def test_a_misspelt_top_level_key_names_the_nearest_one():
+    """Keys outside a typed schema (seed, or serve's port) were Hydra's "Key 'seeed' is not in struct"."""
+    assert composed_error("seeed=1") == "unknown key seeed: the config takes no 'seeed' (did you mean seed?)"
+    GlobalHydra.instance().clear()
+    with initialize_config_module("lightfit.conf", version_base="1.3"), pytest.raises(Exception) as raised:  # noqa: PT011
+        compose("serve", overrides=["prot=9000"])
+    assert one_line(raised.value) == "unknown key prot: the config takes no 'prot' (did you mean port?)"
+
+
 @pytest.mark.slow  # a process of its own; the same line while composing is tested above, in-process
 def test_a_misspelt_trainer_key_on_the_command_line(tmp_path):
     proc = cli("trainer.max_step=3", f"hydra.run.dir={tmp_path / 'run'}")
@@ -84,6 +108,34 @@ def test_the_explicit_loop_refuses_what_it_does_not_honour(run_dir, override, me
     with pytest.raises(LightfitError) as raised:
         run_train(run_dir, "loop=explicit", "trainer.max_epochs=1", "logger=none", override)
     assert str(raised.value).startswith(message)
+    assert not (run_dir / "results.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("loop", "override", "message"),
+    [
+        ("automatic", "trainer.val_check_interval=1000", "trainer.val_check_interval=1000 is more than "
+                                                         "the 20 batches of an epoch: add "
+                                                         "trainer.check_val_every_n_epoch=null"),
+        ("manual", "trainer.val_check_interval=1.5", "trainer.val_check_interval=1.5: a fraction"),
+    ],
+)  # fmt: skip
+def test_the_lightning_loops_refuse_a_val_check_interval_in_one_line(run_dir, loop, override, message):
+    """Lightning raises these from inside `fit` (a traceback); the explicit loop's line instead."""
+    with pytest.raises(LightfitError) as raised:
+        run_train(run_dir, f"loop={loop}", "trainer.max_epochs=1", "logger=none", override)
+    assert str(raised.value).startswith(message)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_minimum_past_the_maximum_is_refused_in_every_loop(run_dir, loop):
+    """Every loop stopped at max_epochs and ignored min_epochs in silence."""
+    with pytest.raises(LightfitError) as raised:
+        run_train(run_dir, f"loop={loop}", "trainer.max_epochs=2", "trainer.min_epochs=3", "logger=none")
+    assert str(raised.value) == (
+        "trainer.min_epochs=3 is more than trainer.max_epochs=2, which ends the run first: "
+        "trainer.max_epochs=3, or a smaller trainer.min_epochs"
+    )
     assert not (run_dir / "results.json").exists()
 
 

@@ -47,14 +47,61 @@ def _hydra_message(exc: BaseException) -> str:
     if options:
         names = ", ".join(options.group(2).split())
         return f"{head} (available in '{options.group(1)}': {names})"
+    if (missing := re.search(r"Could not load '(.+)/([^/']+)'", head)) is not None:
+        group, name = missing.groups()  # `callbacks=[early_stoping]`: Hydra lists no options then
+        if names := _group_options(group, re.findall(r"path=(\S+)", text)):
+            return f"{head.rstrip('.')} (available in '{group}': {', '.join(names)})"
     cause = exc.__cause__ or exc.__context__
     if (unknown := _unknown_key(cause)) is not None:
         return unknown
+    callback = re.match(r"Could not override 'callbacks\.([^.']+)\.", head)
+    if callback and "not in struct" in str(cause):  # callbacks.early_stopping.patience=5 alone
+        name = callback.group(1)
+        return (
+            f"{head.rstrip('.')}: callbacks.{name} is not in this run: add callbacks=[{name}] "
+            f"(several: callbacks=[{name},...]), or +callbacks.{name}._target_=... for a callback of your own"
+        )
+    if (unknown := _unknown_in_node(cause)) is not None:  # `lightfit serve prot=9000`: no schema there
+        return unknown
+    if type(exc).__name__ == "MissingMandatoryValue" and getattr(exc, "full_key", None):
+        return f"{head}: add {exc.full_key}=... to the command"  # `lightfit predict` without output=
     detail = _first_line(str(cause)) if cause is not None else ""
     if detail and "$" not in detail and detail.split(":")[0] not in head:
         return f"{head.rstrip('.')}: {detail}"
     hint = re.search(r"^(To append to your config use .*)$", text, re.M)
     return f"{head} ({hint.group(1)})" if hint else head
+
+
+def _group_options(group: str, search_path: list[str]) -> list[str]:
+    """The options of a config group in the packages and folders of Hydra's search path."""
+    from importlib.resources import files
+    from pathlib import Path
+
+    names: set[str] = set()
+    for location in search_path:
+        scheme, _, where = location.partition("://")
+        try:
+            folder = files(where) / group if scheme == "pkg" else Path(where) / group
+            if scheme in ("pkg", "file") and folder.is_dir():
+                names.update(f.name[: -len(".yaml")] for f in folder.iterdir() if f.name.endswith(".yaml"))
+        except (ModuleNotFoundError, OSError):  # a package or folder that is not there: no options
+            continue
+    return sorted(names)
+
+
+def _unknown_in_node(exc: BaseException | None) -> str | None:
+    """`prot=9000` in a config without a typed schema: "Key 'prot' is not in struct" as the
+    line for an unknown key, with the nearest of the keys the node has."""
+    from omegaconf import DictConfig
+
+    node, key, full_key = (getattr(exc, name, None) for name in ("parent_node", "key", "full_key"))
+    if "not in struct" not in str(exc) or not isinstance(node, DictConfig) or not isinstance(key, str):
+        return None
+    keys = [k for k in node if isinstance(k, str) and k != "hydra"]
+    if not keys:
+        return None
+    path = str(full_key or key).rpartition(".")[0]
+    return unknown_key(key, keys, path, path or "the config")
 
 
 def _unknown_key(exc: BaseException | None) -> str | None:

@@ -75,5 +75,10 @@ def main(argv: list[str] | None = None) -> None:
         src, commit = installed_source()
         try:
             copier.run_copy(src, dest, data=answers, vcs_ref=commit, defaults=args.defaults, unsafe=True)
+        except copier.errors.InteractiveSessionError:  # stdin is not a terminal: copier cannot ask
+            raise LightfitError(
+                "copier asks its questions on a terminal, and stdin is not one: add --defaults "
+                "(make new-project ... ARGS=--defaults), or answer each with --data key=value"
+            ) from None
         except (copier.errors.CopierError, ValueError) as exc:  # an answer its validator refused
             raise LightfitError(str(exc).strip().splitlines()[-1]) from None

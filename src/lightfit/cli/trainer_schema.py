@@ -91,6 +91,13 @@ def check_trainer(cfg: Any) -> None:
     from lightfit.run.hooks import max_time_seconds
 
     max_time_seconds(cfg.trainer.max_time)  # a malformed time: one line, in every loop
+    for unit in ("epochs", "steps"):  # the maximum ends the run first: every loop ignored the minimum
+        low, high = cfg.trainer[f"min_{unit}"], cfg.trainer[f"max_{unit}"]
+        if low is not None and high is not None and 0 <= high < low:
+            raise LightfitError(
+                f"trainer.min_{unit}={low} is more than trainer.max_{unit}={high}, which ends the "
+                f"run first: trainer.max_{unit}={low}, or a smaller trainer.min_{unit}"
+            )
     defaults = {f.name: f.default for f in dataclasses.fields(TrainerSchema)}
     set_keys = {k: v for k, v in cfg.trainer.items() if k in defaults and v != defaults[k]}
     if cfg.loop.get("fit") is None:  # a Lightning loop: the installed Trainer's own signature

@@ -80,7 +80,9 @@ class TableDataModule(ArrayDataModule):
                 f"data.target={self.target}: several targets are for task=regression; "
                 "a classifier predicts one label column"
             )
-        self.features, self.drop = features, list(drop or [])
+        # data.drop=id without brackets is one name, not a list of its letters
+        features = [features] if isinstance(features, str) else features
+        self.features, self.drop = features, [drop] if isinstance(drop, str) else list(drop or [])
         self.unknown, self.missing, self.max_categories = unknown, missing, max_categories
         self.stored_encoding = encoding
         self.encoding: TableEncoding | None = None

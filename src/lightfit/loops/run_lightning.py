@@ -16,6 +16,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lightfit.loops.explicit import val_check_batches
 from lightfit.run import slurm
 from lightfit.run.callback_group import stopped_epoch
 from lightfit.run.callbacks import RunCallback
@@ -24,7 +25,7 @@ from lightfit.run.context import Run, built, checkpoint_config, load_net_weights
 from lightfit.run.contract import TrainingModule, check
 from lightfit.run.loggers import build_loggers
 from lightfit.run.progress import progress_callbacks
-from lightfit.run.schedule import Schedule
+from lightfit.run.schedule import Schedule, batches_per_epoch
 from lightfit.run.signals import TrainingInterrupted
 
 # What lightfit passes a module itself; the loop.module node's other keys are the module's own.
@@ -85,6 +86,9 @@ def train_lightning(run: Run) -> dict[str, Any]:
     """Fit, then validate and test the best weights; returns the metrics for results.json."""
     cfg = run.cfg
     module, trainer_knobs = build_module(run)
+    if not cfg.trainer.fast_dev_run:  # a val_check_interval Lightning would refuse with a traceback
+        batches = batches_per_epoch(len(run.datamodule.train_dataloader()), cfg.trainer)
+        val_check_batches(cfg.trainer.val_check_interval, batches, cfg.trainer.check_val_every_n_epoch)
     callback = RunCallback(
         run.checkpoints,
         run.best,

@@ -5,7 +5,8 @@ loop counters included, and may name a file of another run directory. Before tra
 starts, `load_resume` (resume.py) asks three things of such a file, and they live here
 because they are about the run that wrote it, not about restoring its state:
 
-- Is it the same run? It must share this run's `SAME_RUN` config groups, but for
+- Is it the same run? It must share this run's `SAME_RUN` config groups (data, model, task,
+  optimizer, scheduler), but for
   `HOW_LOADED`: a run that continued another's training on other data, network or task
   would report numbers that belong to neither. The refusal points to `init_from=`
   (run/finetune.py), which starts a new run from its weights instead.
@@ -31,14 +32,18 @@ from lightfit.run.resume import BEST, EPOCH_KEY, Resume, _say, differences
 # What a checkpoint given as ckpt_path=<file> (or last) must share with this run: a run that
 # continued another's training on other data, network or task would report numbers that
 # belong to neither; init_from= (run/finetune.py) starts a new run from its weights instead.
-SAME_RUN = ("data", "model", "task")
+# The optimizer and scheduler too: their state in the checkpoint overrides this run's settings
+# (optimizer.lr=0.5 trained on at the old rate, in silence) or does not fit them (Adam's state
+# in an SGD: a KeyError inside the first step).
+SAME_RUN = ("data", "model", "task", "optimizer", "scheduler")
 # Data keys that change how batches reach the device, not which ones: a copied run may differ.
 # and model.compile: compiled or eager, the same network.
 HOW_LOADED = ("data.num_workers", "data.pin_memory", "data.on_device", "model.compile")
 
 
 def check_same_run(stored: dict[str, Any], config: dict[str, Any], ckpt_path: str, path: Path) -> None:
-    """Refuse, in one line naming the keys, a checkpoint written with other data, model or task."""
+    """Refuse, in one line naming the keys, a checkpoint written with other data, model, task,
+    optimizer or scheduler."""
     if not stored or not config:  # a checkpoint from before configs were stored
         return
     keys = [

@@ -48,8 +48,10 @@ def warmup_cosine(
     """A linear warm-up from `start_factor` x lr over `warmup_steps`, then a cosine down to
     `eta_min` at `total_steps`: torch's own LinearLR and CosineAnnealingLR, one after the other."""
     if total_steps is None or total_steps <= warmup_steps:
+        shorter = f"scheduler.warmup_steps={max(1, (total_steps or 0) // 10)}"  # a tenth of the run
         raise LightfitError(
-            f"scheduler.warmup_steps={warmup_steps} must be fewer than the run's {total_steps} steps"
+            f"scheduler.warmup_steps={warmup_steps} must be fewer than the run's {total_steps} steps: "
+            f"{shorter}, or a longer run (trainer.max_epochs, trainer.max_steps)"
         )
     warmup = LinearLR(optimizer, start_factor=start_factor, total_iters=warmup_steps)
     cosine = CosineAnnealingLR(optimizer, T_max=total_steps - warmup_steps, eta_min=eta_min)
