@@ -60,6 +60,13 @@ def test_the_group_composes_and_checks_its_keys():
     assert stopping.mode == "max"  # task.mode, for the run's monitor
     with pytest.raises(LightfitError, match=r"^callbacks\.early_stopping\.monitor=val/f1 is not a metric"):
         build_callbacks(compose_config("callbacks=early_stopping", "callbacks.early_stopping.monitor=val/f1"))
+    # Lightning's own class in lightfit's yaml: `mode: null` becomes the metric's direction
+    # (Lightning's EarlyStopping refused None: "`mode` can be min, max, got None")
+    lightning_class = "callbacks.early_stopping._target_=lightning.pytorch.callbacks.EarlyStopping"
+    (stopping,) = build_callbacks(
+        compose_config("callbacks=early_stopping", "monitor=val/acc", lightning_class)
+    )
+    assert (type(stopping).__module__.split(".")[0], stopping.mode) == ("lightning", "max")
 
 
 def test_the_explicit_loop_refuses_a_callback_it_cannot_run():

@@ -139,6 +139,15 @@ def test_a_minimum_past_the_maximum_is_refused_in_every_loop(run_dir, loop):
     assert not (run_dir / "results.json").exists()
 
 
+@pytest.mark.parametrize("key", ["max_epochs", "max_steps"])
+def test_a_run_of_nothing_is_refused(run_dir, key):
+    """trainer.max_epochs=0 trained nothing and reported the untrained network's test numbers."""
+    with pytest.raises(LightfitError) as raised:
+        run_train(run_dir, f"trainer.{key}=0", "logger=none")
+    assert str(raised.value) == f"trainer.{key}=0 trains nothing: give 1 or more (-1: no limit)"
+    assert not (run_dir / "results.json").exists()
+
+
 def test_explicit_validates_mid_epoch_and_stops_at_max_steps(run_dir):
     run_train(run_dir, "loop=explicit", *SHORT, "trainer.max_steps=6", "trainer.val_check_interval=0.5")
     checkpoint = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)

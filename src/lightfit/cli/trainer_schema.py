@@ -91,6 +91,9 @@ def check_trainer(cfg: Any) -> None:
     from lightfit.run.hooks import max_time_seconds
 
     max_time_seconds(cfg.trainer.max_time)  # a malformed time: one line, in every loop
+    for key in ("max_epochs", "max_steps"):  # 0: the test split's numbers of an untrained network
+        if cfg.trainer[key] == 0:
+            raise LightfitError(f"trainer.{key}=0 trains nothing: give 1 or more (-1: no limit)")
     for unit in ("epochs", "steps"):  # the maximum ends the run first: every loop ignored the minimum
         low, high = cfg.trainer[f"min_{unit}"], cfg.trainer[f"max_{unit}"]
         if low is not None and high is not None and 0 <= high < low:

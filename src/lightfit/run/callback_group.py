@@ -37,9 +37,21 @@ def build_callbacks(cfg: DictConfig) -> list[Any]:
     task = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if "weight" not in k}
     metrics = build_task(task, num_outputs=1).metric_entries
     callbacks = []
+
+    def direction(name: str, monitor: str, mode: str | None) -> str:
+        mode = mode or (cfg.task.mode if monitor == cfg.monitor else None)
+        try:
+            return mode_of(cfg.task.name, monitor, metrics, mode)
+        except LightfitError as exc:  # "monitor=val/f1 is not a metric ...": say which key
+            raise LightfitError(f"callbacks.{name}.{str(exc).removeprefix('task.')}") from None
+
     for name, spec in nodes.items():
         if not spec:
             continue
+        if "mode" in spec and spec["mode"] is None and spec.get("monitor"):
+            # `mode: null` (conf/callbacks/early_stopping.yaml) is the metric's own direction,
+            # made explicit for any class: Lightning's EarlyStopping takes only min or max
+            spec = {**spec, "mode": direction(name, spec["monitor"], None)}
         callback = built(f"callbacks.{name}", OmegaConf.create(spec), lambda spec=spec: instantiate(spec))
         if explicit and not isinstance(callback, EXPLICIT):
             raise LightfitError(
@@ -48,11 +60,7 @@ def build_callbacks(cfg: DictConfig) -> list[Any]:
                 "and lr_monitor"
             )
         if isinstance(callback, EarlyStopping):
-            mode = callback.mode or (cfg.task.mode if callback.monitor == cfg.monitor else None)
-            try:
-                callback.mode = mode_of(cfg.task.name, callback.monitor, metrics, mode)
-            except LightfitError as exc:  # "monitor=val/f1 is not a metric ...": say which key
-                raise LightfitError(f"callbacks.{name}.{str(exc).removeprefix('task.')}") from None
+            callback.mode = direction(name, callback.monitor, callback.mode)
         callbacks.append(callback)
     return callbacks
 
