@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 
 import lightning as L
 import pytest
@@ -146,6 +147,17 @@ def test_a_run_of_nothing_is_refused(run_dir, key):
         run_train(run_dir, f"trainer.{key}=0", "logger=none")
     assert str(raised.value) == f"trainer.{key}=0 trains nothing: give 1 or more (-1: no limit)"
     assert not (run_dir / "results.json").exists()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_the_epoch_line_says_max_steps_ended_the_run(run_dir, loop, caplog):
+    """A run ended by max_steps printed `epoch 2/3 ...` and then its test numbers, nothing said why."""
+    with caplog.at_level(logging.INFO, logger="lightfit"):
+        run_train(run_dir, f"loop={loop}", *SHORT, "trainer.max_steps=6")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert [line.split()[1] for line in lines] == ["1/3", "2/3"]
+    assert lines[-1].endswith("s  stopped: trainer.max_steps=6 reached")
+    assert "stopped" not in lines[0]
 
 
 def test_explicit_validates_mid_epoch_and_stops_at_max_steps(run_dir):

@@ -30,7 +30,7 @@ from lightfit.run.best import BEST_KEY
 from lightfit.run.callback_group import CALLBACKS_KEY, stopped_epoch
 from lightfit.run.checkpoint import CHECKPOINT_KEY
 from lightfit.run.checkpoint_io import BackgroundCheckpointIO, copies
-from lightfit.run.console import epoch_line
+from lightfit.run.console import epoch_line, step_limit
 from lightfit.run.context import Run, built, checkpoint_config, load_net_weights
 from lightfit.run.contract import FitLoop, check, check_own_fit
 from lightfit.run.early_stopping import EarlyStopping
@@ -145,6 +145,7 @@ class ExplicitRun:
             s.reason() for s in self.stoppers if s.monitor in metrics and s.update(metrics[s.monitor], epoch)
         ]
         if self.fabric.is_global_zero:
+            stops += step_limit(step, -1 if self.fast else self.run.cfg.trainer.max_steps)
             log.info(epoch_line(epoch + 1, self.epochs, metrics, metrics["time"], note="  ".join(stops)))
             for logger in self.loggers:
                 logger.log_metrics(

@@ -22,7 +22,7 @@ from torch import Tensor
 from lightfit.run.best import BestScore
 from lightfit.run.checkpoint import CHECKPOINT_KEY
 from lightfit.run.checkpoint_io import copies
-from lightfit.run.console import epoch_line
+from lightfit.run.console import epoch_line, step_limit
 from lightfit.run.early_stopping import EarlyStopping
 from lightfit.run.resume import (
     BEST,
@@ -200,7 +200,8 @@ class RunCallback(Checkpoint):
             seconds, epoch = time.perf_counter() - self.start, trainer.current_epoch
             # callbacks=early_stopping decided before this hook (a Checkpoint's hooks run last)
             stopping = [c for c in trainer.callbacks if isinstance(c, EarlyStopping)]
-            note = "  ".join(c.reason() for c in stopping if c.stopped_epoch == epoch)
+            notes = [c.reason() for c in stopping if c.stopped_epoch == epoch]
+            note = "  ".join(notes + step_limit(trainer.global_step, trainer.max_steps))
             log.info(epoch_line(epoch + 1, trainer.max_epochs, trainer.callback_metrics, seconds, note))
         validated, self.validated = self.validated, False
         if trainer.fast_dev_run or self.dirpath is None:

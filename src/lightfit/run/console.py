@@ -37,6 +37,12 @@ def epoch_line(
     return "  ".join(parts)
 
 
+def step_limit(step: int, max_steps: int) -> list[str]:
+    """The epoch line's note when `trainer.max_steps` ends training at this epoch, the same in
+    every loop: without it, the run ends at `epoch 2/20` and nothing says why."""
+    return [f"stopped: trainer.max_steps={max_steps} reached"] if 0 <= max_steps <= step else []
+
+
 def metrics_line(prefix: str, metrics: Mapping[str, Any]) -> str:
     return prefix + "  ".join(f"{k} {float(v):.4f}" for k, v in sorted(metrics.items()))
 
