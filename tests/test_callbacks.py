@@ -210,3 +210,46 @@ def test_weight_averaging_runs_in_both_lightning_loops_with_the_same_weights(tmp
     assert_same_weights(
         tmp_path / "automatic/checkpoints/last.ckpt", tmp_path / "manual/checkpoints/last.ckpt"
     )
+
+
+def test_lightning_calls_only_the_batch_hooks_a_lightfit_callback_has():
+    """Lightning skips a per-batch hook set to None (lightfit.run.batch_hooks): lightfit's
+    callbacks keep the ones they use, and a subclass's own hook is called at every step."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightfit.run.batch_hooks import BATCH_HOOKS
+    from lightfit.run.callbacks import RunCallback
+    from lightfit.run.early_stopping import EarlyStopping
+    from lightfit.run.lr_monitor import LearningRateMonitor
+    from lightfit.run.progress import _tqdm_bar
+
+    def hooks(callback: object) -> list[str]:
+        return [name for name in BATCH_HOOKS if callable(getattr(callback, name))]
+
+    assert hooks(RunCallback()) == ["on_train_batch_end"]
+    assert hooks(EarlyStopping()) == hooks(LearningRateMonitor()) == []
+    assert "on_train_batch_end" in hooks(_tqdm_bar()) and "on_before_backward" not in hooks(_tqdm_bar())
+
+    class Counting(EarlyStopping):
+        calls = 0
+
+        def on_before_optimizer_step(self, *args: object) -> None:
+            type(self).calls += 1
+
+    class Tiny(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+            return self.layer(batch[0]).sum()
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    loader = DataLoader(TensorDataset(torch.ones(6, 2)), batch_size=2)
+    off = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+    trainer = L.Trainer(max_epochs=1, callbacks=[Counting(), LearningRateMonitor()], **off)
+    trainer.fit(Tiny(), loader)
+    assert Counting.calls == 3  # one per step: the subclass's hook, not the None it inherits

@@ -21,9 +21,12 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
+from lightfit.run.batch_hooks import only_batch_hooks_it_has
+
 STATE = ("best", "best_epoch", "wait", "stopped_epoch")  # what a checkpoint keeps
 
 
+@only_batch_hooks_it_has  # no per-batch hook: Lightning calls none
 class EarlyStopping(Callback):
     """Stop when `monitor` has not improved by more than `min_delta` for `patience` epochs.
 

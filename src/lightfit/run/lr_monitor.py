@@ -20,7 +20,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.optim import Optimizer
 
+from lightfit.run.batch_hooks import only_batch_hooks_it_has
 
+
+@only_batch_hooks_it_has  # no per-batch hook: Lightning calls none
 class LearningRateMonitor(Callback):
     def __init__(self) -> None:
         self.rates: list[float] | None = None  # this epoch's, from its start; None between epochs

@@ -36,11 +36,12 @@ def progress_callbacks(interactive: bool) -> list[Any]:
     installed) and draws Lightning's TQDM bar; nothing elsewhere.
 
     One callback for both, and the training bar moved at most every `DRAW_EVERY` seconds (and
-    at the epoch's last batch): Lightning calls each callback's hooks at every step (about
-    1.7 us per callback and hook here), and its bars read the metrics and update at every
-    batch, for a step that takes about a millisecond on the CPU. TQDM, not rich's bar: a
-    rich render took 1.5 to 2.5 ms, some in Lightning's refresh thread holding the GIL, 7 to
-    10 ms an 0.8 s epoch of workload (b); TQDM's bar about 1 ms (docs/performance.md).
+    at the epoch's last batch): Lightning calls each callback's per-batch hooks at every step
+    (about 2 us per callback and hook here; those it lacks are skipped, run/batch_hooks.py),
+    and its bars read the metrics and update at every batch, for a step that takes about a
+    millisecond on the CPU. TQDM, not rich's bar: a rich render took 1.5 to 2.5 ms, some in
+    Lightning's refresh thread holding the GIL, 7 to 10 ms an 0.8 s epoch of workload (b);
+    TQDM's bar about 1 ms (docs/performance.md).
     """
     if not interactive:
         return []
@@ -71,6 +72,9 @@ class DrawClock:
 def _tqdm_bar(**kwargs: Any) -> Any:
     from lightning.pytorch.callbacks import ModelSummary, RichModelSummary, TQDMProgressBar
 
+    from lightfit.run.batch_hooks import only_batch_hooks_it_has
+
+    @only_batch_hooks_it_has  # per step: on_train_batch_end only
     class TQDMBar(TQDMProgressBar):
         """Lightning's TQDM bar and model summary (rich's table when rich is installed), with
         epochs counted from 1."""
