@@ -112,3 +112,18 @@ def test_a_plateau_step_is_in_last_ckpt_and_an_automatic_run_resumes_past_it(tmp
         assert_same_weights(tmp_path / "automatic/checkpoints/last.ckpt", last)
         resumed = torch.load(last, weights_only=True)
         assert resumed["lr_schedulers"] == saved["automatic"]["lr_schedulers"], run
+
+
+def test_lightnings_own_lr_monitor_logs_the_plateau_that_the_run_steps(run_dir):
+    """The automatic loop's ReduceLROnPlateau is stepped by lightfit's callback, not by Lightning
+    (run/callbacks.py); Lightning's LearningRateMonitor, added by _target_, still logs its rate."""
+    import csv
+
+    short = [o for o in SHORT if not o.startswith("logger")]
+    plateau = ["scheduler=plateau", "scheduler.patience=0", "scheduler.threshold=0.5"]
+    # Lightning's monitor at its default logging_interval: each scheduler at its own interval
+    lightning_lr = "+callbacks.lightning_lr._target_=lightning.pytorch.callbacks.LearningRateMonitor"
+    run_train(run_dir, "loop=automatic", *short, "logger=csv", *plateau, lightning_lr)
+    rows = csv.DictReader((run_dir / "metrics.csv").open())
+    # one value an epoch, as it started: halved after epoch 2
+    assert [float(r["lr-SGD"]) for r in rows if r.get("lr-SGD")] == [0.05, 0.05, 0.025]

@@ -13,6 +13,7 @@ call six hooks of every callback at every step, about 2 us each here.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -41,9 +42,11 @@ from lightfit.run.signals import StopRequest
 from lightfit.tasks import scalars
 
 log = logging.getLogger("lightfit")
-# What a ReduceLROnPlateau's `interval` becomes when RunCallback steps it: Lightning steps only
-# schedulers whose interval is "step" or "epoch" (see RunCallback.take_plateau_steps).
-STEPPED_BY_RUN = "epoch, stepped by RunCallback"
+# What a ReduceLROnPlateau's `frequency` becomes when RunCallback steps it: Lightning steps an
+# epoch scheduler when the epoch count (from 1) is a multiple of it, never for this one (see
+# RunCallback.take_plateau_steps). Its interval stays "epoch": Lightning's LearningRateMonitor
+# chooses the schedulers it logs by interval.
+STEPPED_BY_RUN = sys.maxsize
 
 
 class StopRequested(Exception):
@@ -95,7 +98,7 @@ class RunCallback(Checkpoint):
         self.tables: dict[str, Tensor] = {}  # the last non-scalar metrics (a confusion matrix)
         self.validated = False  # this epoch: callback_metrics keeps older epochs' val metrics
         self.saved_step = -1
-        self.plateaus: list[Any] = []  # the ReduceLROnPlateau configs this callback steps
+        self.plateaus: list[tuple[Any, int]] = []  # the ReduceLROnPlateau configs this callback steps
         self.where, self.saved = "", None  # where a stop happened, and its checkpoint
 
     # Metrics are logged once per epoch: logging every step would cost more than the step
@@ -173,14 +176,16 @@ class RunCallback(Checkpoint):
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         self.validated = not trainer.sanity_checking
 
-    def take_plateau_steps(self, trainer: Any, pl_module: Any) -> list[Any]:
-        """The automatic loop's epoch-interval ReduceLROnPlateau configs, which this callback
-        steps from now on (`step_plateaus`); Lightning no longer does, their interval renamed."""
+    def take_plateau_steps(self, trainer: Any, pl_module: Any) -> list[tuple[Any, int]]:
+        """The automatic loop's epoch-interval ReduceLROnPlateau configs and their frequencies,
+        which this callback steps from now on (`step_plateaus`); Lightning no longer does, their
+        frequency set to STEPPED_BY_RUN."""
         if not pl_module.automatic_optimization:
             return []  # manual optimization steps its own schedulers (loops/manual.py)
-        taken = [c for c in trainer.lr_scheduler_configs if c.reduce_on_plateau and c.interval == "epoch"]
-        for config in taken:
-            config.interval = STEPPED_BY_RUN
+        configs = trainer.lr_scheduler_configs
+        taken = [(c, c.frequency) for c in configs if c.reduce_on_plateau and c.interval == "epoch"]
+        for config, _ in taken:
+            config.frequency = STEPPED_BY_RUN
         return taken
 
     def step_plateaus(self, trainer: Any, pl_module: Any) -> None:
@@ -189,8 +194,8 @@ class RunCallback(Checkpoint):
         epoch = trainer.current_epoch
         if not self.train_logged:
             return  # max_steps or max_time ended the epoch early: no epoch step, as in Lightning
-        for config in self.plateaus:
-            if (epoch + 1) % config.frequency == 0:
+        for config, frequency in self.plateaus:
+            if (epoch + 1) % frequency == 0:
                 metric = monitored(trainer.callback_metrics, config.monitor, epoch)
                 pl_module.lr_scheduler_step(config.scheduler, metric)  # a module may override this hook
 
