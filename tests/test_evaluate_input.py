@@ -147,7 +147,7 @@ def test_bad_tables_get_one_line(churn_run, tmp_path):
         "to get predictions use lightfit predict"
     )
     no_age = write_rows(churn, np.arange(20), tmp_path / "no_age.csv", {"age": "years"})
-    with pytest.raises(LightfitError, match=r"training's feature column 'age' is not in the file"):
+    with pytest.raises(LightfitError, match=r"training's feature column 'age' is missing"):
         evaluate_input(run, no_age, out)
     new_label = tmp_path / "new_label.csv"
     new_label.write_text(

@@ -83,7 +83,7 @@ def test_columns_become_float32_features_and_one_hot_categories(churn):
 
 
 def test_one_column_name_without_brackets_is_that_column(churn):
-    """data.drop=customer_id (no brackets) was read letter by letter: "column 'c' is not in the file"."""
+    """data.drop=customer_id (no brackets) was read letter by letter: "column 'c' is missing"."""
     assert table_module(churn, missing="mean", drop="customer_id").encoding.features == [
         "age", "income", "city", "plan"
     ]  # fmt: skip
@@ -370,7 +370,7 @@ def test_predict_refuses_a_table_without_a_training_column(trained, tmp_path):
                module="lightfit predict")  # fmt: skip
     assert proc.returncode == 2 and not out.exists()
     assert proc.stderr.strip() == (
-        f"lightfit-predict: error: {rows}: training's feature column 'income' is not in the file "
+        f"lightfit-predict: error: {rows}: training's feature column 'income' is missing "
         "(columns: age, city, plan)"
     )
 
@@ -431,5 +431,6 @@ def test_load_predicts_raw_rows_as_the_command_does(trained, tmp_path):
         np.testing.assert_array_equal(model.predict(rows), labels)
         np.testing.assert_array_equal(model.predict_proba(rows), probs)
     np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
-    with pytest.raises(LightfitError, match="the Table: training's feature column 'plan' is not in"):
+    missing = r"the Table: training's feature column 'plan' is missing \(columns: "
+    with pytest.raises(LightfitError, match=missing):
         model.predict(pyarrow.csv.read_csv(new).drop_columns(["plan"]))

@@ -187,11 +187,12 @@ def is_text(arrow_type: Any) -> bool:
 
 
 def check_columns(source: Any, names: list[str], available: list[str], what: str) -> None:
-    """One line for a column not in the file: the columns it has, and the nearest name."""
+    """One line for a column that `source` (a file, a DataFrame, a request) lacks: the columns it
+    has, and the nearest name."""
     for name in names:
         if name not in available:
             raise LightfitError(
-                f"{source}: {what} column '{name}' is not in the file "
+                f"{source}: {what} column '{name}' is missing "
                 f"(columns: {', '.join(available)}){did_you_mean(name, available)}"
             )
 
