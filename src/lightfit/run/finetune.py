@@ -48,7 +48,7 @@ def preprocessing_keys(net: nn.Module) -> set[str]:
         f"{name}.{buffer}" if name else buffer
         for name, module in net.named_modules()
         if isinstance(module, (Standardize, TargetScale))
-        for buffer, _ in module.named_buffers(recurse=False)
+        for buffer in module.state_dict()  # saved buffers only: not Standardize's derived scale, shift
     }
 
 
