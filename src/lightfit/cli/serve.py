@@ -221,14 +221,12 @@ def serve(cfg: DictConfig) -> None:
     except ImportError:
         raise LightfitError(f"lightfit serve needs LitServe and python-multipart: {EXTRA_HINT}") from None
     Model(cfg.ckpt_path)  # a bad checkpoint: one line now, not in the server's worker
-    if int(cfg.max_batch_size) < 1:
-        raise LightfitError(f"max_batch_size={cfg.max_batch_size} must be at least 1")
+    for key in ("max_batch_size", "threads", "api_servers"):
+        if int(cfg[key]) < 1:
+            raise LightfitError(f"{key}={cfg[key]} must be at least 1")
     # serve_api imports LitServe at its top; LitServe's workers import CheckpointAPI by name
     from lightfit.cli.serve_api import BadBody, CheckpointAPI, allow_all, bad_body
 
-    for key in ("threads", "api_servers"):
-        if int(cfg[key]) < 1:
-            raise LightfitError(f"{key}={cfg[key]} must be at least 1")
     api = CheckpointAPI(
         str(cfg.ckpt_path), cfg.max_image_pixels, int(cfg.max_batch_size), float(cfg.batch_timeout),
         int(cfg.threads),

@@ -6,10 +6,9 @@ starts, `load_resume` (resume.py) asks three things of such a file, and they liv
 because they are about the run that wrote it, not about restoring its state:
 
 - Is it the same run? It must share this run's `SAME_RUN` config groups (data, model, task,
-  optimizer, scheduler), but for
-  `HOW_LOADED`: a run that continued another's training on other data, network or task
-  would report numbers that belong to neither. The refusal points to `init_from=`
-  (run/finetune.py), which starts a new run from its weights instead.
+  optimizer, scheduler), but for `HOW_LOADED`: a run that continued another's training on
+  other data, network or task would report numbers that belong to neither. The refusal
+  points to `init_from=` (run/finetune.py), which starts a new run from its weights instead.
 - Is anything left to train? One that has trained `trainer.max_epochs` already would train
   nothing and report the numbers of the weights it was given.
 - Whose best.ckpt? The checkpoint carries its run's best score; `adopt_best` copies that
