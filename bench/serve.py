@@ -4,9 +4,9 @@ Issue 30's target: with requests batched on the server (`max_batch_size=16`, the
 `batch_timeout`), at least 2x the requests per second of `max_batch_size=1` at concurrency
 32. Each server is a real `lightfit serve` process on a checkpoint trained on digits, for
 each model of MODELS (the default MLP, and a wide one whose forward pass costs more than
-the HTTP around it, where batching pays); the client is
-threads with keep-alive connections (http.client), one per concurrent user, each sending one
-row at a time for `seconds` after a short warm-up. Latency is per request, from send to the
+the HTTP around it, where batching pays); the client is threads with keep-alive connections
+(http.client), one per concurrent user, each sending one row at a time for `seconds` after a
+short warm-up. Latency is per request, from send to the
 whole answer read.
 
 Requests per second are wall-clock, and the client shares the machine with the server: on a
@@ -60,8 +60,14 @@ def _wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 120) -> No
     raise RuntimeError("lightfit serve did not answer /health")
 
 
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command name (which may hold spaces and brackets):
+    [0] state, [1] ppid, [11] utime, [12] stime, [19] start time."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = _stat(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
@@ -73,13 +79,13 @@ def server_processes(pid: int) -> dict[int, str]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                ppid = int(_stat(int(entry.name))[1])
             except (OSError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry.name))
     started = {}
     for child in children.get(pid, []):
-        started[child] = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        started[child] = int(_stat(child)[19])
     cmdline = {child: Path(f"/proc/{child}/cmdline").read_bytes() for child in started}
     workers = [child for child in started if b"spawn_main" in cmdline[child]]
     first_worker = min((started[w] for w in workers), default=0)
